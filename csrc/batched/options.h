@@ -1,0 +1,40 @@
+// Options of a batcher. Field names carry their units; the Python keyword
+// arguments mirror them (batch_size, timeout_ms, ...).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace batched {
+
+struct BatchOptions {
+  // A batch never holds more items than this. (Python: batch_size)
+  std::size_t max_batch_size = 32;
+  // A batch is dispatched once its oldest item has waited this long; 0 means
+  // dispatch whatever is queued as soon as a worker is free. (timeout_ms)
+  std::int64_t timeout_us = 5000;
+  // Calls of at most this many items go ahead of larger calls. (small_batch_threshold)
+  std::size_t small_batch_threshold = 8;
+  // If non-zero, the sum of item lengths in a batch stays within this budget;
+  // a single longer item goes alone. (max_batch_length)
+  std::uint64_t max_batch_length = 0;
+  // Aging rule: an item that has waited this long goes before every younger
+  // item, whatever its priority, so nothing starves. (aging_ms)
+  std::int64_t max_age_us = 100000;
+  // If non-zero, try_push fails once this many items are queued. (max_queue_size)
+  std::size_t max_queue_size = 0;
+  // Number of workers taking batches from one policy. (num_workers)
+  std::size_t num_workers = 1;
+
+  // Throws std::invalid_argument naming the first bad field.
+  void validate() const {
+    if (max_batch_size == 0) throw std::invalid_argument("max_batch_size must be at least 1");
+    if (timeout_us < 0) throw std::invalid_argument("timeout_us must not be negative");
+    if (max_age_us < 0) throw std::invalid_argument("max_age_us must not be negative");
+    if (num_workers == 0) throw std::invalid_argument("num_workers must be at least 1");
+  }
+};
+
+}  // namespace batched

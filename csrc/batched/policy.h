@@ -1,0 +1,213 @@
+// BatchPolicy: which queued items form the next batch, and when (SPEC 2.1-2.4).
+//
+// Contract
+//  * ready(now) says whether a batch should leave now, and why:
+//      full     - at least max_batch_size items are queued;
+//      budget   - max_batch_length > 0 and the queued lengths exceed it;
+//      backlog  - the caller is a worker just back from a batch and items
+//                 waited meanwhile (they are sent at once, no extra wait);
+//      timeout  - the oldest queued item has waited timeout_us (0: at once).
+//  * pop() forms the batch: items go in priority order (lower `priority`
+//    first, ties in arrival order), except that an item that has waited
+//    max_age_us goes before every younger item (aging: nothing starves).
+//    A batch holds at most max_batch_size items and, with a budget, at most
+//    max_batch_length total length, except that a single longer item goes alone.
+//    A call's items keep their order, and a call larger than the room left is
+//    split: the rest stays queued at the same place.
+//  * next_deadline() is when the timeout rule will fire (kNever if empty).
+//
+// Not thread-safe: one consumer at a time (the Scheduler serialises workers).
+// add/remove/pop are O(log n) in queued calls; pop appends to a reused Batch
+// and does not allocate once the heap and the batch have grown.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include <batched/clock.h>
+#include <batched/entry.h>
+#include <batched/options.h>
+
+namespace batched {
+
+class BatchPolicy {
+ public:
+  explicit BatchPolicy(const BatchOptions& options)
+      : max_batch_size_(options.max_batch_size),
+        timeout_ns_(options.timeout_us * 1000),
+        max_age_ns_(options.max_age_us * 1000),
+        budget_(options.max_batch_length) {}
+
+  // Queues the untaken items of `e`. `e->enqueue_ns` must be set.
+  void add(Entry* e) {
+    e->seq = next_seq_++;
+    queued_items_ += e->count - e->taken;
+    for (std::uint32_t i = e->taken; i < e->count; ++i) queued_length_ += e->length_of(i);
+    fifo_push_back(e);
+    heap_push(e);
+  }
+
+  // Takes the untaken items of a queued `e` out of the queue (cancellation).
+  // Returns how many items were removed.
+  std::uint32_t remove(Entry* e) {
+    const std::uint32_t left = e->count - e->taken;
+    queued_items_ -= left;
+    for (std::uint32_t i = e->taken; i < e->count; ++i) queued_length_ -= e->length_of(i);
+    unlink(e);
+    return left;
+  }
+
+  std::optional<DispatchReason> ready(TimePoint now, bool worker_returning) const noexcept {
+    if (queued_items_ == 0) return std::nullopt;
+    if (queued_items_ >= max_batch_size_) return DispatchReason::kFull;
+    if (budget_ != 0 && queued_length_ > budget_) return DispatchReason::kBudget;
+    if (worker_returning) return DispatchReason::kBacklog;
+    if (now >= next_deadline()) return DispatchReason::kTimeout;
+    return std::nullopt;
+  }
+
+  TimePoint next_deadline() const noexcept {
+    if (fifo_head_ == nullptr) return kNever;
+    const TimePoint arrival = fifo_head_->enqueue_ns;
+    return arrival > kNever - timeout_ns_ ? kNever : arrival + timeout_ns_;
+  }
+
+  // Appends the next batch to `out` (which should be empty).
+  void pop(TimePoint now, DispatchReason reason, Batch& out) {
+    out.reason = reason;
+    out.dispatch_ns = now;
+    std::uint64_t length = 0;
+    bool budget_hit = false;
+    while (out.size < max_batch_size_ && !budget_hit) {
+      Entry* e = next_entry(now);
+      if (e == nullptr) break;
+      const std::uint32_t room = static_cast<std::uint32_t>(max_batch_size_ - out.size);
+      std::uint32_t k = 0;
+      while (k < room && e->taken + k < e->count) {
+        const std::uint64_t l = e->length_of(e->taken + k);
+        // A single item longer than the budget still goes, alone.
+        if (budget_ != 0 && length + l > budget_ && out.size + k > 0) {
+          budget_hit = true;
+          break;
+        }
+        length += l;
+        ++k;
+      }
+      if (budget_ != 0 && length >= budget_) budget_hit = true;
+      if (k == 0) break;
+      out.spans.push_back(Span{e, e->taken, k});
+      out.size += k;
+      e->taken += k;
+      queued_items_ -= k;
+      if (e->taken == e->count) unlink(e);
+    }
+    queued_length_ -= length;
+  }
+
+  std::size_t size() const noexcept { return queued_items_; }
+  bool empty() const noexcept { return queued_items_ == 0; }
+
+  // Removes every queued entry, oldest first, handing each to `fn(Entry*)`.
+  template <class Fn>
+  void clear(Fn&& fn) {
+    while (fifo_head_ != nullptr) {
+      Entry* e = fifo_head_;
+      remove(e);
+      fn(e);
+    }
+  }
+
+  // ---- implementation details follow ----
+ private:
+  static bool before(const Entry* a, const Entry* b) noexcept {
+    return a->priority != b->priority ? a->priority < b->priority : a->seq < b->seq;
+  }
+
+  Entry* next_entry(TimePoint now) const noexcept {
+    if (fifo_head_ == nullptr) return nullptr;
+    if (now - fifo_head_->enqueue_ns >= max_age_ns_) return fifo_head_;  // aged: oldest first
+    return heap_.front();
+  }
+
+  void unlink(Entry* e) {
+    fifo_erase(e);
+    heap_erase(e);
+  }
+
+  // Arrival list (intrusive, doubly linked): its head is the oldest entry.
+  void fifo_push_back(Entry* e) noexcept {
+    e->fifo_next = nullptr;
+    e->fifo_prev = fifo_tail_;
+    (fifo_tail_ ? fifo_tail_->fifo_next : fifo_head_) = e;
+    fifo_tail_ = e;
+  }
+  void fifo_erase(Entry* e) noexcept {
+    (e->fifo_prev ? e->fifo_prev->fifo_next : fifo_head_) = e->fifo_next;
+    (e->fifo_next ? e->fifo_next->fifo_prev : fifo_tail_) = e->fifo_prev;
+    e->fifo_prev = e->fifo_next = nullptr;
+  }
+
+  // Binary min-heap by (priority, seq); entries know their index, so any entry
+  // can be erased in O(log n).
+  void heap_push(Entry* e) {
+    e->heap_index = heap_.size();
+    heap_.push_back(e);
+    sift_up(e->heap_index);
+  }
+  void heap_erase(Entry* e) {
+    const std::size_t i = e->heap_index;
+    Entry* last = heap_.back();
+    heap_.pop_back();
+    if (last == e) return;
+    place(i, last);
+    if (i > 0 && before(last, heap_[(i - 1) / 2])) {
+      sift_up(i);
+    } else {
+      sift_down(i);
+    }
+  }
+  void place(std::size_t i, Entry* e) noexcept {
+    heap_[i] = e;
+    e->heap_index = i;
+  }
+  void sift_up(std::size_t i) noexcept {
+    Entry* e = heap_[i];
+    while (i > 0) {
+      const std::size_t parent = (i - 1) / 2;
+      if (!before(e, heap_[parent])) break;
+      place(i, heap_[parent]);
+      i = parent;
+    }
+    place(i, e);
+  }
+  void sift_down(std::size_t i) noexcept {
+    Entry* e = heap_[i];
+    const std::size_t n = heap_.size();
+    for (;;) {
+      std::size_t child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && before(heap_[child + 1], heap_[child])) ++child;
+      if (!before(heap_[child], e)) break;
+      place(i, heap_[child]);
+      i = child;
+    }
+    place(i, e);
+  }
+
+  const std::size_t max_batch_size_;
+  const TimePoint timeout_ns_;
+  const TimePoint max_age_ns_;
+  const std::uint64_t budget_;
+
+  std::vector<Entry*> heap_;
+  Entry* fifo_head_ = nullptr;
+  Entry* fifo_tail_ = nullptr;
+  std::uint64_t next_seq_ = 0;
+  std::size_t queued_items_ = 0;
+  std::uint64_t queued_length_ = 0;
+};
+
+}  // namespace batched

@@ -1,0 +1,247 @@
+// Scheduler: producers push entries, workers take batches (the thread driver).
+//
+// Producers call try_push from any thread: it is lock-free (one CAS into the
+// inbox, two counters) unless a worker is asleep, in which case the producer
+// takes the worker mutex briefly to wake it (eventcount style: no notify, and
+// no lock, while every worker is awake).
+//
+// Workers call wait_pop: they take turns on one mutex, move the inbox into the
+// policy (batching rules: policy.h), and either leave with a batch or sleep on
+// a condition variable until the next deadline or a push. The event-loop
+// driver uses try_pop and next_deadline instead of sleeping.
+//
+// Latency: a push that makes a batch ready wakes a sleeping worker at once; a
+// timeout fires when the clock reaches it (condition-variable precision).
+// Nothing polls: an idle scheduler sleeps without a deadline.
+//
+// Shutdown: after shutdown() no push succeeds, wait_pop returns false, and
+// drain() hands back every entry that was queued and never fully dispatched.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <batched/clock.h>
+#include <batched/entry.h>
+#include <batched/mpsc_inbox.h>
+#include <batched/options.h>
+#include <batched/policy.h>
+#include <batched/stats.h>
+
+namespace batched {
+
+enum class PushStatus : std::uint8_t {
+  kOk = 0,         // queued; the scheduler holds the entry until dispatched or drained
+  kQueueFull = 1,  // max_queue_size would be exceeded; nothing was queued
+  kClosed = 2,     // shutdown() was called; nothing was queued
+};
+
+template <class Clock = SteadyClock>
+class Scheduler {
+ public:
+  explicit Scheduler(const BatchOptions& options, Clock clock = Clock())
+      : options_((options.validate(), options)), clock_(std::move(clock)), policy_(options_) {
+    stats_.batch_sizes.assign(options_.max_batch_size + 1, 0);
+  }
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  const BatchOptions& options() const noexcept { return options_; }
+  const Clock& clock() const noexcept { return clock_; }
+
+  // Queues `e` (count >= 1; priority and lengths set). Takes the entry iff it
+  // returns kOk. Lock-free unless a worker sleeps; does not allocate.
+  // Thread-safe.
+  PushStatus try_push(Entry* e) noexcept {
+    // Announce the push so shutdown() can wait until no push is half done.
+    if (gate_.fetch_add(1, std::memory_order_acq_rel) & kClosedBit) {
+      gate_.fetch_sub(1, std::memory_order_acq_rel);
+      return PushStatus::kClosed;
+    }
+    const std::size_t n = e->count;
+    const std::size_t before = queued_.fetch_add(n, std::memory_order_relaxed);
+    if (options_.max_queue_size != 0 && before + n > options_.max_queue_size) {
+      queued_.fetch_sub(n, std::memory_order_relaxed);
+      gate_.fetch_sub(1, std::memory_order_acq_rel);
+      rejected_.fetch_add(n, std::memory_order_relaxed);
+      return PushStatus::kQueueFull;
+    }
+    e->enqueue_ns = clock_.now();
+    e->taken = 0;
+    inbox_.push(e);
+    gate_.fetch_sub(1, std::memory_order_acq_rel);
+    wake_one_if_sleeping();
+    return PushStatus::kOk;
+  }
+
+  // Blocks until a batch is ready and moves it into `out`; returns false once
+  // shut down. If `out` still holds the batch this worker just ran, items that
+  // queued meanwhile leave at once (SPEC 2.2). Does not allocate in steady state.
+  // Thread-safe: any number of workers.
+  bool wait_pop(Batch& out) {
+    bool returning = !out.empty();
+    out.clear();
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (closed_) return false;
+      absorb_inbox();
+      const TimePoint now = clock_.now();
+      if (auto reason = policy_.ready(now, returning)) {
+        take(now, *reason, out);
+        // More may be ready for another worker: hand the turn on.
+        const bool more = !policy_.empty() && sleepers_.load(std::memory_order_relaxed) > 0;
+        if (more) wake_ = true;
+        lock.unlock();
+        if (more) cv_.notify_one();
+        return true;
+      }
+      returning = false;
+      // Eventcount: announce the sleep, then look once more, so a push either
+      // sees a sleeper (and wakes it) or is seen here.
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (inbox_.empty_approx()) {
+        clock_.wait_until(cv_, lock, policy_.next_deadline(), [this] { return wake_ || closed_; });
+        wake_ = false;
+      }
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  // Moves a ready batch into `out` without blocking; false if none is ready.
+  // For the event-loop driver. Thread-safe.
+  bool try_pop(Batch& out) {
+    out.clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return false;
+    absorb_inbox();
+    const TimePoint now = clock_.now();
+    if (auto reason = policy_.ready(now, false)) {
+      take(now, *reason, out);
+      return true;
+    }
+    return false;
+  }
+
+  // When the timeout rule fires next (kNever if nothing is queued). Thread-safe.
+  TimePoint next_deadline() {
+    std::lock_guard<std::mutex> lock(mu_);
+    absorb_inbox();
+    return policy_.next_deadline();
+  }
+
+  // Records that a batch taken by wait_pop/try_pop has finished running.
+  // Thread-safe.
+  void record_run(const Batch& batch, std::int64_t run_ns, bool failed) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.total_processed += batch.size;
+    stats_.total_batches += 1;
+    stats_.failed_batches += failed ? 1 : 0;
+    stats_.total_run_ns += run_ns;
+    stats_.batch_latency.record(run_ns);
+  }
+
+  // Closes the scheduler: later pushes fail with kClosed and every worker in
+  // wait_pop returns false. Idempotent. Thread-safe.
+  void shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return;
+      closed_ = true;
+    }
+    gate_.fetch_or(kClosedBit, std::memory_order_acq_rel);
+    // A push that passed the gate finishes in a few instructions.
+    while ((gate_.load(std::memory_order_acquire) & ~kClosedBit) != 0) std::this_thread::yield();
+    cv_.notify_all();  // after unlocking: woken workers need the mutex at once
+  }
+
+  // After shutdown(): removes every entry that still has undispatched items,
+  // oldest first, and returns them (an entry's `taken` tells how many of its
+  // items were dispatched). Thread-safe; each entry is returned once.
+  std::vector<Entry*> drain() {
+    std::vector<Entry*> left;
+    std::lock_guard<std::mutex> lock(mu_);
+    absorb_inbox();
+    policy_.clear([&](Entry* e) { left.push_back(e); });
+    std::size_t items = 0;
+    for (Entry* e : left) items += e->count - e->taken;
+    queued_.fetch_sub(items, std::memory_order_relaxed);
+    return left;
+  }
+
+  bool closed() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return closed_;
+  }
+
+  // Racy observer: items pushed and not yet dispatched. Thread-safe.
+  std::size_t size_approx() const noexcept { return queued_.load(std::memory_order_relaxed); }
+
+  // A consistent copy of the statistics. Thread-safe; copies about 9 KiB.
+  BatchStats stats() const {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    BatchStats s = stats_;
+    s.queued_items = size_approx();
+    s.rejected_items = rejected_.load(std::memory_order_relaxed);
+    return s;
+  }
+
+  // ---- implementation details follow ----
+ private:
+  static constexpr std::uint64_t kClosedBit = std::uint64_t{1} << 63;
+
+  void wake_one_if_sleeping() {
+    if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake_ = true;
+    }
+    cv_.notify_one();  // after unlocking, so the woken worker does not block on mu_
+  }
+
+  // Requires mu_.
+  void absorb_inbox() {
+    for (Entry* e = inbox_.take_all(); e != nullptr;) {
+      Entry* next = e->inbox_next;
+      e->inbox_next = nullptr;
+      policy_.add(e);
+      e = next;
+    }
+  }
+
+  // Requires mu_.
+  void take(TimePoint now, DispatchReason reason, Batch& out) {
+    policy_.pop(now, reason, out);
+    queued_.fetch_sub(out.size, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.total_dispatched += out.size;
+    stats_.batches_by_reason[static_cast<std::size_t>(reason)] += 1;
+    stats_.batch_sizes[out.size] += 1;
+    for (const Span& s : out.spans) stats_.queue_wait.record(now - s.entry->enqueue_ns, s.count);
+  }
+
+  const BatchOptions options_;
+  const Clock clock_;
+
+  MpscInbox<Entry, &Entry::inbox_next> inbox_;
+  alignas(64) std::atomic<std::uint64_t> gate_{0};     // pushes in progress | kClosedBit
+  alignas(64) std::atomic<std::size_t> queued_{0};     // pushed, not yet dispatched
+  std::atomic<std::uint64_t> rejected_{0};
+  alignas(64) std::atomic<int> sleepers_{0};           // workers about to sleep or asleep
+
+  mutable std::mutex mu_;  // guards policy_, wake_, closed_; workers take turns on it
+  std::condition_variable cv_;
+  bool wake_ = false;
+  bool closed_ = false;
+  BatchPolicy policy_;
+
+  mutable std::mutex stats_mu_;  // guards stats_; taken after mu_ when both are held
+  BatchStats stats_;
+};
+
+}  // namespace batched

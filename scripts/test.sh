@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's test command. On a fresh machine it does all the set-up:
+#   1. builds and installs the package into .venv (scikit-build-core + Cython),
+#   2. runs the Python tests against the installed package,
+#   3. builds the C++ tests and runs them with ctest, plain and under
+#      ThreadSanitizer and AddressSanitizer+UBSan.
+# Exits non-zero as soon as anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+echo "== installing batched into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check ".[test]"
+
+echo "== python tests"
+# Run from tests/ so that `import batched` is the installed package, not src/.
+(cd tests && ../.venv/bin/python -m pytest -c ../pyproject.toml --rootdir .. -q "$@")
+
+jobs=$(nproc 2>/dev/null || echo 2)
+for sanitizer in none thread address; do
+  echo "== C++ tests (sanitizer: $sanitizer)"
+  dir=build/ctest-$sanitizer
+  flag=""
+  [ "$sanitizer" = none ] || flag=$sanitizer
+  cmake -S . -B "$dir" -DBATCHED_BUILD_TESTS=ON -DBATCHED_BUILD_PYTHON=OFF \
+        -DBATCHED_SANITIZER="$flag" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$dir" -j "$jobs" >/dev/null
+  (cd "$dir" && TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 \
+     ctest --output-on-failure --no-tests=error)
+done
+echo "== all tests passed"

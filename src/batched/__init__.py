@@ -1,0 +1,32 @@
+"""batched: dynamic batching of inference work, with a C++ core.
+
+Many callers each hand in one item (or a few); items that arrive close together
+go to the batch function as one batch, and every caller gets its own results.
+``import batched`` imports neither numpy nor torch, nor typing: submodules that
+need them (batched.types, batched.utils) load on first access.
+"""
+
+from batched.batch_processor import BatchProcessor, dynamically
+from batched.errors import QueueFullError, ShutdownError
+
+__version__ = "0.2.0"
+
+_LAZY_SUBMODULES = ("types", "utils")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(f"batched.{name}")
+    raise AttributeError(f"module 'batched' has no attribute {name!r}")
+
+
+__all__ = [
+    "BatchProcessor",
+    "QueueFullError",
+    "ShutdownError",
+    "dynamically",
+    "types",
+    "utils",
+]

@@ -1,0 +1,121 @@
+# Declarations of the C++ core (csrc/batched) and of the bridge's types.
+# C++ types carry a C prefix; every extern block is nogil.
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libcpp cimport bool as cbool
+from libcpp.vector cimport vector
+
+
+cdef extern from "batched/options.h" namespace "batched" nogil:
+    cdef cppclass CBatchOptions "batched::BatchOptions":
+        size_t max_batch_size
+        int64_t timeout_us
+        size_t small_batch_threshold
+        uint64_t max_batch_length
+        int64_t max_age_us
+        size_t max_queue_size
+        size_t num_workers
+
+
+cdef extern from "batched/entry.h" namespace "batched" nogil:
+    cdef cppclass CEntry "batched::Entry":
+        void* owner
+        uint32_t count
+        int32_t priority
+        const uint32_t* lengths
+        int64_t enqueue_ns
+        uint32_t taken
+
+    cdef cppclass CSpan "batched::Span":
+        CEntry* entry
+        uint32_t begin
+        uint32_t count
+
+    cdef cppclass CBatch "batched::Batch":
+        vector[CSpan] spans
+        size_t size
+
+    const size_t kDispatchReasonCount "batched::kDispatchReasonCount"
+
+
+cdef extern from "batched/histogram.h" namespace "batched" nogil:
+    cdef cppclass CLatencyHistogram "batched::LatencyHistogram":
+        uint64_t count()
+        double quantile(double q)
+
+
+cdef extern from "batched/stats.h" namespace "batched" nogil:
+    cdef cppclass CBatchStats "batched::BatchStats":
+        size_t queued_items
+        uint64_t total_dispatched
+        uint64_t total_processed
+        uint64_t total_batches
+        uint64_t failed_batches
+        uint64_t rejected_items
+        int64_t total_run_ns
+        uint64_t batches_by_reason[4]
+        CLatencyHistogram queue_wait
+        CLatencyHistogram batch_latency
+        vector[uint64_t] batch_sizes
+
+
+cdef extern from "_glue.h" nogil:
+    cdef enum CPushStatus "batched::PushStatus":
+        kPushOk "batched::PushStatus::kOk"
+        kPushQueueFull "batched::PushStatus::kQueueFull"
+        kPushClosed "batched::PushStatus::kClosed"
+
+    cdef cppclass CScheduler "batched_glue::PyScheduler":
+        CScheduler(const CBatchOptions& options) except +
+        CPushStatus try_push(CEntry* entry)
+        cbool wait_pop(CBatch& out) except +
+        void record_run(const CBatch& batch, int64_t run_ns, cbool failed) except +
+        void shutdown() except +
+        vector[CEntry*] drain() except +
+        size_t size_approx()
+        CBatchStats stats() except +
+
+    cdef cppclass CCompletion "batched_glue::Completion":
+        void notify()
+        void wait()
+        cbool wait_for_ms(int ms)
+
+    int64_t monotonic_ns "batched_glue::monotonic_ns" ()
+    const char* dispatch_reason_name "batched_glue::dispatch_reason_name" (int reason)
+
+
+cdef class _Call:
+    cdef CEntry entry
+    cdef CCompletion completion
+    cdef tuple items
+    cdef list results
+    cdef object error
+    cdef Py_ssize_t error_index
+    cdef Py_ssize_t remaining
+    cdef bint single
+    cdef object loop
+    cdef object future
+
+    cdef void fail(self, object error, Py_ssize_t index)
+    cdef object outcome(self)
+
+
+cdef class Engine:
+    cdef CScheduler* sched
+    cdef readonly object fn
+    cdef readonly str name
+    cdef Py_ssize_t small_batch_threshold
+    cdef size_t num_workers
+    cdef object max_queue_size
+    cdef bint started
+    cdef bint closed
+    cdef list threads
+    cdef object start_lock
+    cdef object __weakref__
+
+    cdef _Call new_call(self, object items)
+    cdef int push(self, _Call call) except -1
+    cdef start_workers(self)
+    cdef int run_batch(self, CBatch& batch) except -1
+    cdef object check_output(self, object out, Py_ssize_t n)
+    cdef void finish(self, _Call call, dict by_loop)

@@ -1,0 +1,354 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# distutils: language = c++
+"""The bridge between Python callers and the C++ batching core.
+
+One call of n items is one ``_Call``: n input slots, n result slots and one
+completion, pushed to the scheduler as one entry. Worker threads (Python threads
+running ``Engine.worker_main``) wait for batches without the GIL, take the GIL
+to run the batch function, hand out results, and release it again.
+"""
+
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport PyThread_get_thread_ident
+
+import atexit
+import threading
+import weakref
+
+from batched.errors import QueueFullError, ShutdownError
+
+cdef extern from "Python.h":
+    bint PyExceptionInstance_Check(object o)
+
+cdef unsigned long _main_thread_ident = threading.main_thread().ident
+# Engines alive, shut down at interpreter exit so no worker outlives Python.
+_live_engines = weakref.WeakSet()
+# How often a caller on the main thread looks for Ctrl-C while it waits.
+cdef int _SIGNAL_CHECK_MS = 100
+
+
+cdef class _Call:
+    """One call: the request record shared by the caller and the workers.
+
+    Ownership: from a successful push until its last item is handed out (or it
+    is drained at shutdown), the scheduler holds one reference to this object,
+    taken in Engine.push and released in Engine.finish. The C++ core points at
+    ``entry`` during that time only.
+    """
+
+    cdef void fail(self, object error, Py_ssize_t index):
+        # Keep the failure of the earliest item: that is what the caller sees.
+        if self.error is None or index < self.error_index:
+            self.error = error
+            self.error_index = index
+
+    cdef object outcome(self):
+        if self.error is not None:
+            raise self.error
+        return self.results[0] if self.single else self.results
+
+
+def _deliver(list calls):
+    """Runs on a caller's event loop: completes the futures of finished calls."""
+    cdef _Call c
+    for c in calls:
+        fut = c.future
+        if fut.cancelled():
+            continue  # the caller went away; its results are dropped
+        if c.error is not None:
+            fut.set_exception(_for_asyncio(c.error))
+        else:
+            fut.set_result(c.results[0] if c.single else c.results)
+
+
+cdef object _for_asyncio(object error):
+    """asyncio treats KeyboardInterrupt/SystemExit in a task as fatal to the loop:
+    one raised by the batch function on a worker is wrapped instead."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = RuntimeError(f"the batch function raised {type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+cdef class Engine:
+    """A scheduler, its worker threads and the batch function they call.
+
+    Worker threads hold the engine, never the processor object that owns it, so
+    a processor can be garbage collected while its workers sleep; its finalizer
+    then shuts the engine down.
+    """
+
+    def __cinit__(self, fn, *, Py_ssize_t batch_size, double timeout_ms,
+                  Py_ssize_t small_batch_threshold, object max_queue_size,
+                  Py_ssize_t num_workers, double aging_ms, str name):
+        cdef CBatchOptions o
+        o.max_batch_size = batch_size
+        o.timeout_us = <int64_t>(timeout_ms * 1000.0 + 0.5)
+        o.small_batch_threshold = small_batch_threshold
+        o.max_age_us = <int64_t>(aging_ms * 1000.0 + 0.5)
+        o.max_queue_size = 0 if max_queue_size is None else max_queue_size
+        o.num_workers = num_workers
+        self.sched = new CScheduler(o)
+        self.fn = fn
+        self.name = name
+        self.small_batch_threshold = small_batch_threshold
+        self.num_workers = num_workers
+        self.max_queue_size = max_queue_size
+        self.threads = []
+        self.start_lock = threading.Lock()
+        _live_engines.add(self)
+
+    def __dealloc__(self):
+        if self.sched != NULL:
+            # Workers hold the engine while they run, and queued calls hold
+            # their callers: nothing can be queued or running here.
+            self.sched.shutdown()
+            del self.sched
+            self.sched = NULL
+
+    # ---- callers ----
+
+    cdef _Call new_call(self, object items):
+        cdef _Call c = _Call.__new__(_Call)
+        if isinstance(items, list):
+            c.items = tuple(items)
+            c.single = False
+        else:
+            c.items = (items,)
+            c.single = True
+        cdef Py_ssize_t n = len(c.items)
+        if n > 0xFFFFFFFF:
+            raise ValueError(f"a call may hold at most {0xFFFFFFFF} items, got {n}")
+        c.results = [None] * n
+        c.remaining = n
+        c.entry.owner = <void*>c
+        c.entry.count = <uint32_t>n
+        c.entry.priority = 0 if n <= self.small_batch_threshold else 1
+        return c
+
+    cdef int push(self, _Call c) except -1:
+        cdef CPushStatus status
+        if not self.started:
+            self.start_workers()
+        Py_INCREF(c)  # the scheduler's reference; released in finish()
+        with nogil:
+            status = self.sched.try_push(&c.entry)
+        if status == kPushOk:
+            return 0
+        Py_DECREF(c)
+        if status == kPushQueueFull:
+            raise QueueFullError(
+                f"batch processor {self.name!r} is full: {self.sched.size_approx()} items are "
+                f"queued, max_queue_size={self.max_queue_size}, and this call has "
+                f"{c.entry.count}; retry later or raise max_queue_size")
+        raise ShutdownError(f"batch processor {self.name!r} has been shut down")
+
+    def call(self, items):
+        """Queues ``items`` (one item, or a list) and blocks until their results are in."""
+        if isinstance(items, list) and len(<list>items) == 0:
+            return []
+        cdef _Call c = self.new_call(items)
+        cdef bint on_main = PyThread_get_thread_ident() == _main_thread_ident
+        self.push(c)
+        if on_main:
+            # Wait in slices so Ctrl-C works; the items stay queued and their
+            # results are dropped.
+            while True:
+                with nogil:
+                    if c.completion.wait_for_ms(_SIGNAL_CHECK_MS):
+                        break
+                PyErr_CheckSignals()
+        else:
+            with nogil:
+                c.completion.wait()
+        return c.outcome()
+
+    def submit_async(self, items, loop):
+        """Queues ``items`` and returns a future of ``loop`` that completes with their results."""
+        fut = loop.create_future()
+        if isinstance(items, list) and len(<list>items) == 0:
+            fut.set_result([])
+            return fut
+        cdef _Call c = self.new_call(items)
+        c.loop = loop
+        c.future = fut
+        self.push(c)
+        return fut
+
+    # ---- workers ----
+
+    cdef start_workers(self):
+        with self.start_lock:
+            if self.started or self.closed:
+                return
+            for i in range(self.num_workers):
+                t = threading.Thread(target=self.worker_main, daemon=True,
+                                     name=f"batched:{self.name}:{i}")
+                t.start()
+                self.threads.append(t)
+            self.started = True
+
+    def worker_main(self):
+        cdef CBatch batch
+        cdef bint ok
+        while True:
+            with nogil:
+                ok = self.sched.wait_pop(batch)
+            if not ok:
+                return
+            self.run_batch(batch)
+
+    cdef int run_batch(self, CBatch& batch) except -1:
+        cdef Py_ssize_t n = batch.size
+        cdef Py_ssize_t i = 0, j, k
+        cdef size_t s
+        cdef CSpan* span
+        cdef _Call c
+        inputs = PyList_New(n)
+        for s in range(batch.spans.size()):
+            span = &batch.spans[s]
+            c = <_Call>span.entry.owner
+            for j in range(span.begin, span.begin + span.count):
+                item = c.items[j]
+                Py_INCREF(item)  # PyList_SET_ITEM steals it
+                PyList_SET_ITEM(inputs, i, item)
+                i += 1
+
+        error = None
+        outs = None
+        cdef int64_t t0 = monotonic_ns()
+        try:
+            out = self.fn(inputs)
+        except BaseException as e:  # the worker survives whatever the batch function raises
+            error = e
+        cdef int64_t t1 = monotonic_ns()
+        if error is None:
+            outs = self.check_output(out, n)
+            if isinstance(outs, BaseException):
+                error = outs
+        self.sched.record_run(batch, t1 - t0, error is not None)
+
+        cdef dict by_loop = None
+        i = 0
+        for s in range(batch.spans.size()):
+            span = &batch.spans[s]
+            c = <_Call>span.entry.owner
+            if error is not None:
+                c.fail(error, span.begin)
+            else:
+                for k in range(span.count):
+                    r = (<list>outs)[i + k] if type(outs) is list else (<tuple>outs)[i + k]
+                    c.results[span.begin + k] = r
+                    if PyExceptionInstance_Check(r):
+                        c.fail(r, span.begin + k)
+            i += span.count
+            c.remaining -= span.count
+            if c.remaining == 0:
+                if c.future is not None and by_loop is None:
+                    by_loop = {}
+                self.finish(c, by_loop)
+        if by_loop is not None:
+            _post(by_loop)
+        return 0
+
+    cdef object check_output(self, object out, Py_ssize_t n):
+        """The batch output as a list or tuple of n results, or the error to deliver."""
+        if type(out) is not list and type(out) is not tuple:
+            if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__len__"):
+                return TypeError(
+                    f"batch function {self.name!r} must return a sequence of {n} results "
+                    f"(one per item), got {type(out).__name__}")
+            out = list(out)
+        if len(out) != n:
+            return ValueError(
+                f"batch function {self.name!r} returned {len(out)} results "
+                f"for a batch of {n} items; it must return one result per item")
+        return out
+
+    cdef void finish(self, _Call c, dict by_loop):
+        if c.future is None:
+            c.completion.notify()
+        else:
+            calls = by_loop.get(c.loop)
+            if calls is None:
+                by_loop[c.loop] = [c]
+            else:
+                (<list>calls).append(c)
+        Py_DECREF(c)  # the scheduler's reference, taken in push()
+
+    # ---- lifecycle and stats ----
+
+    def shutdown(self, bint wait=True, timeout=None):
+        """Stops the workers; calls still queued fail with ShutdownError. Idempotent."""
+        cdef vector[CEntry*] left
+        cdef CEntry* e
+        cdef _Call c
+        with self.start_lock:
+            self.closed = True
+        with nogil:
+            self.sched.shutdown()
+            left = self.sched.drain()
+        cdef dict by_loop = {}
+        if left.size():
+            error = ShutdownError(
+                f"batch processor {self.name!r} was shut down before these items were processed")
+            for e in left:
+                c = <_Call>e.owner
+                c.fail(error, e.taken)
+                c.remaining -= e.count - e.taken
+                if c.remaining == 0:
+                    self.finish(c, by_loop)
+            _post(by_loop)
+        if wait:
+            me = threading.current_thread()
+            for t in self.threads:
+                if t is not me:  # shutdown from inside the batch function
+                    t.join(timeout)
+
+    @property
+    def is_shut_down(self):
+        return self.closed
+
+    def queue_size(self):
+        return self.sched.size_approx()
+
+    def stats(self):
+        """A consistent snapshot of the scheduler's statistics, as a dict."""
+        cdef CBatchStats s = self.sched.stats()
+        sizes = {}
+        for n in range(s.batch_sizes.size()):
+            if s.batch_sizes[n]:
+                sizes[n] = s.batch_sizes[n]
+        reasons = {}
+        for r in range(kDispatchReasonCount):
+            reasons[dispatch_reason_name(r).decode()] = s.batches_by_reason[r]
+        return {
+            "queue_size": s.queued_items,
+            "total_processed": s.total_processed,
+            "total_batches": s.total_batches,
+            "failed_batches": s.failed_batches,
+            "rejected_items": s.rejected_items,
+            "total_run_s": s.total_run_ns / 1e9,
+            "queue_wait_ms": tuple(s.queue_wait.quantile(q) / 1e6 for q in (0.5, 0.95, 0.99)),
+            "batch_latency_ms": tuple(s.batch_latency.quantile(q) / 1e6 for q in (0.5, 0.95, 0.99)),
+            "batch_size_histogram": sizes,
+            "batches_by_reason": reasons,
+        }
+
+
+cdef _post(dict by_loop):
+    """One call_soon_threadsafe per event loop for the calls a batch finished."""
+    for loop, calls in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, calls)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is left to receive these results
+
+
+@atexit.register
+def _shutdown_all_at_exit():
+    for engine in list(_live_engines):
+        engine.shutdown(wait=True, timeout=1.0)

@@ -1,0 +1,52 @@
+// Glue between the C++ core and the Cython bridge: what Cython cannot say
+// cleanly (template instances, a completion that blocks without the GIL).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+
+#include <batched/clock.h>
+#include <batched/scheduler.h>
+
+namespace batched_glue {
+
+using PyScheduler = batched::Scheduler<batched::SteadyClock>;
+
+inline std::int64_t monotonic_ns() noexcept { return batched::SteadyClock().now(); }
+
+inline const char* dispatch_reason_name(int reason) noexcept {
+  return batched::to_string(static_cast<batched::DispatchReason>(reason));
+}
+
+// One per call: the caller waits here (without the GIL) until a worker has
+// handed out the call's last result. notify() is called once.
+class Completion {
+ public:
+  void notify() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_one();  // after unlocking: the waiter needs the mutex at once
+  }
+
+  void wait() noexcept {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
+  }
+
+  // Waits at most `ms` milliseconds; returns whether the call is done.
+  bool wait_for_ms(int ms) noexcept {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::milliseconds(ms), [this] { return done_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
+
+}  // namespace batched_glue

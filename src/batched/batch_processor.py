@@ -1,0 +1,140 @@
+"""The threaded front end: ``batched.dynamically`` and ``BatchProcessor``."""
+
+from __future__ import annotations
+
+import weakref
+from types import GenericAlias
+
+from batched import _validate
+from batched._core import Engine
+from batched._stats import BatchProcessorStats
+from batched.decorator import dynamic_batch
+
+# typing is not imported at run time: it alone would double the import time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, Union
+
+    from batched.types import BatchFunc, T, U
+
+_asyncio = None  # imported on the first acall: asyncio is slow to import
+
+
+class BatchProcessor:
+    """Batches the calls of many threads into calls of ``batch_func``.
+
+    ``batch_func`` takes a list of items and returns one result per item. Each
+    call of the processor (one item, or a list) blocks until its own results
+    are in; ``acall`` does the same for asyncio code without blocking the loop.
+    Batching runs in the C++ core; ``num_workers`` threads call ``batch_func``.
+    """
+
+    # BatchProcessor[T, U] in annotations, without typing.Generic.
+    __class_getitem__ = classmethod(GenericAlias)
+
+    def __init__(
+        self,
+        _func: BatchFunc[T, U],
+        batch_size: int = 32,
+        timeout_ms: float = 5.0,
+        small_batch_threshold: int = 8,
+        *,
+        max_queue_size: Optional[int] = None,
+        num_workers: int = 1,
+        aging_ms: float = 100.0,
+    ) -> None:
+        if not callable(_func):
+            raise TypeError(f"batch function must be callable, got {type(_func).__name__}")
+        self.batch_func = _func
+        self.batch_size = _validate.positive_int("batch_size", batch_size)
+        self.timeout_ms = _validate.milliseconds("timeout_ms", timeout_ms)
+        self.small_batch_threshold = _validate.positive_int("small_batch_threshold", small_batch_threshold, 0)
+        self.max_queue_size = _validate.optional_positive_int("max_queue_size", max_queue_size)
+        self.num_workers = _validate.positive_int("num_workers", num_workers)
+        self.aging_ms = _validate.milliseconds("aging_ms", aging_ms)
+        name = getattr(_func, "__qualname__", None) or repr(_func)
+        self._engine = Engine(
+            _func,
+            batch_size=self.batch_size,
+            timeout_ms=self.timeout_ms,
+            small_batch_threshold=self.small_batch_threshold,
+            max_queue_size=self.max_queue_size,
+            num_workers=self.num_workers,
+            aging_ms=self.aging_ms,
+            name=name,
+        )
+        # Garbage collection of the processor stops its workers (they hold the
+        # engine, not the processor).
+        self._finalizer = weakref.finalize(self, self._engine.shutdown, False)
+
+
+    def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
+        """Processes one item (returns its result) or a list (returns a list, same order)."""
+        return self._engine.call(items)
+
+
+    async def acall(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
+        """Like calling the processor, but awaits the results on the running event loop."""
+        global _asyncio
+        if _asyncio is None:
+            import asyncio as _asyncio  # noqa: PLC0415
+        return await self._engine.submit_async(items, _asyncio.get_running_loop())
+
+    @property
+    def stats(self) -> BatchProcessorStats:
+        """A consistent snapshot of the statistics (cheap: no lock shared with callers)."""
+        return BatchProcessorStats._from_core(self._engine.stats())
+
+    def start(self) -> None:
+        """Does nothing: workers start on the first call. Kept for batched 0.1.5 code."""
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stops the workers; items still queued fail with ``batched.ShutdownError``.
+
+        With ``wait``, returns once a batch already running has finished. Later
+        calls raise ``ShutdownError``. Idempotent.
+        """
+        self._engine.shutdown(wait)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self._engine.name} batch_size={self.batch_size} "
+            f"timeout_ms={self.timeout_ms} queued={self._engine.queue_size()}>"
+        )
+
+
+def dynamically(
+    func: Optional[BatchFunc[T, U]] = None,
+    /,
+    batch_size: int = 32,
+    timeout_ms: float = 5.0,
+    small_batch_threshold: int = 8,
+    *,
+    max_queue_size: Optional[int] = None,
+    num_workers: int = 1,
+    aging_ms: float = 100.0,
+) -> Any:
+    """Batch the calls of a function (or method) that takes a list and returns a list.
+
+    Usable bare (``@dynamically``) or with arguments. On a method, each instance
+    gets its own processor. See ``BatchProcessor`` for the parameters.
+    """
+    # Check the options now, at decoration, not at the first call.
+    _validate.positive_int("batch_size", batch_size)
+    _validate.milliseconds("timeout_ms", timeout_ms)
+
+    def make_processor(f: Callable[..., Any]) -> BatchProcessor:
+        return BatchProcessor(
+            f,
+            batch_size,
+            timeout_ms,
+            small_batch_threshold,
+            max_queue_size=max_queue_size,
+            num_workers=num_workers,
+            aging_ms=aging_ms,
+        )
+
+    return dynamic_batch(make_processor, func)
+
+
+__all__ = ["BatchProcessor", "dynamically"]

@@ -1,0 +1,87 @@
+"""The decorator machinery shared by every ``dynamically``: bare or with
+arguments, on functions (one processor) or on methods (one per instance)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    MakeProcessor = Callable[[Callable[..., Any]], Any]
+
+
+def is_method(func: Callable[..., Any]) -> bool:
+    """True if ``func`` looks like a method: its first parameter is ``self`` or ``cls``."""
+    if not callable(func):
+        return False
+    import inspect  # noqa: PLC0415 - slow to import; only needed when decorating
+
+    try:
+        params = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return False
+    return len(params) > 1 and params[0] in ("self", "cls")
+
+
+def _bind_weakly(func: Callable[..., Any], instance: object) -> Callable[..., Any]:
+    """``func`` bound to ``instance`` without keeping the instance alive.
+
+    The processor lives in the instance's ``__dict__``; a strong reference from
+    its batch function back to the instance would keep both alive for as long
+    as the worker thread runs.
+    """
+    try:
+        ref = weakref.ref(instance)
+    except TypeError:  # no weakref slot: fall back to a strong reference
+        return functools.partial(func, instance)
+
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        obj = ref()
+        if obj is None:
+            raise ReferenceError(f"the instance behind {func.__qualname__} was garbage collected")
+        return func(obj, *args, **kwargs)
+
+    bound.__qualname__ = func.__qualname__
+    bound.__name__ = func.__name__
+    return bound
+
+
+class _PerInstance:
+    """Descriptor: one processor per instance, created on first access."""
+
+    def __init__(self, func: Callable[..., Any], make_processor: MakeProcessor) -> None:
+        self._func = func
+        self._make_processor = make_processor
+        self._attr = f"__batched_{func.__name__}"
+        self._lock = threading.Lock()  # two first calls from two threads must share one processor
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._attr = f"__batched_{name}"
+
+    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
+        if instance is None:
+            return self
+        processor = instance.__dict__.get(self._attr)
+        if processor is None:
+            with self._lock:
+                processor = instance.__dict__.get(self._attr)
+                if processor is None:
+                    processor = self._make_processor(_bind_weakly(self._func, instance))
+                    instance.__dict__[self._attr] = processor
+        return processor
+
+    def __call__(self, instance: Any, *args: Any, **kwargs: Any) -> Any:
+        # Class.method(instance, items)
+        return self.__get__(instance, type(instance))(*args, **kwargs)
+
+
+def dynamic_batch(make_processor: MakeProcessor, func: Optional[Callable[..., Any]] = None) -> Any:
+    def decorate(f: Callable[..., Any]) -> Any:
+        wrapped = _PerInstance(f, make_processor) if is_method(f) else make_processor(f)
+        return functools.update_wrapper(wrapped, f, updated=())
+
+    return decorate if func is None else decorate(func)

@@ -1,0 +1,101 @@
+"""Shared fixtures: one behaviour suite, run against every front end.
+
+``submit(processor, items)`` hands a call to the processor through a front end
+and returns a concurrent.futures.Future of its result:
+  * "thread":  a blocking call on a pool thread (``processor(items)``);
+  * "asyncio": ``await processor.acall(items)`` on an event loop in another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+TIMEOUT = 30.0  # seconds: far above any wait here; reaching it means a hang
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Any) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(TIMEOUT)
+        self.loop.close()
+
+
+@pytest.fixture(params=["thread", "asyncio"])
+def submit(request: pytest.FixtureRequest) -> Iterator[Callable[[Any, Any], Future[Any]]]:
+    if request.param == "thread":
+        pool = ThreadPoolExecutor(max_workers=256)
+        yield lambda proc, items: pool.submit(proc, items)
+        pool.shutdown(wait=True, cancel_futures=True)
+    else:
+        lt = _LoopThread()
+
+        async def acall(proc: Any, items: Any) -> Any:
+            return await proc.acall(items)
+
+        yield lambda proc, items: lt.submit(acall(proc, items))
+        lt.close()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    """Waits for a state (not for time): fails the test if it never comes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for: {what}")
+        time.sleep(0.001)
+
+
+def queued(proc: Any) -> int:
+    return proc.stats.queue_size
+
+
+class Gate:
+    """A batch function wrapper whose first batch blocks until ``open()``, so a
+    test can queue work behind it in a known order."""
+
+    def __init__(self, fn: Callable[[list[Any]], list[Any]]) -> None:
+        self.fn = fn
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        self.batches: list[list[Any]] = []
+        self._first = True
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        self.batches.append(list(items))
+        if self._first:
+            self._first = False
+            self.entered.set()
+            if not self._open.wait(TIMEOUT):
+                raise RuntimeError("gate never opened")
+        return self.fn(items)
+
+    def open(self) -> None:
+        self._open.set()
+
+
+
+@pytest.fixture(autouse=True)
+def _collect() -> Iterator[None]:
+    yield
+    gc.collect()
+
+
+def worker_threads(part: str) -> list[threading.Thread]:
+    """Live worker threads of processors whose function name contains ``part``."""
+    return [t for t in threading.enumerate() if t.name.startswith("batched:") and part in t.name]

@@ -1,0 +1,224 @@
+// BatchPolicy on explicit time: every timing rule is checked without sleeping.
+#include <batched/policy.h>
+
+#include <vector>
+
+#include "check.h"
+
+using namespace batched;
+
+namespace {
+
+constexpr TimePoint kMs = 1000000;
+
+BatchOptions opts(std::size_t batch, std::int64_t timeout_us) {
+  BatchOptions o;
+  o.max_batch_size = batch;
+  o.timeout_us = timeout_us;
+  return o;
+}
+
+Entry make(std::uint32_t count, std::int32_t priority, TimePoint at, const std::uint32_t* lengths = nullptr) {
+  Entry e;
+  e.count = count;
+  e.priority = priority;
+  e.enqueue_ns = at;
+  e.lengths = lengths;
+  return e;
+}
+
+}  // namespace
+
+TEST(full_batch_dispatches_at_once) {
+  BatchPolicy p(opts(4, 5000));
+  std::vector<Entry> es(4);
+  for (auto& e : es) e = make(1, 0, 0);
+  for (std::size_t i = 0; i < 3; ++i) p.add(&es[i]);
+  CHECK(!p.ready(0, false).has_value());
+  p.add(&es[3]);
+  CHECK(p.ready(0, false) == DispatchReason::kFull);
+  Batch b;
+  p.pop(0, DispatchReason::kFull, b);
+  CHECK_EQ(b.size, 4u);
+  CHECK_EQ(b.spans.size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i) CHECK(b.spans[i].entry == &es[i]);  // arrival order
+  CHECK(p.empty());
+}
+
+TEST(timeout_fires_exactly_at_deadline_of_oldest_item) {
+  BatchPolicy p(opts(8, 5000));
+  Entry a = make(1, 0, 1 * kMs), b = make(1, 0, 3 * kMs);
+  p.add(&a);
+  p.add(&b);
+  CHECK_EQ(p.next_deadline(), 6 * kMs);
+  CHECK(!p.ready(6 * kMs - 1, false).has_value());
+  CHECK(p.ready(6 * kMs, false) == DispatchReason::kTimeout);
+  Batch out;
+  p.pop(6 * kMs, DispatchReason::kTimeout, out);
+  CHECK_EQ(out.size, 2u);
+  CHECK_EQ(p.next_deadline(), kNever);
+}
+
+TEST(zero_timeout_is_greedy) {
+  BatchPolicy p(opts(8, 0));
+  Entry a = make(1, 0, 7);
+  CHECK(!p.ready(7, false).has_value());
+  p.add(&a);
+  CHECK(p.ready(7, false) == DispatchReason::kTimeout);
+}
+
+TEST(worker_returning_sends_backlog_without_waiting) {
+  BatchPolicy p(opts(8, 5000));
+  Entry a = make(1, 0, 0);
+  p.add(&a);
+  CHECK(!p.ready(1, false).has_value());
+  CHECK(p.ready(1, true) == DispatchReason::kBacklog);
+}
+
+TEST(small_calls_go_before_bulk_calls) {
+  BatchPolicy p(opts(4, 0));
+  Entry bulk = make(10, 1, 0), small = make(2, 0, 1);
+  p.add(&bulk);
+  p.add(&small);
+  Batch b;
+  p.pop(2, DispatchReason::kFull, b);
+  CHECK_EQ(b.spans.size(), 2u);
+  CHECK(b.spans[0].entry == &small);
+  CHECK_EQ(b.spans[0].count, 2u);
+  CHECK(b.spans[1].entry == &bulk);
+  CHECK_EQ(b.spans[1].begin, 0u);
+  CHECK_EQ(b.spans[1].count, 2u);
+  CHECK_EQ(p.size(), 8u);
+}
+
+TEST(aged_item_goes_first_whatever_its_priority) {
+  BatchOptions o = opts(2, 0);
+  o.max_age_us = 100;  // 0.1 ms
+  BatchPolicy p(o);
+  Entry bulk = make(1, 1, 0), s1 = make(1, 0, 50000), s2 = make(1, 0, 60000);
+  p.add(&bulk);
+  p.add(&s1);
+  p.add(&s2);
+  Batch b;
+  p.pop(99999, DispatchReason::kFull, b);  // bulk not yet aged: smalls first
+  CHECK(b.spans[0].entry == &s1 && b.spans[1].entry == &s2);
+  b.clear();
+  Entry s3 = make(1, 0, 100000);
+  p.add(&s3);
+  p.pop(100000, DispatchReason::kFull, b);  // bulk aged: it goes first
+  CHECK(b.spans[0].entry == &bulk);
+  CHECK(b.spans[1].entry == &s3);
+}
+
+TEST(large_call_is_split_in_order) {
+  BatchPolicy p(opts(4, 0));
+  Entry e = make(10, 1, 0);
+  p.add(&e);
+  std::uint32_t expect_begin = 0;
+  for (std::uint32_t want : {4u, 4u, 2u}) {
+    Batch b;
+    CHECK(p.ready(0, false).has_value());
+    p.pop(0, *p.ready(0, false), b);
+    CHECK_EQ(b.spans.size(), 1u);
+    CHECK_EQ(b.spans[0].begin, expect_begin);
+    CHECK_EQ(b.spans[0].count, want);
+    expect_begin += want;
+  }
+  CHECK(p.empty());
+  CHECK_EQ(e.taken, 10u);
+}
+
+TEST(budget_limits_total_length_and_long_item_goes_alone) {
+  BatchOptions o = opts(8, 5000);
+  o.max_batch_length = 7;
+  BatchPolicy p(o);
+  const std::uint32_t lens[] = {3, 3, 3};
+  const std::uint32_t long_len[] = {20};
+  Entry e = make(3, 0, 0, lens);
+  p.add(&e);
+  CHECK(p.ready(0, false) == DispatchReason::kBudget);
+  Batch b;
+  p.pop(0, DispatchReason::kBudget, b);
+  CHECK_EQ(b.size, 2u);  // 3 + 3; a third would make 9 > 7
+  CHECK(!p.ready(0, false).has_value());  // 3 left, within budget: waits for its timeout
+  Entry big = make(1, 0, 0, long_len);
+  p.add(&big);
+  b.clear();
+  p.pop(0, *p.ready(0, false), b);
+  CHECK_EQ(b.size, 1u);  // the rest of e (3) then big would exceed: e's item alone
+  b.clear();
+  p.pop(0, DispatchReason::kBudget, b);
+  CHECK_EQ(b.size, 1u);
+  CHECK(b.spans[0].entry == &big);  // 20 > 7 goes alone
+  CHECK(p.empty());
+}
+
+TEST(remove_takes_untaken_items_out) {
+  BatchPolicy p(opts(4, 0));
+  Entry a = make(6, 1, 0), b = make(1, 0, 1);
+  p.add(&a);
+  p.add(&b);
+  Batch out;
+  p.pop(1, DispatchReason::kFull, out);  // b, then 3 of a
+  CHECK_EQ(p.size(), 3u);
+  CHECK_EQ(p.remove(&a), 3u);
+  CHECK(p.empty());
+  CHECK_EQ(p.next_deadline(), kNever);
+}
+
+TEST(random_schedules_respect_limits_and_lose_nothing) {
+  // Deterministic pseudo-random schedules: every item is dispatched exactly
+  // once, batches never exceed the size or (multi-item) budget, calls keep order.
+  std::uint64_t rng = 12345;
+  auto next = [&rng](std::uint64_t n) {
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return rng % n;
+  };
+  for (int round = 0; round < 200; ++round) {
+    BatchOptions o = opts(1 + next(16), static_cast<std::int64_t>(next(3)) * 1000);
+    o.max_batch_length = next(2) ? 0 : 1 + next(40);
+    o.max_age_us = 1 + next(5000);
+    BatchPolicy p(o);
+    std::vector<Entry> es(1 + next(60));
+    std::vector<std::vector<std::uint32_t>> lens(es.size());
+    std::vector<std::vector<int>> seen(es.size());
+    TimePoint now = 0;
+    std::size_t added = 0, total = 0;
+    while (added < es.size() || !p.empty()) {
+      now += static_cast<TimePoint>(next(2000)) * 1000;
+      if (added < es.size() && next(2)) {
+        Entry& e = es[added];
+        const std::uint32_t n = 1 + next(20);
+        lens[added].resize(n);
+        for (auto& l : lens[added]) l = 1 + next(10);
+        e = make(n, static_cast<std::int32_t>(next(3)), now, o.max_batch_length ? lens[added].data() : nullptr);
+        e.owner = reinterpret_cast<void*>(added);
+        seen[added].assign(n, 0);
+        total += n;
+        p.add(&e);
+        ++added;
+      }
+      while (auto r = p.ready(now, next(4) == 0)) {
+        Batch b;
+        p.pop(now, *r, b);
+        CHECK(b.size >= 1 && b.size <= o.max_batch_size);
+        std::uint64_t len = 0;
+        for (const Span& s : b.spans) {
+          const auto idx = reinterpret_cast<std::size_t>(s.entry->owner);
+          for (std::uint32_t i = s.begin; i < s.begin + s.count; ++i) {
+            seen[idx][i] += 1;
+            len += s.entry->length_of(i);
+            if (i > 0) CHECK_EQ(seen[idx][i - 1], 1);  // a call's items leave in order
+          }
+        }
+        if (o.max_batch_length && b.size > 1) CHECK(len <= o.max_batch_length);
+        total -= b.size;
+      }
+    }
+    CHECK_EQ(total, 0u);
+    for (auto& v : seen)
+      for (int c : v) CHECK_EQ(c, 1);
+  }
+}
+
+TEST_MAIN()

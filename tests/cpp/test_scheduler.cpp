@@ -1,0 +1,201 @@
+// Scheduler: push/pop contracts, shutdown, and multi-producer fuzzing.
+// Run under ThreadSanitizer and AddressSanitizer in CI.
+#include <batched/scheduler.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "check.h"
+
+using namespace batched;
+
+namespace {
+
+BatchOptions opts(std::size_t batch, std::int64_t timeout_us) {
+  BatchOptions o;
+  o.max_batch_size = batch;
+  o.timeout_us = timeout_us;
+  return o;
+}
+
+Entry make(std::uint32_t count, void* owner = nullptr) {
+  Entry e;
+  e.count = count;
+  e.owner = owner;
+  return e;
+}
+
+// Runs fn on a thread; false if it did not finish within `seconds` (a hang).
+template <class Fn>
+bool finishes_within(double seconds, Fn fn) {
+  auto task = std::async(std::launch::async, std::move(fn));
+  return task.wait_for(std::chrono::duration<double>(seconds)) == std::future_status::ready;
+}
+
+}  // namespace
+
+TEST(fake_clock_timeout_without_sleeping) {
+  FakeClock clock;
+  Scheduler<FakeClock> s(opts(8, 5000), clock);
+  Entry a = make(1);
+  CHECK(s.try_push(&a) == PushStatus::kOk);
+  Batch b;
+  CHECK(!s.try_pop(b));
+  CHECK_EQ(s.next_deadline(), 5000000);
+  clock.advance_us(4999);
+  CHECK(!s.try_pop(b));
+  clock.advance_us(1);
+  CHECK(s.try_pop(b));
+  CHECK(b.reason == DispatchReason::kTimeout);
+  CHECK_EQ(b.size, 1u);
+  const BatchStats st = s.stats();
+  CHECK_EQ(st.queue_wait.count(), 1u);
+  CHECK(st.queue_wait.quantile(0.5) > 4.5e6 && st.queue_wait.quantile(0.5) < 5.5e6);
+  CHECK_EQ(st.batches_by_reason[static_cast<int>(DispatchReason::kTimeout)], 1u);
+}
+
+TEST(full_queue_rejects_and_moves_nothing) {
+  BatchOptions o = opts(8, 5000);
+  o.max_queue_size = 3;
+  FakeClock clock;
+  Scheduler<FakeClock> s(o, clock);
+  Entry a = make(2), b = make(2), c = make(1);
+  CHECK(s.try_push(&a) == PushStatus::kOk);
+  CHECK(s.try_push(&b) == PushStatus::kQueueFull);
+  CHECK(b.inbox_next == nullptr);  // not taken
+  CHECK(s.try_push(&c) == PushStatus::kOk);
+  CHECK_EQ(s.size_approx(), 3u);
+  CHECK_EQ(s.stats().rejected_items, 2u);
+  clock.advance_us(5000);
+  Batch out;
+  CHECK(s.try_pop(out));
+  CHECK_EQ(s.size_approx(), 0u);
+  CHECK(s.try_push(&b) == PushStatus::kOk);  // room again
+}
+
+TEST(shutdown_wakes_workers_rejects_pushes_and_drains_queue) {
+  Scheduler<> s(opts(8, 60 * 1000 * 1000));  // a minute: nothing times out here
+  Entry a = make(3), b = make(1);
+  CHECK(s.try_push(&a) == PushStatus::kOk);
+  CHECK(s.try_push(&b) == PushStatus::kOk);
+  std::atomic<bool> returned{false};
+  std::thread worker([&] {
+    Batch batch;
+    returned = !s.wait_pop(batch);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it fall asleep
+  s.shutdown();
+  worker.join();
+  CHECK(returned.load());
+  Entry c = make(1);
+  CHECK(s.try_push(&c) == PushStatus::kClosed);
+  const std::vector<Entry*> left = s.drain();
+  CHECK_EQ(left.size(), 2u);
+  CHECK(left[0] == &a && left[1] == &b);
+  CHECK(s.drain().empty());  // each entry once
+  CHECK_EQ(s.size_approx(), 0u);
+  Batch batch;
+  CHECK(!s.wait_pop(batch));
+}
+
+TEST(push_wakes_a_worker_sleeping_without_deadline) {
+  Scheduler<> s(opts(8, 0));
+  Entry a = make(1);
+  const bool ok = finishes_within(10.0, [&] {
+    std::thread worker([&] {
+      Batch b;
+      CHECK(s.wait_pop(b));
+      CHECK_EQ(b.size, 1u);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK(s.try_push(&a) == PushStatus::kOk);
+    worker.join();
+  });
+  CHECK(ok);
+  if (!ok) std::_Exit(1);  // a hung worker would block exit
+}
+
+// Many producers, several workers: every item arrives exactly once, batches
+// respect the size limit, and (one worker) each producer's calls leave in order.
+static void fuzz(std::size_t workers, int producers, int calls_per_producer, std::int64_t timeout_us) {
+  BatchOptions o = opts(16, timeout_us);
+  o.num_workers = workers;
+  Scheduler<> s(o);
+  struct Call {
+    Entry entry;
+    int producer;
+    int index;
+    std::atomic<int> delivered{0};
+  };
+  std::vector<std::unique_ptr<Call[]>> calls(producers);
+  for (int p = 0; p < producers; ++p) calls[p].reset(new Call[calls_per_producer]);
+
+  std::atomic<int> start{0};
+  std::atomic<long long> items_pushed{0}, items_popped{0};
+  std::vector<int> last_index(producers, -1);
+  std::atomic<int> order_violations{0}, oversized{0};
+
+  std::vector<std::thread> worker_threads;
+  for (std::size_t w = 0; w < workers; ++w) {
+    worker_threads.emplace_back([&] {
+      Batch b;
+      while (s.wait_pop(b)) {
+        if (b.size > 16) ++oversized;
+        for (const Span& span : b.spans) {
+          auto* c = static_cast<Call*>(span.entry->owner);
+          c->delivered.fetch_add(static_cast<int>(span.count));
+          items_popped += span.count;
+          if (workers == 1 && span.begin == 0) {
+            if (c->index <= last_index[c->producer]) ++order_violations;
+            last_index[c->producer] = c->index;
+          }
+        }
+      }
+    });
+  }
+  std::vector<std::thread> producer_threads;
+  for (int p = 0; p < producers; ++p) {
+    producer_threads.emplace_back([&, p] {
+      start.fetch_add(1);
+      while (start.load() < producers) std::this_thread::yield();  // start barrier
+      std::uint64_t rng = 0x9E3779B97F4A7C15ull * (p + 1);
+      for (int i = 0; i < calls_per_producer; ++i) {
+        rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+        Call& c = calls[p][i];
+        c.producer = p;
+        c.index = i;
+        c.entry.count = 1 + static_cast<std::uint32_t>(rng % 20);  // some split over batches
+        c.entry.owner = &c;
+        items_pushed += c.entry.count;
+        while (s.try_push(&c.entry) != PushStatus::kOk) std::this_thread::yield();
+      }
+    });
+  }
+  for (auto& t : producer_threads) t.join();
+  // Everything pushed must come out: wait for it, bounded.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (items_popped.load() < items_pushed.load() && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  s.shutdown();
+  for (auto& t : worker_threads) t.join();
+  CHECK(s.drain().empty());
+  CHECK_EQ(items_popped.load(), items_pushed.load());
+  CHECK_EQ(order_violations.load(), 0);
+  CHECK_EQ(oversized.load(), 0);
+  int wrong = 0;
+  for (int p = 0; p < producers; ++p)
+    for (int i = 0; i < calls_per_producer; ++i)
+      if (calls[p][i].delivered.load() != static_cast<int>(calls[p][i].entry.count)) ++wrong;
+  CHECK_EQ(wrong, 0);
+  CHECK_EQ(s.stats().total_dispatched, static_cast<std::uint64_t>(items_pushed.load()));
+}
+
+TEST(fuzz_one_worker_greedy) { fuzz(1, 4, 20000, 0); }
+TEST(fuzz_one_worker_with_timeout) { fuzz(1, 4, 5000, 200); }
+TEST(fuzz_three_workers) { fuzz(3, 4, 20000, 50); }
+
+TEST_MAIN()

@@ -1,0 +1,175 @@
+"""The public API of batched 0.1.5, as code written for it uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+import batched
+from batched import BatchProcessor
+
+
+def double(items: list[int]) -> list[int]:
+    return [x * 2 for x in items]
+
+
+def test_single_item_and_list_calls() -> None:
+    proc = BatchProcessor(double, batch_size=4, timeout_ms=1)
+    assert proc(21) == 42
+    assert proc([1, 2, 3]) == [2, 4, 6]
+    assert proc([]) == []
+    assert proc(list(range(10))) == [x * 2 for x in range(10)]  # split over 3 batches
+    proc.shutdown()
+
+
+def test_tuple_is_one_item_like_in_0_1_5() -> None:
+    proc = BatchProcessor(lambda xs: [len(x) for x in xs], timeout_ms=0)
+    assert proc((1, 2, 3)) == 3
+    proc.shutdown()
+
+
+def test_acall_single_and_list() -> None:
+    proc = BatchProcessor(double, batch_size=8, timeout_ms=1)
+
+    async def main() -> tuple[int, list[int], list[int]]:
+        one = await proc.acall(5)
+        many = await proc.acall([1, 2, 3])
+        gathered = await asyncio.gather(*(proc.acall(i) for i in range(20)))
+        return one, many, list(gathered)
+
+    one, many, gathered = asyncio.run(main())
+    assert one == 10
+    assert many == [2, 4, 6]
+    assert gathered == [i * 2 for i in range(20)]
+    proc.shutdown()
+
+
+def test_decorator_bare_and_with_arguments() -> None:
+    @batched.dynamically
+    def bare(items: list[int]) -> list[int]:
+        """Doc of bare."""
+        return [x + 1 for x in items]
+
+    @batched.dynamically(batch_size=2, timeout_ms=0, small_batch_threshold=1)
+    def configured(items: list[int]) -> list[int]:
+        return [x - 1 for x in items]
+
+    assert isinstance(bare, BatchProcessor)
+    assert bare.__name__ == "bare" and bare.__doc__ == "Doc of bare."
+    assert bare.batch_size == 32 and bare.timeout_ms == 5.0 and bare.small_batch_threshold == 8
+    assert bare([1, 2]) == [2, 3]
+    assert configured.batch_size == 2 and configured.timeout_ms == 0.0
+    assert configured([5, 6, 7]) == [4, 5, 6]
+    assert max(configured.stats.batch_size_histogram) <= 2
+    bare.shutdown()
+    configured.shutdown()
+
+
+def test_methods_get_one_processor_per_instance() -> None:
+    class Model:
+        def __init__(self, offset: int) -> None:
+            self.offset = offset
+            self.batches: list[list[int]] = []
+
+        @batched.dynamically(batch_size=8, timeout_ms=1)
+        def predict(self, items: list[int]) -> list[int]:
+            self.batches.append(items)
+            return [x + self.offset for x in items]
+
+    a, b = Model(100), Model(200)
+    assert a.predict([1, 2]) == [101, 102]
+    assert b.predict(1) == 201
+    assert a.predict is a.predict  # created once, then reused
+    assert a.predict is not b.predict
+    assert isinstance(a.predict, BatchProcessor)
+    assert a.batches == [[1, 2]] and b.batches == [[1]]
+    assert Model.predict(a, 3) == 103  # through the class, too
+    a.predict.shutdown()
+    b.predict.shutdown()
+
+
+def test_stats_has_0_1_5_fields_and_new_ones() -> None:
+    proc = BatchProcessor(double, batch_size=4, timeout_ms=1)
+    proc(list(range(10)))
+    s = proc.stats
+    assert isinstance(s, batched.types.BatchProcessorStats)
+    assert s.queue_size == 0
+    assert s.total_processed == 10
+    assert s.total_batches == 3
+    assert s.avg_batch_size == pytest.approx(10 / 3)
+    assert s.avg_processing_time >= 0.0
+    assert s.cache_stats is None
+    assert s.batch_size_histogram == {4: 2, 2: 1}
+    assert sum(s.batches_by_reason.values()) == 3
+    assert set(s.batches_by_reason) == {"full", "timeout", "budget", "backlog"}
+    assert s.queue_wait_ms.p50 <= s.queue_wait_ms.p95 <= s.queue_wait_ms.p99
+    assert s.batch_latency_ms.p99 > 0
+    assert s.failed_batches == 0 and s.rejected_items == 0
+    assert "total_processed=10" in repr(s)
+    proc.shutdown()
+
+
+def test_generic_subscript_works_at_run_time() -> None:
+    alias = BatchProcessor[int, str]
+    assert alias.__origin__ is BatchProcessor
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1, got 0"),
+        ({"batch_size": -3}, ValueError, "batch_size must be at least 1, got -3"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int, got float 2.5"),
+        ({"timeout_ms": -1}, ValueError, "timeout_ms must be a finite number >= 0, got -1"),
+        ({"timeout_ms": float("nan")}, ValueError, "timeout_ms must be a finite number >= 0"),
+        ({"timeout_ms": "5"}, TypeError, "timeout_ms must be a number of milliseconds, got str '5'"),
+        ({"small_batch_threshold": -1}, ValueError, "small_batch_threshold must be at least 0, got -1"),
+        ({"max_queue_size": 0}, ValueError, "max_queue_size must be at least 1, got 0"),
+        ({"num_workers": 0}, ValueError, "num_workers must be at least 1, got 0"),
+    ],
+)
+def test_bad_options_raise_at_construction(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(".", r"\.")):
+        BatchProcessor(double, **kwargs)
+
+
+def test_bad_options_raise_at_decoration() -> None:
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+
+        @batched.dynamically(batch_size=0)
+        def f(items: list[int]) -> list[int]:
+            return items
+
+
+def test_non_callable_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="batch function must be callable, got int"):
+        BatchProcessor(3)  # type: ignore[arg-type]
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, batched\n"
+        "heavy = [m for m in ('numpy', 'torch', 'asyncio', 'typing', 'dataclasses') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == ""
+
+
+def test_types_and_utils_are_importable() -> None:
+    from batched.types import AsyncCache, BatchProcessorStats, CacheStats, PriorityStrategy
+    from batched.utils import batch_iter, is_method
+
+    assert PriorityStrategy.LENGTH.name == "LENGTH"
+    assert CacheStats(gets=2, hits=1) == CacheStats(gets=2, hits=1)
+    assert BatchProcessorStats().total_processed == 0
+    assert AsyncCache is not None
+    assert list(batch_iter([1, 2, 3], 2)) == [[1, 2], [3]]
+
+    def method(self: object, items: list[int]) -> list[int]:
+        return items
+
+    assert is_method(method) and not is_method(double)

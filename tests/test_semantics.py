@@ -1,0 +1,360 @@
+"""SPEC section 2, line by line, for every front end (see conftest.submit)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, Gate, queued, wait_until, worker_threads
+
+import batched
+from batched import BatchProcessor, QueueFullError, ShutdownError
+
+LONG_MS = 60_000.0  # a timeout that never fires within a test
+
+
+def identity(items: list[Any]) -> list[Any]:
+    return list(items)
+
+
+# 2.1 dispatch rules
+
+
+def test_full_batch_leaves_without_waiting_for_the_timeout(submit) -> None:
+    proc = BatchProcessor(identity, batch_size=4, timeout_ms=LONG_MS)
+    futures = [submit(proc, i) for i in range(4)]
+    assert [f.result(TIMEOUT) for f in futures] == [0, 1, 2, 3]
+    assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "backlog": 0}
+    proc.shutdown()
+
+
+def test_lone_item_waits_for_the_timeout(submit) -> None:
+    proc = BatchProcessor(identity, batch_size=8, timeout_ms=50)
+    start = time.monotonic()
+    assert submit(proc, 7).result(TIMEOUT) == 7
+    assert time.monotonic() - start >= 0.049  # never less than the timeout
+    assert proc.stats.batches_by_reason["timeout"] == 1
+    proc.shutdown()
+
+
+def test_zero_timeout_sends_at_once(submit) -> None:
+    proc = BatchProcessor(identity, batch_size=8, timeout_ms=0)
+    assert [submit(proc, i).result(TIMEOUT) for i in range(5)] == list(range(5))
+    assert proc.stats.total_batches == 5
+    proc.shutdown()
+
+
+def test_batches_never_exceed_batch_size(submit) -> None:
+    sizes: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    proc = BatchProcessor(fn, batch_size=5, timeout_ms=1)
+    futures = [submit(proc, list(range(i))) for i in range(1, 30)]
+    for i, f in enumerate(futures, start=1):
+        assert f.result(TIMEOUT) == list(range(i))
+    assert max(sizes) <= 5
+    assert sum(sizes) == sum(range(1, 30))
+    proc.shutdown()
+
+
+# 2.2 items that waited during a batch leave as soon as it returns
+
+
+def test_backlog_leaves_when_the_worker_returns(submit) -> None:
+    gate = Gate(identity)
+    proc = BatchProcessor(gate, batch_size=64, timeout_ms=0)
+    first = submit(proc, "first")
+    assert gate.entered.wait(TIMEOUT)
+    # timeout_ms=0 dispatched "first"; the rest queue behind the busy worker.
+    later = []
+    for i in range(10):  # queued one by one, so the batch order is known
+        later.append(submit(proc, i))
+        wait_until(lambda n=i + 1: queued(proc) == n, f"{i + 1} items queued")
+    gate.open()
+    assert first.result(TIMEOUT) == "first"
+    assert [f.result(TIMEOUT) for f in later] == list(range(10))
+    assert gate.batches[1] == list(range(10))  # one batch, formed at once
+    proc.shutdown()
+
+
+def test_backlog_does_not_wait_for_a_long_timeout(submit) -> None:
+    gate = Gate(identity)
+    proc = BatchProcessor(gate, batch_size=64, timeout_ms=LONG_MS)
+    futures = [submit(proc, i) for i in range(64)]  # a full batch: dispatched at once
+    assert gate.entered.wait(TIMEOUT)
+    late = submit(proc, "late")
+    wait_until(lambda: queued(proc) == 1, "one item queued")
+    gate.open()
+    assert [f.result(TIMEOUT) for f in futures] == list(range(64))
+    assert late.result(TIMEOUT) == "late"  # would take a minute if it waited the timeout
+    assert proc.stats.batches_by_reason["backlog"] == 1
+    proc.shutdown()
+
+
+# 2.3 exactly once, own results, own order; large calls split and reassembled
+
+
+def test_large_call_split_over_batches_and_reassembled(submit) -> None:
+    proc = BatchProcessor(lambda xs: [x * 3 for x in xs], batch_size=7, timeout_ms=0)
+    items = list(range(1000))
+    assert submit(proc, items).result(TIMEOUT) == [x * 3 for x in items]
+    assert proc.stats.total_processed == 1000
+    assert max(proc.stats.batch_size_histogram) == 7
+    proc.shutdown()
+
+
+# 2.4 small calls first, and aging
+
+
+def _queue_behind_gate(submit, proc, gate, calls):
+    first = submit(proc, "gate")
+    assert gate.entered.wait(TIMEOUT)
+    futures = []
+    expected = 0
+    for call in calls:
+        futures.append(submit(proc, call))
+        expected += len(call) if isinstance(call, list) else 1
+        wait_until(lambda n=expected: queued(proc) == n, f"{expected} items queued")
+    gate.open()
+    assert first.result(TIMEOUT) == "gate"
+    return [f.result(TIMEOUT) for f in futures]
+
+
+def test_small_calls_go_before_bulk_calls(submit) -> None:
+    gate = Gate(identity)
+    proc = BatchProcessor(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2)
+    bulk = [f"bulk{i}" for i in range(6)]
+    results = _queue_behind_gate(submit, proc, gate, [bulk, ["s1"], ["s2", "s3"]])
+    assert results == [bulk, ["s1"], ["s2", "s3"]]
+    order = [x for batch in gate.batches[1:] for x in batch]
+    assert order == ["s1", "s2", "s3", *bulk]
+    proc.shutdown()
+
+
+def test_aged_bulk_call_goes_first(submit) -> None:
+    gate = Gate(identity)
+    # aging_ms=0: every queued item is "old", so arrival order wins over size.
+    proc = BatchProcessor(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2, aging_ms=0)
+    bulk = [f"bulk{i}" for i in range(6)]
+    _queue_behind_gate(submit, proc, gate, [bulk, ["s1"]])
+    order = [x for batch in gate.batches[1:] for x in batch]
+    assert order == [*bulk, "s1"]
+    proc.shutdown()
+
+
+# 2.5 failures of the batch function
+
+
+def test_exception_reaches_every_caller_in_the_batch_and_only_them(submit) -> None:
+    def fn(items: list[int]) -> list[int]:
+        if -1 in items:
+            raise KeyError(f"bad batch {sorted(items)}")
+        return items
+
+    proc = BatchProcessor(fn, batch_size=3, timeout_ms=LONG_MS)
+    bad = [submit(proc, x) for x in (1, -1, 2)]  # one full batch
+    for f in bad:
+        with pytest.raises(KeyError, match=r"bad batch \[-1, 1, 2\]"):
+            f.result(TIMEOUT)
+    good = [submit(proc, x) for x in (4, 5, 6)]
+    assert [f.result(TIMEOUT) for f in good] == [4, 5, 6]  # the worker survived
+    assert proc.stats.failed_batches == 1
+    proc.shutdown()
+
+
+def test_base_exceptions_do_not_kill_the_worker(submit) -> None:
+    calls = iter([KeyboardInterrupt, SystemExit, None])
+
+    def fn(items: list[int]) -> list[int]:
+        exc = next(calls)
+        if exc is not None:
+            raise exc("stop")
+        return items
+
+    proc = BatchProcessor(fn, batch_size=1, timeout_ms=0)
+    for exc in (KeyboardInterrupt, SystemExit):
+        # Thread callers get it as raised; asyncio would treat it as fatal to
+        # the caller's loop, so there it arrives wrapped in a RuntimeError.
+        with pytest.raises((exc, RuntimeError)) as info:
+            submit(proc, 1).result(TIMEOUT)
+        if isinstance(info.value, RuntimeError):
+            assert f"the batch function raised {exc.__name__}: stop" in str(info.value)
+            assert isinstance(info.value.__cause__, exc)
+    assert submit(proc, 9).result(TIMEOUT) == 9
+    proc.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("returned", "error", "message"),
+    [
+        ([1], ValueError, r"batch function .*short.* returned 1 results for a batch of 3 items"),
+        ([1, 2, 3, 4], ValueError, r"returned 4 results for a batch of 3 items"),
+        (None, TypeError, r"must return a sequence of 3 results \(one per item\), got NoneType"),
+        ("abc", TypeError, r"got str"),
+    ],
+)
+def test_wrong_output_is_a_clear_error(submit, returned, error, message) -> None:
+    def short(items: list[int]) -> Any:
+        return returned if min(items) < 3 else items
+
+    proc = BatchProcessor(short, batch_size=3, timeout_ms=LONG_MS)
+    futures = [submit(proc, i) for i in range(3)]
+    for f in futures:
+        with pytest.raises(error, match=message):
+            f.result(TIMEOUT)
+    assert submit(proc, [7, 8, 9]).result(TIMEOUT) == [7, 8, 9]  # the worker survived
+    proc.shutdown()
+
+
+def test_returned_exception_fails_only_that_item(submit) -> None:
+    def fn(items: list[int]) -> list[Any]:
+        return [ValueError(f"no {x}") if x < 0 else x for x in items]
+
+    proc = BatchProcessor(fn, batch_size=4, timeout_ms=LONG_MS)
+    futures = [submit(proc, x) for x in (1, -2, 3, 4)]
+    assert futures[0].result(TIMEOUT) == 1
+    with pytest.raises(ValueError, match="no -2"):
+        futures[1].result(TIMEOUT)
+    assert [futures[2].result(TIMEOUT), futures[3].result(TIMEOUT)] == [3, 4]
+    # In a list call, the first failed item's error is raised.
+    with pytest.raises(ValueError, match="no -5"):
+        submit(proc, [5, -5, -6, 6]).result(TIMEOUT)
+    proc.shutdown()
+
+
+def test_numpy_like_sequence_output_is_accepted(submit) -> None:
+    class Rows:  # has __len__ and iterates, like an ndarray
+        def __init__(self, xs: list[int]) -> None:
+            self.xs = xs
+
+        def __len__(self) -> int:
+            return len(self.xs)
+
+        def __iter__(self):
+            return iter(self.xs)
+
+    proc = BatchProcessor(lambda xs: Rows([x + 1 for x in xs]), batch_size=4, timeout_ms=0)
+    assert submit(proc, [1, 2, 3]).result(TIMEOUT) == [2, 3, 4]
+    proc.shutdown()
+
+
+# 2.8 shutdown, garbage collection
+
+
+def test_shutdown_fails_queued_items_and_refuses_new_calls(submit) -> None:
+    gate = Gate(identity)
+    proc = BatchProcessor(gate, batch_size=2, timeout_ms=0)
+    running = submit(proc, "running")
+    assert gate.entered.wait(TIMEOUT)
+    waiting = [submit(proc, i) for i in range(3)]
+    wait_until(lambda: queued(proc) == 3, "3 items queued")
+    stopper = threading.Thread(target=proc.shutdown)
+    stopper.start()
+    for f in waiting:
+        with pytest.raises(ShutdownError, match="was shut down before these items were processed"):
+            f.result(TIMEOUT)
+    gate.open()
+    stopper.join(TIMEOUT)
+    assert not stopper.is_alive()
+    assert running.result(TIMEOUT) == "running"  # a running batch finishes
+    with pytest.raises(ShutdownError, match="has been shut down"):
+        submit(proc, 1).result(TIMEOUT)
+    proc.shutdown()  # idempotent
+
+
+def test_shutdown_from_inside_the_batch_function_does_not_hang(submit) -> None:
+    holder: dict[str, BatchProcessor] = {}
+
+    def fn(items: list[int]) -> list[int]:
+        holder["proc"].shutdown()
+        return items
+
+    proc = holder["proc"] = BatchProcessor(fn, batch_size=1, timeout_ms=0)
+    assert submit(proc, 3).result(TIMEOUT) == 3
+    with pytest.raises(ShutdownError):
+        submit(proc, 4).result(TIMEOUT)
+
+
+def test_garbage_collected_processor_stops_its_workers() -> None:
+    def uniquely_named_fn_gc(items: list[int]) -> list[int]:
+        return items
+
+    proc = BatchProcessor(uniquely_named_fn_gc, timeout_ms=0, num_workers=2)
+    assert proc(1) == 1
+    assert len(worker_threads("uniquely_named_fn_gc")) == 2
+    del proc
+    import gc
+
+    gc.collect()
+    wait_until(lambda: not worker_threads("uniquely_named_fn_gc"), "workers to exit")
+
+
+def test_garbage_collected_instance_stops_its_method_workers() -> None:
+    class Embedder:
+        @batched.dynamically(timeout_ms=0)
+        def embed_gc_probe(self, items: list[int]) -> list[int]:
+            return items
+
+    e = Embedder()
+    assert e.embed_gc_probe([1, 2]) == [1, 2]
+    assert worker_threads("embed_gc_probe")
+    del e
+    import gc
+
+    gc.collect()
+    wait_until(lambda: not worker_threads("embed_gc_probe"), "method workers to exit")
+
+
+
+def test_processor_never_called_starts_no_thread() -> None:
+    def never_called_probe(items: list[int]) -> list[int]:
+        return items
+
+    proc = BatchProcessor(never_called_probe)
+    assert not worker_threads("never_called_probe")
+    proc.shutdown()
+
+
+# 2.9 bounded queue
+
+
+def test_full_queue_raises_at_once(submit) -> None:
+    gate = Gate(identity)
+    proc = BatchProcessor(gate, batch_size=1, timeout_ms=0, max_queue_size=3)
+    running = submit(proc, "running")
+    assert gate.entered.wait(TIMEOUT)
+    queued_calls = [submit(proc, i) for i in range(3)]
+    wait_until(lambda: queued(proc) == 3, "queue full")
+    with pytest.raises(QueueFullError, match=r"3 items are queued, max_queue_size=3, and this call has 1"):
+        submit(proc, 99).result(TIMEOUT)
+    with pytest.raises(QueueFullError):
+        submit(proc, [1, 2]).result(TIMEOUT)
+    assert proc.stats.rejected_items == 3
+    gate.open()
+    assert running.result(TIMEOUT) == "running"
+    assert [f.result(TIMEOUT) for f in queued_calls] == [0, 1, 2]
+    assert submit(proc, 5).result(TIMEOUT) == 5  # room again
+    proc.shutdown()
+
+
+# 2.10 stats
+
+
+def test_stats_reconcile_with_the_work_done(submit) -> None:
+    proc = BatchProcessor(identity, batch_size=8, timeout_ms=1)
+    futures = [submit(proc, list(range(i % 5 + 1))) for i in range(50)]
+    for i, f in enumerate(futures):
+        assert f.result(TIMEOUT) == list(range(i % 5 + 1))
+    s = proc.stats
+    total = sum(i % 5 + 1 for i in range(50))
+    assert s.total_processed == total
+    assert sum(n * c for n, c in s.batch_size_histogram.items()) == total
+    assert sum(s.batch_size_histogram.values()) == s.total_batches
+    assert sum(s.batches_by_reason.values()) == s.total_batches
+    assert s.queue_size == 0
+    proc.shutdown()
