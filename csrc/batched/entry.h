@@ -33,8 +33,8 @@ struct Entry {
   // ---- implementation details follow: consumer-side bookkeeping ----
   Entry* inbox_next = nullptr;              // link in the lock-free inbox
   std::uint32_t taken = 0;                  // items already dispatched
-  std::uint64_t seq = 0;                    // arrival order in the policy
-  std::size_t heap_index = 0;               // position in the policy's priority heap
+  Entry* level_prev = nullptr;              // links in the policy's list of this priority
+  Entry* level_next = nullptr;
   Entry* fifo_prev = nullptr;               // links in the policy's arrival list
   Entry* fifo_next = nullptr;
 };

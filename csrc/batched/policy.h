@@ -17,10 +17,12 @@
 //  * next_deadline() is when the timeout rule will fire (kNever if empty).
 //
 // Not thread-safe: one consumer at a time (the Scheduler serialises workers).
-// add/remove/pop are O(log n) in queued calls; pop appends to a reused Batch
-// and does not allocate once the heap and the batch have grown.
+// add/remove/pop are O(1) per call plus O(log L) over the L distinct priorities
+// queued (2 for small/bulk); nothing allocates per call once the level list and
+// the batch have grown.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -43,11 +45,10 @@ class BatchPolicy {
 
   // Queues the untaken items of `e`. `e->enqueue_ns` must be set.
   void add(Entry* e) {
-    e->seq = next_seq_++;
     queued_items_ += e->count - e->taken;
     for (std::uint32_t i = e->taken; i < e->count; ++i) queued_length_ += e->length_of(i);
     fifo_push_back(e);
-    heap_push(e);
+    level_push_back(e);
   }
 
   // Takes the untaken items of a queued `e` out of the queue (cancellation).
@@ -122,19 +123,15 @@ class BatchPolicy {
 
   // ---- implementation details follow ----
  private:
-  static bool before(const Entry* a, const Entry* b) noexcept {
-    return a->priority != b->priority ? a->priority < b->priority : a->seq < b->seq;
-  }
-
   Entry* next_entry(TimePoint now) const noexcept {
     if (fifo_head_ == nullptr) return nullptr;
     if (now - fifo_head_->enqueue_ns >= max_age_ns_) return fifo_head_;  // aged: oldest first
-    return heap_.front();
+    return levels_.front().head;
   }
 
   void unlink(Entry* e) {
     fifo_erase(e);
-    heap_erase(e);
+    level_erase(e);
   }
 
   // Arrival list (intrusive, doubly linked): its head is the oldest entry.
@@ -150,51 +147,34 @@ class BatchPolicy {
     e->fifo_prev = e->fifo_next = nullptr;
   }
 
-  // Binary min-heap by (priority, seq); entries know their index, so any entry
-  // can be erased in O(log n).
-  void heap_push(Entry* e) {
-    e->heap_index = heap_.size();
-    heap_.push_back(e);
-    sift_up(e->heap_index);
+  // Priority levels: one arrival-ordered list per distinct priority, kept in a
+  // vector sorted by priority. Calls of one priority are served in arrival
+  // order, so a level is a FIFO and add/pop are O(1) plus a binary search over
+  // the (few) levels; a level is dropped when it empties.
+  struct Level {
+    std::int32_t priority;
+    Entry* head;
+    Entry* tail;
+  };
+
+  std::vector<Level>::iterator find_level(std::int32_t priority) {
+    return std::lower_bound(levels_.begin(), levels_.end(), priority,
+                            [](const Level& l, std::int32_t p) { return l.priority < p; });
   }
-  void heap_erase(Entry* e) {
-    const std::size_t i = e->heap_index;
-    Entry* last = heap_.back();
-    heap_.pop_back();
-    if (last == e) return;
-    place(i, last);
-    if (i > 0 && before(last, heap_[(i - 1) / 2])) {
-      sift_up(i);
-    } else {
-      sift_down(i);
-    }
+  void level_push_back(Entry* e) {
+    auto it = find_level(e->priority);
+    if (it == levels_.end() || it->priority != e->priority) it = levels_.insert(it, Level{e->priority, nullptr, nullptr});
+    e->level_next = nullptr;
+    e->level_prev = it->tail;
+    (it->tail ? it->tail->level_next : it->head) = e;
+    it->tail = e;
   }
-  void place(std::size_t i, Entry* e) noexcept {
-    heap_[i] = e;
-    e->heap_index = i;
-  }
-  void sift_up(std::size_t i) noexcept {
-    Entry* e = heap_[i];
-    while (i > 0) {
-      const std::size_t parent = (i - 1) / 2;
-      if (!before(e, heap_[parent])) break;
-      place(i, heap_[parent]);
-      i = parent;
-    }
-    place(i, e);
-  }
-  void sift_down(std::size_t i) noexcept {
-    Entry* e = heap_[i];
-    const std::size_t n = heap_.size();
-    for (;;) {
-      std::size_t child = 2 * i + 1;
-      if (child >= n) break;
-      if (child + 1 < n && before(heap_[child + 1], heap_[child])) ++child;
-      if (!before(heap_[child], e)) break;
-      place(i, heap_[child]);
-      i = child;
-    }
-    place(i, e);
+  void level_erase(Entry* e) {
+    auto it = find_level(e->priority);
+    (e->level_prev ? e->level_prev->level_next : it->head) = e->level_next;
+    (e->level_next ? e->level_next->level_prev : it->tail) = e->level_prev;
+    e->level_prev = e->level_next = nullptr;
+    if (it->head == nullptr) levels_.erase(it);
   }
 
   const std::size_t max_batch_size_;
@@ -202,10 +182,9 @@ class BatchPolicy {
   const TimePoint max_age_ns_;
   const std::uint64_t budget_;
 
-  std::vector<Entry*> heap_;
+  std::vector<Level> levels_;
   Entry* fifo_head_ = nullptr;
   Entry* fifo_tail_ = nullptr;
-  std::uint64_t next_seq_ = 0;
   std::size_t queued_items_ = 0;
   std::uint64_t queued_length_ = 0;
 };
