@@ -358,3 +358,18 @@ def test_stats_reconcile_with_the_work_done(submit) -> None:
     assert sum(s.batches_by_reason.values()) == s.total_batches
     assert s.queue_size == 0
     proc.shutdown()
+
+
+def test_unreadable_output_is_a_clear_error(submit) -> None:
+    class Broken:
+        def __len__(self) -> int:
+            return 2
+
+        def __iter__(self):
+            raise RuntimeError("cannot iterate")
+
+    proc = BatchProcessor(lambda xs: Broken() if xs == [1, 2] else xs, batch_size=2, timeout_ms=0)
+    with pytest.raises(TypeError, match=r"\(Broken\) could not be read as a sequence: RuntimeError\('cannot iterate'\)"):
+        submit(proc, [1, 2]).result(TIMEOUT)
+    assert submit(proc, [3, 4]).result(TIMEOUT) == [3, 4]  # the worker survived
+    proc.shutdown()

@@ -76,9 +76,15 @@ cdef extern from "_glue.h" nogil:
         CBatchStats stats() except +
 
     cdef cppclass CCompletion "batched_glue::Completion":
+        CCompletion()
+        void release()
         void notify()
         void wait()
         cbool wait_for_ms(int ms)
+
+    cdef cppclass CPendingNotifications "batched_glue::PendingNotifications":
+        void add(CCompletion* c) except +
+        void notify_all()
 
     int64_t monotonic_ns "batched_glue::monotonic_ns" ()
     const char* dispatch_reason_name "batched_glue::dispatch_reason_name" (int reason)
@@ -86,7 +92,7 @@ cdef extern from "_glue.h" nogil:
 
 cdef class _Call:
     cdef CEntry entry
-    cdef CCompletion completion
+    cdef CCompletion* completion
     cdef tuple items
     cdef list results
     cdef object error
@@ -115,7 +121,8 @@ cdef class Engine:
 
     cdef _Call new_call(self, object items)
     cdef int push(self, _Call call) except -1
+    cdef int check_push(self, CPushStatus status, _Call call) except -1
     cdef start_workers(self)
-    cdef int run_batch(self, CBatch& batch) except -1
+    cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1
     cdef object check_output(self, object out, Py_ssize_t n)
-    cdef void finish(self, _Call call, dict by_loop)
+    cdef int finish(self, _Call call, dict by_loop, CPendingNotifications* to_notify) except -1

@@ -38,6 +38,13 @@ cdef class _Call:
     ``entry`` during that time only.
     """
 
+    def __cinit__(self):
+        self.completion = new CCompletion()
+
+    def __dealloc__(self):
+        if self.completion != NULL:
+            self.completion.release()
+
     cdef void fail(self, object error, Py_ssize_t index):
         # Keep the failure of the earliest item: that is what the caller sees.
         if self.error is None or index < self.error_index:
@@ -130,15 +137,17 @@ cdef class Engine:
         return c
 
     cdef int push(self, _Call c) except -1:
-        cdef CPushStatus status
+        """Queues ``c``. The GIL stays held: the push is a few atomic operations,
+        and releasing the GIL here would cost a GIL hand-over per call."""
         if not self.started:
             self.start_workers()
         Py_INCREF(c)  # the scheduler's reference; released in finish()
-        with nogil:
-            status = self.sched.try_push(&c.entry)
+        return self.check_push(self.sched.try_push(&c.entry), c)
+
+    cdef int check_push(self, CPushStatus status, _Call c) except -1:
         if status == kPushOk:
             return 0
-        Py_DECREF(c)
+        Py_DECREF(c)  # the push did not take it
         if status == kPushQueueFull:
             raise QueueFullError(
                 f"batch processor {self.name!r} is full: {self.sched.size_approx()} items are "
@@ -151,19 +160,28 @@ cdef class Engine:
         if isinstance(items, list) and len(<list>items) == 0:
             return []
         cdef _Call c = self.new_call(items)
+        cdef CPushStatus status
+        cdef bint done = False
         cdef bint on_main = PyThread_get_thread_ident() == _main_thread_ident
-        self.push(c)
-        if on_main:
-            # Wait in slices so Ctrl-C works; the items stay queued and their
-            # results are dropped.
-            while True:
-                with nogil:
-                    if c.completion.wait_for_ms(_SIGNAL_CHECK_MS):
-                        break
-                PyErr_CheckSignals()
-        else:
+        if not self.started:
+            self.start_workers()
+        Py_INCREF(c)  # the scheduler's reference; released in finish()
+        # Push and wait in one GIL release: one hand-over of the GIL per call.
+        with nogil:
+            status = self.sched.try_push(&c.entry)
+            if status == kPushOk:
+                if on_main:
+                    done = c.completion.wait_for_ms(_SIGNAL_CHECK_MS)
+                else:
+                    c.completion.wait()
+                    done = True
+        self.check_push(status, c)
+        while not done:
+            # The main thread waits in slices so Ctrl-C works; its items stay
+            # queued and their results are dropped.
+            PyErr_CheckSignals()
             with nogil:
-                c.completion.wait()
+                done = c.completion.wait_for_ms(_SIGNAL_CHECK_MS)
         return c.outcome()
 
     def submit_async(self, items, loop):
@@ -193,15 +211,19 @@ cdef class Engine:
 
     def worker_main(self):
         cdef CBatch batch
+        cdef CPendingNotifications to_notify
         cdef bint ok
         while True:
             with nogil:
+                # Wake the callers of the last batch only now, without the GIL,
+                # so they do not queue for a GIL this thread still holds.
+                to_notify.notify_all()
                 ok = self.sched.wait_pop(batch)
             if not ok:
                 return
-            self.run_batch(batch)
+            self.run_batch(batch, to_notify)
 
-    cdef int run_batch(self, CBatch& batch) except -1:
+    cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1:
         cdef Py_ssize_t n = batch.size
         cdef Py_ssize_t i = 0, j, k
         cdef size_t s
@@ -249,7 +271,7 @@ cdef class Engine:
             if c.remaining == 0:
                 if c.future is not None and by_loop is None:
                     by_loop = {}
-                self.finish(c, by_loop)
+                self.finish(c, by_loop, &to_notify)
         if by_loop is not None:
             _post(by_loop)
         return 0
@@ -261,16 +283,28 @@ cdef class Engine:
                 return TypeError(
                     f"batch function {self.name!r} must return a sequence of {n} results "
                     f"(one per item), got {type(out).__name__}")
-            out = list(out)
+            try:
+                out = list(out)  # an ndarray, a torch tensor, a custom sequence...
+            except BaseException as e:
+                error = TypeError(
+                    f"the output of batch function {self.name!r} ({type(out).__name__}) "
+                    f"could not be read as a sequence: {e!r}")
+                error.__cause__ = e
+                return error
         if len(out) != n:
             return ValueError(
                 f"batch function {self.name!r} returned {len(out)} results "
                 f"for a batch of {n} items; it must return one result per item")
         return out
 
-    cdef void finish(self, _Call c, dict by_loop):
+    cdef int finish(self, _Call c, dict by_loop, CPendingNotifications* to_notify) except -1:
+        """The call's last item is done: wake its caller (now, or via
+        ``to_notify`` once the worker has released the GIL)."""
         if c.future is None:
-            c.completion.notify()
+            if to_notify != NULL:
+                to_notify.add(c.completion)
+            else:
+                c.completion.notify()
         else:
             calls = by_loop.get(c.loop)
             if calls is None:
@@ -278,6 +312,7 @@ cdef class Engine:
             else:
                 (<list>calls).append(c)
         Py_DECREF(c)  # the scheduler's reference, taken in push()
+        return 0
 
     # ---- lifecycle and stats ----
 
@@ -300,7 +335,7 @@ cdef class Engine:
                 c.fail(error, e.taken)
                 c.remaining -= e.count - e.taken
                 if c.remaining == 0:
-                    self.finish(c, by_loop)
+                    self.finish(c, by_loop, NULL)
             _post(by_loop)
         if wait:
             me = threading.current_thread()
