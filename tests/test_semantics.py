@@ -39,6 +39,22 @@ def test_lone_item_waits_for_the_timeout(submit) -> None:
     proc.shutdown()
 
 
+def test_back_to_back_lone_calls_each_wait_the_timeout(submit) -> None:
+    # The caller re-submits right after its result: that item arrived after
+    # the batch returned, so it is not backlog and must wait the full timeout.
+    def slow_identity(items: list[int]) -> list[int]:
+        time.sleep(0.002)
+        return items
+
+    proc = BatchProcessor(slow_identity, batch_size=8, timeout_ms=20)
+    for i in range(5):
+        start = time.monotonic()
+        assert submit(proc, i).result(TIMEOUT) == i
+        assert time.monotonic() - start >= 0.0199
+    assert proc.stats.batches_by_reason["backlog"] == 0
+    proc.shutdown()
+
+
 def test_zero_timeout_sends_at_once(submit) -> None:
     proc = BatchProcessor(identity, batch_size=8, timeout_ms=0)
     assert [submit(proc, i).result(TIMEOUT) for i in range(5)] == list(range(5))

@@ -46,7 +46,7 @@ double run_throughput(int producers, int items_per_producer) {
     Batch b;
     while (sched.wait_pop(b)) {
       for (const Span& s : b.spans) static_cast<Item*>(s.entry->owner)->done.store(true, std::memory_order_release);
-      sched.record_run(b, 0, false);
+      sched.finish_batch(b, 0, false);
       completed.fetch_add(static_cast<long long>(b.size), std::memory_order_release);
     }
   });

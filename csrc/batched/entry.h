@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include <batched/clock.h>
@@ -72,10 +73,15 @@ struct Batch {
   std::size_t size = 0;  // items, the sum of span counts
   DispatchReason reason = DispatchReason::kFull;
   TimePoint dispatch_ns = 0;
+  // When the batch function returned (Scheduler::finish_batch), or kNotFinished.
+  TimePoint finished_ns = kNotFinished;
+
+  static constexpr TimePoint kNotFinished = std::numeric_limits<TimePoint>::min();
 
   void clear() noexcept {
     spans.clear();
     size = 0;
+    finished_ns = kNotFinished;
   }
   bool empty() const noexcept { return size == 0; }
 };

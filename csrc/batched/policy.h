@@ -4,8 +4,9 @@
 //  * ready(now) says whether a batch should leave now, and why:
 //      full     - at least max_batch_size items are queued;
 //      budget   - max_batch_length > 0 and the queued lengths exceed it;
-//      backlog  - the caller is a worker just back from a batch and items
-//                 waited meanwhile (they are sent at once, no extra wait);
+//      backlog  - the caller is a worker that became free at `busy_until`,
+//                 and the oldest item was queued by then: it waited while the
+//                 workers were busy, so it leaves at once (SPEC 2.2);
 //      timeout  - the oldest queued item has waited timeout_us (0: at once).
 //  * pop() forms the batch: items go in priority order (lower `priority`
 //    first, ties in arrival order), except that an item that has waited
@@ -61,11 +62,13 @@ class BatchPolicy {
     return left;
   }
 
-  std::optional<DispatchReason> ready(TimePoint now, bool worker_returning) const noexcept {
+  // `busy_until`: when the asking worker's last batch returned, or
+  // Batch::kNotFinished if it was idle.
+  std::optional<DispatchReason> ready(TimePoint now, TimePoint busy_until) const noexcept {
     if (queued_items_ == 0) return std::nullopt;
     if (queued_items_ >= max_batch_size_) return DispatchReason::kFull;
     if (budget_ != 0 && queued_length_ > budget_) return DispatchReason::kBudget;
-    if (worker_returning) return DispatchReason::kBacklog;
+    if (fifo_head_->enqueue_ns <= busy_until) return DispatchReason::kBacklog;
     if (now >= next_deadline()) return DispatchReason::kTimeout;
     return std::nullopt;
   }

@@ -81,18 +81,18 @@ class Scheduler {
   }
 
   // Blocks until a batch is ready and moves it into `out`; returns false once
-  // shut down. If `out` still holds the batch this worker just ran, items that
-  // queued meanwhile leave at once (SPEC 2.2). Does not allocate in steady state.
-  // Thread-safe: any number of workers.
+  // shut down. If `out` holds the batch this worker just ran and passed to
+  // finish_batch, items queued before it returned leave at once (SPEC 2.2).
+  // Does not allocate in steady state. Thread-safe: any number of workers.
   bool wait_pop(Batch& out) {
-    bool returning = !out.empty();
+    const TimePoint busy_until = out.finished_ns;
     out.clear();
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       if (closed_) return false;
       absorb_inbox();
       const TimePoint now = clock_.now();
-      if (auto reason = policy_.ready(now, returning)) {
+      if (auto reason = policy_.ready(now, busy_until)) {
         take(now, *reason, out);
         // More may be ready for another worker: hand the turn on.
         const bool more = !policy_.empty() && sleepers_.load(std::memory_order_relaxed) > 0;
@@ -101,7 +101,6 @@ class Scheduler {
         if (more) cv_.notify_one();
         return true;
       }
-      returning = false;
       // Eventcount: announce the sleep, then look once more, so a push either
       // sees a sleeper (and wakes it) or is seen here.
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
@@ -121,7 +120,7 @@ class Scheduler {
     if (closed_) return false;
     absorb_inbox();
     const TimePoint now = clock_.now();
-    if (auto reason = policy_.ready(now, false)) {
+    if (auto reason = policy_.ready(now, Batch::kNotFinished)) {
       take(now, *reason, out);
       return true;
     }
@@ -135,9 +134,11 @@ class Scheduler {
     return policy_.next_deadline();
   }
 
-  // Records that a batch taken by wait_pop/try_pop has finished running.
-  // Thread-safe.
-  void record_run(const Batch& batch, std::int64_t run_ns, bool failed) {
+  // Records that a batch taken by wait_pop/try_pop has finished running (its
+  // function took run_ns) and stamps it with the time, for wait_pop's backlog
+  // rule. Thread-safe.
+  void finish_batch(Batch& batch, std::int64_t run_ns, bool failed) {
+    batch.finished_ns = clock_.now();
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.total_processed += batch.size;
     stats_.total_batches += 1;

@@ -69,7 +69,7 @@ cdef extern from "_glue.h" nogil:
         CScheduler(const CBatchOptions& options) except +
         CPushStatus try_push(CEntry* entry)
         cbool wait_pop(CBatch& out) except +
-        void record_run(const CBatch& batch, int64_t run_ns, cbool failed) except +
+        void finish_batch(CBatch& batch, int64_t run_ns, cbool failed) except +
         void shutdown() except +
         vector[CEntry*] drain() except +
         size_t size_approx()

@@ -251,7 +251,7 @@ cdef class Engine:
             outs = self.check_output(out, n)
             if isinstance(outs, BaseException):
                 error = outs
-        self.sched.record_run(batch, t1 - t0, error is not None)
+        self.sched.finish_batch(batch, t1 - t0, error is not None)
 
         cdef dict by_loop = None
         i = 0

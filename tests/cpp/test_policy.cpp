@@ -10,6 +10,7 @@ using namespace batched;
 namespace {
 
 constexpr TimePoint kMs = 1000000;
+constexpr TimePoint kIdle = Batch::kNotFinished;
 
 BatchOptions opts(std::size_t batch, std::int64_t timeout_us) {
   BatchOptions o;
@@ -34,9 +35,9 @@ TEST(full_batch_dispatches_at_once) {
   std::vector<Entry> es(4);
   for (auto& e : es) e = make(1, 0, 0);
   for (std::size_t i = 0; i < 3; ++i) p.add(&es[i]);
-  CHECK(!p.ready(0, false).has_value());
+  CHECK(!p.ready(0, kIdle).has_value());
   p.add(&es[3]);
-  CHECK(p.ready(0, false) == DispatchReason::kFull);
+  CHECK(p.ready(0, kIdle) == DispatchReason::kFull);
   Batch b;
   p.pop(0, DispatchReason::kFull, b);
   CHECK_EQ(b.size, 4u);
@@ -51,8 +52,8 @@ TEST(timeout_fires_exactly_at_deadline_of_oldest_item) {
   p.add(&a);
   p.add(&b);
   CHECK_EQ(p.next_deadline(), 6 * kMs);
-  CHECK(!p.ready(6 * kMs - 1, false).has_value());
-  CHECK(p.ready(6 * kMs, false) == DispatchReason::kTimeout);
+  CHECK(!p.ready(6 * kMs - 1, kIdle).has_value());
+  CHECK(p.ready(6 * kMs, kIdle) == DispatchReason::kTimeout);
   Batch out;
   p.pop(6 * kMs, DispatchReason::kTimeout, out);
   CHECK_EQ(out.size, 2u);
@@ -62,17 +63,18 @@ TEST(timeout_fires_exactly_at_deadline_of_oldest_item) {
 TEST(zero_timeout_is_greedy) {
   BatchPolicy p(opts(8, 0));
   Entry a = make(1, 0, 7);
-  CHECK(!p.ready(7, false).has_value());
+  CHECK(!p.ready(7, kIdle).has_value());
   p.add(&a);
-  CHECK(p.ready(7, false) == DispatchReason::kTimeout);
+  CHECK(p.ready(7, kIdle) == DispatchReason::kTimeout);
 }
 
-TEST(worker_returning_sends_backlog_without_waiting) {
+TEST(items_that_waited_for_a_busy_worker_leave_when_it_returns) {
   BatchPolicy p(opts(8, 5000));
-  Entry a = make(1, 0, 0);
+  Entry a = make(1, 0, 10);
   p.add(&a);
-  CHECK(!p.ready(1, false).has_value());
-  CHECK(p.ready(1, true) == DispatchReason::kBacklog);
+  CHECK(!p.ready(20, Batch::kNotFinished).has_value());  // an idle worker waits the timeout
+  CHECK(p.ready(20, 15) == DispatchReason::kBacklog);      // queued at 10, worker busy until 15
+  CHECK(!p.ready(20, 9).has_value());                      // queued after the batch returned: not backlog
 }
 
 TEST(small_calls_go_before_bulk_calls) {
@@ -117,8 +119,8 @@ TEST(large_call_is_split_in_order) {
   std::uint32_t expect_begin = 0;
   for (std::uint32_t want : {4u, 4u, 2u}) {
     Batch b;
-    CHECK(p.ready(0, false).has_value());
-    p.pop(0, *p.ready(0, false), b);
+    CHECK(p.ready(0, kIdle).has_value());
+    p.pop(0, *p.ready(0, kIdle), b);
     CHECK_EQ(b.spans.size(), 1u);
     CHECK_EQ(b.spans[0].begin, expect_begin);
     CHECK_EQ(b.spans[0].count, want);
@@ -136,15 +138,15 @@ TEST(budget_limits_total_length_and_long_item_goes_alone) {
   const std::uint32_t long_len[] = {20};
   Entry e = make(3, 0, 0, lens);
   p.add(&e);
-  CHECK(p.ready(0, false) == DispatchReason::kBudget);
+  CHECK(p.ready(0, kIdle) == DispatchReason::kBudget);
   Batch b;
   p.pop(0, DispatchReason::kBudget, b);
   CHECK_EQ(b.size, 2u);  // 3 + 3; a third would make 9 > 7
-  CHECK(!p.ready(0, false).has_value());  // 3 left, within budget: waits for its timeout
+  CHECK(!p.ready(0, kIdle).has_value());  // 3 left, within budget: waits for its timeout
   Entry big = make(1, 0, 0, long_len);
   p.add(&big);
   b.clear();
-  p.pop(0, *p.ready(0, false), b);
+  p.pop(0, *p.ready(0, kIdle), b);
   CHECK_EQ(b.size, 1u);  // the rest of e (3) then big would exceed: e's item alone
   b.clear();
   p.pop(0, DispatchReason::kBudget, b);
@@ -198,7 +200,7 @@ TEST(random_schedules_respect_limits_and_lose_nothing) {
         p.add(&e);
         ++added;
       }
-      while (auto r = p.ready(now, next(4) == 0)) {
+      while (auto r = p.ready(now, next(4) == 0 ? now : kIdle)) {
         Batch b;
         p.pop(now, *r, b);
         CHECK(b.size >= 1 && b.size <= o.max_batch_size);
