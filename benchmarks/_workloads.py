@@ -1,0 +1,273 @@
+"""One benchmark measurement, run in a fresh interpreter of one implementation's venv.
+
+    <venv>/bin/python benchmarks/_workloads.py WORKLOAD [--quick]
+
+Prints exactly one JSON object on the last line of stdout:
+    {"workload": ..., "ok": bool, "errors": [...], "metrics": {...}, "info": {...}}
+and exits 1 when a correctness check failed.  Driven by benchmarks/threaded.py;
+stdlib only, so it runs unchanged against this project and `batched` 0.1.5.
+Not meant to be imported: the measured `import batched` happens inside each
+workload (or, for import_time, in fresh child interpreters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+# Each workload states its configuration here; the orchestrator prints it in the table.
+CONFIG: dict[str, dict[str, Any]] = {
+    "list100k": {"batch_size": 64, "timeout_ms": 1.0, "items": 100_000},
+    "threads32": {"batch_size": 32, "timeout_ms": 5.0, "threads": 32, "seconds": 2.0},
+    # 0.1.5 sleeps timeout_ms whenever fewer than batch_size items wait, so a
+    # short timeout is its best case: the harder comparison.
+    "threads32_t1": {"batch_size": 32, "timeout_ms": 1.0, "threads": 32, "seconds": 2.0},
+    "idle_latency0": {"batch_size": 32, "timeout_ms": 0.0, "calls": 300, "gap_ms": 2.0},
+    "idle_latency5": {"batch_size": 32, "timeout_ms": 5.0, "calls": 300, "gap_ms": 2.0},
+    "idle_cpu": {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0},
+    "idle_cpu0": {"batch_size": 32, "timeout_ms": 0.0, "idle_s": 2.0},
+    "import_time": {"runs": 10},
+}
+QUICK: dict[str, dict[str, Any]] = {
+    "threads32": {"seconds": 0.5},
+    "threads32_t1": {"seconds": 0.5},
+    "idle_latency0": {"calls": 60},
+    "idle_latency5": {"calls": 60},
+    "idle_cpu": {"idle_s": 0.5},
+    "idle_cpu0": {"idle_s": 0.5},
+    "import_time": {"runs": 3},
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank-interpolated percentile (q in 0..100) without numpy."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    pos = (len(s) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+_largest_batch = [0]
+_processors: list[Any] = []  # shut down after the result is printed, so a hang there cannot hide it
+
+
+def _identity(cfg: dict[str, Any]) -> Any:
+    import batched
+
+    def identity(items: list[int]) -> list[int]:
+        if len(items) > _largest_batch[0]:
+            _largest_batch[0] = len(items)
+        return list(items)
+
+    f = batched.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(identity)
+    _processors.append(f)
+    return f
+
+
+def w_list100k(cfg: dict, out: dict) -> None:
+    f = _identity(cfg)
+    n = int(cfg["items"])
+    f(list(range(10)))  # start the worker
+    data = list(range(n))
+    # Repeat the call until 0.3 s have passed (a fast engine finishes one call in milliseconds);
+    # report the median call.  Every call's result is checked.
+    times: list[float] = []
+    spent = 0.0
+    while spent < 0.3 and len(times) < 50:
+        t0 = time.perf_counter()
+        res = f(data)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+        if res != data:
+            bad = sum(1 for a, b in zip(res, data) if a != b) + abs(len(res) - len(data))
+            out["errors"].append(f"list100k: {bad} of {n} results differ from their inputs (len {len(res)})")
+            break
+    med = statistics.median(times)
+    out["metrics"]["items_per_s"] = n / med
+    out["metrics"]["call_ms"] = med * 1e3
+    out["info"]["calls"] = len(times)
+
+
+def w_threads32(cfg: dict, out: dict) -> None:
+    f = _identity(cfg)
+    nthreads, seconds = int(cfg["threads"]), float(cfg["seconds"])
+    f(0)
+    barrier = threading.Barrier(nthreads + 1)
+    lats: list[list[float]] = [[] for _ in range(nthreads)]
+    mismatches = [0] * nthreads
+    errors: list[str] = []
+    deadline = 0.0
+
+    def worker(tid: int) -> None:
+        mine, clock, i = lats[tid], time.perf_counter, 0
+        barrier.wait()
+        try:
+            while clock() < deadline:
+                x = (tid << 32) | i
+                t0 = clock()
+                r = f(x)
+                mine.append(clock() - t0)
+                if r != x:
+                    mismatches[tid] += 1
+                i += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(f"thread {tid}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(nthreads)]
+    for t in threads:
+        t.start()
+    before = f.stats
+    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+    barrier.wait()
+    for t in threads:
+        t.join(seconds + 60)
+        if t.is_alive():
+            errors.append("a client thread did not finish within 60 s of the deadline (hang?)")
+            break
+    elapsed = time.perf_counter() - start
+    after = f.stats
+    all_lats = [x for per in lats for x in per]
+    calls = len(all_lats)
+    batches = after.total_batches - before.total_batches
+    m = out["metrics"]
+    m["items_per_s"] = calls / elapsed
+    m["p50_us"] = percentile(all_lats, 50) * 1e6
+    m["p99_us"] = percentile(all_lats, 99) * 1e6
+    m["avg_batch"] = (after.total_processed - before.total_processed) / batches if batches else 0.0
+    out["info"]["calls"] = calls
+    out["errors"].extend(errors)
+    if sum(mismatches):
+        out["errors"].append(f"threads32: {sum(mismatches)} of {calls} calls returned another caller's result")
+    if calls == 0:
+        out["errors"].append("threads32: no call completed")
+
+
+w_threads32_t1 = w_threads32
+
+
+def _idle_latency(cfg: dict, out: dict) -> None:
+    f = _identity(cfg)
+    gap = float(cfg["gap_ms"]) / 1e3
+    for i in range(5):  # warm-up
+        f(i)
+        time.sleep(gap)
+    lats, bad = [], 0
+    clock = time.perf_counter
+    for i in range(int(cfg["calls"])):
+        t0 = clock()
+        r = f(i)
+        lats.append(clock() - t0)
+        bad += r != i
+        time.sleep(gap)
+    out["metrics"]["p50_us"] = percentile(lats, 50) * 1e6
+    out["metrics"]["p99_us"] = percentile(lats, 99) * 1e6
+    if bad:
+        out["errors"].append(f"{bad} of {len(lats)} idle calls returned a wrong result")
+
+
+w_idle_latency0 = _idle_latency
+w_idle_latency5 = _idle_latency
+
+
+def _idle_cpu(cfg: dict, out: dict) -> None:
+    f = _identity(cfg)
+    if f(7) != 7:
+        out["errors"].append("idle_cpu: f(7) != 7")
+    time.sleep(0.2)  # let the worker settle
+    idle = float(cfg["idle_s"])
+    c0, t0 = time.process_time(), time.perf_counter()
+    time.sleep(idle)
+    c1, t1 = time.process_time(), time.perf_counter()
+    out["metrics"]["cpu_pct"] = (c1 - c0) / (t1 - t0) * 100.0
+
+
+w_idle_cpu = _idle_cpu
+w_idle_cpu0 = _idle_cpu
+
+
+_IMPORT_PROBE = (
+    "import time, sys\n"
+    "t0 = time.perf_counter()\n"
+    "import batched\n"
+    "dt = time.perf_counter() - t0\n"
+    "print(repr((dt, 'numpy' in sys.modules, 'torch' in sys.modules)))\n"
+)
+
+
+def w_import_time(cfg: dict, out: dict) -> None:
+    times, numpy_in, torch_in = [], False, False
+    env = dict(os.environ)
+    for i in range(int(cfg["runs"]) + 1):  # the first run only warms the disk cache
+        p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True,
+                           timeout=120, env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
+        if p.returncode != 0:
+            out["errors"].append(f"import batched failed: {p.stderr.strip()[-2000:]}")
+            return
+        dt, has_np, has_torch = eval(p.stdout.strip().splitlines()[-1])  # noqa: S307 (our own probe)
+        if i:
+            times.append(dt)
+            numpy_in |= has_np
+            torch_in |= has_torch
+    out["metrics"]["import_ms"] = statistics.median(times) * 1e3
+    out["metrics"]["numpy_imported"] = float(numpy_in)
+    out["metrics"]["torch_imported"] = float(torch_in)
+    import importlib.util
+
+    out["info"]["torch_available"] = importlib.util.find_spec("torch") is not None
+    out["info"]["numpy_available"] = importlib.util.find_spec("numpy") is not None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workload", choices=sorted(CONFIG))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--hang-dump-s", type=float, default=0, help="dump all thread stacks to stderr after N s")
+    args = ap.parse_args()
+    if args.hang_dump_s > 0:
+        faulthandler.dump_traceback_later(args.hang_dump_s, exit=False)
+    cfg = dict(CONFIG[args.workload])
+    if args.quick:
+        cfg.update(QUICK.get(args.workload, {}))
+    out: dict = {"workload": args.workload, "config": cfg, "metrics": {}, "errors": [], "info": {}}
+    try:
+        globals()["w_" + args.workload](cfg, out)
+    except BaseException as exc:  # noqa: BLE001
+        import traceback
+
+        out["errors"].append(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}")
+    if "batch_size" in cfg and _largest_batch[0] > int(cfg["batch_size"]):
+        out["errors"].append(f"a batch of {_largest_batch[0]} items exceeded batch_size={cfg['batch_size']}")
+    if "batched" in sys.modules:
+        mod = sys.modules["batched"]
+        out["info"]["batched_file"] = getattr(mod, "__file__", None)
+        try:
+            from importlib.metadata import version
+
+            out["info"]["batched_version"] = version("batched")
+        except Exception:  # noqa: BLE001
+            pass
+    out["ok"] = not out["errors"]
+    print(json.dumps(out), flush=True)
+    # processor.shutdown() exists in 0.1.5 and here; a hang in it (or at exit) shows as a timeout.
+    for f in _processors:
+        stop = getattr(f, "shutdown", None)
+        if callable(stop):
+            stop()
+    return 0 if out["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
