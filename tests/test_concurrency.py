@@ -125,3 +125,30 @@ def test_failures_reach_only_their_own_callers_under_load() -> None:
 
     run_threads(16, caller)
     proc.shutdown()
+
+
+def test_no_references_leak_through_the_core() -> None:
+    # A leaked call record would keep its inputs and results alive: their
+    # reference counts must come back to where they started.
+    import sys
+
+    item, result = object(), object()
+    proc = BatchProcessor(lambda xs: [result] * len(xs), batch_size=8, timeout_ms=0)
+    item_refs, result_refs = sys.getrefcount(item), sys.getrefcount(result)
+
+    def caller(k: int) -> None:
+        for i in range(200):
+            if i % 2:
+                assert proc(item) is result
+            else:
+                assert proc([item] * (k + 1)) == [result] * (k + 1)
+
+    run_threads(8, caller)
+    with pytest.raises(ValueError):  # failing calls release their records too
+        BatchProcessor(lambda xs: [], timeout_ms=0)(item)
+    import gc
+
+    gc.collect()
+    assert sys.getrefcount(item) == item_refs
+    assert sys.getrefcount(result) == result_refs
+    proc.shutdown()

@@ -76,7 +76,15 @@ class Scheduler {
     e->taken = 0;
     inbox_.push(e);
     gate_.fetch_sub(1, std::memory_order_acq_rel);
-    wake_one_if_sleeping();
+    // A sleeping worker only needs waking if this push can change its plan:
+    // the queue was empty (it may sleep with no deadline), the batch is now
+    // full, or a length budget may now be exceeded. Otherwise it already
+    // sleeps until the oldest item's deadline, which this push does not move.
+    // (Whoever pushes into an empty queue always checks for sleepers, so a
+    // worker never sleeps without a deadline while items wait.)
+    if (before == 0 || before + n >= options_.max_batch_size || options_.max_batch_length != 0) {
+      wake_one_if_sleeping();
+    }
     return PushStatus::kOk;
   }
 

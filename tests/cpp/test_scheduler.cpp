@@ -119,6 +119,26 @@ TEST(push_wakes_a_worker_sleeping_without_deadline) {
   if (!ok) std::_Exit(1);  // a hung worker would block exit
 }
 
+TEST(push_that_fills_the_batch_wakes_a_worker_sleeping_on_a_long_deadline) {
+  Scheduler<> s(opts(3, 60 * 1000 * 1000));  // nothing times out within the test
+  Entry e[3] = {make(1), make(1), make(1)};
+  const bool ok = finishes_within(10.0, [&] {
+    std::thread worker([&] {
+      Batch b;
+      CHECK(s.wait_pop(b));
+      CHECK_EQ(b.size, 3u);
+      CHECK(b.reason == DispatchReason::kFull);
+    });
+    for (Entry& x : e) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the worker falls asleep in between
+      CHECK(s.try_push(&x) == PushStatus::kOk);
+    }
+    worker.join();
+  });
+  CHECK(ok);
+  if (!ok) std::_Exit(1);
+}
+
 // Many producers, several workers: every item arrives exactly once, batches
 // respect the size limit, and (one worker) each producer's calls leave in order.
 static void fuzz(std::size_t workers, int producers, int calls_per_producer, std::int64_t timeout_us) {
