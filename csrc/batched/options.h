@@ -10,6 +10,9 @@
 namespace batched {
 
 struct BatchOptions {
+  // Durations are kept in nanoseconds inside; this bound keeps them far from overflow.
+  static constexpr std::int64_t kMaxDurationUs = 1000000000000;
+
   // A batch never holds more items than this. (Python: batch_size)
   std::size_t max_batch_size = 32;
   // A batch is dispatched once its oldest item has waited this long; 0 means
@@ -31,8 +34,10 @@ struct BatchOptions {
   // Throws std::invalid_argument naming the first bad field.
   void validate() const {
     if (max_batch_size == 0) throw std::invalid_argument("max_batch_size must be at least 1");
-    if (timeout_us < 0) throw std::invalid_argument("timeout_us must not be negative");
-    if (max_age_us < 0) throw std::invalid_argument("max_age_us must not be negative");
+    if (timeout_us < 0 || timeout_us > kMaxDurationUs)
+      throw std::invalid_argument("timeout_us must be between 0 and 1e12 (11.6 days)");
+    if (max_age_us < 0 || max_age_us > kMaxDurationUs)
+      throw std::invalid_argument("max_age_us must be between 0 and 1e12 (11.6 days)");
     if (num_workers == 0) throw std::invalid_argument("num_workers must be at least 1");
   }
 };

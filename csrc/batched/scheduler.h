@@ -65,9 +65,7 @@ class Scheduler {
       return PushStatus::kClosed;
     }
     const std::size_t n = e->count;
-    const std::size_t before = queued_.fetch_add(n, std::memory_order_relaxed);
-    if (options_.max_queue_size != 0 && before + n > options_.max_queue_size) {
-      queued_.fetch_sub(n, std::memory_order_relaxed);
+    if (!reserve(n)) {
       gate_.fetch_sub(1, std::memory_order_acq_rel);
       rejected_.fetch_add(n, std::memory_order_relaxed);
       return PushStatus::kQueueFull;
@@ -76,16 +74,34 @@ class Scheduler {
     e->taken = 0;
     inbox_.push(e);
     gate_.fetch_sub(1, std::memory_order_acq_rel);
-    // A sleeping worker only needs waking if this push can change its plan:
-    // the queue was empty (it may sleep with no deadline), the batch is now
-    // full, or a length budget may now be exceeded. Otherwise it already
-    // sleeps until the oldest item's deadline, which this push does not move.
-    // (Whoever pushes into an empty queue always checks for sleepers, so a
-    // worker never sleeps without a deadline while items wait.)
-    if (before == 0 || before + n >= options_.max_batch_size || options_.max_batch_length != 0) {
+    // Wake a sleeping worker only if this push can change its plan: a worker
+    // sleeps without a deadline (nothing was queued when it looked), or the
+    // batch may now be full, or a length budget may now be exceeded. A worker
+    // that sleeps until the oldest item's deadline needs no wake-up for an
+    // item that neither fills the batch nor moves that deadline.
+    // `undeadlined_` is read after the push (seq_cst), and a worker raises it
+    // before its last look at the inbox (seq_cst): one of the two sees the other.
+    if (undeadlined_.load(std::memory_order_seq_cst) > 0 ||
+        queued_.load(std::memory_order_relaxed) >= options_.max_batch_size ||
+        options_.max_batch_length != 0) {
       wake_one_if_sleeping();
     }
     return PushStatus::kOk;
+  }
+
+  // Takes out of the queue the items of `e` that were not dispatched yet
+  // (cancellation), and returns how many. Returns 0 if every item was
+  // dispatched already or the scheduler is shut down (drain() reports the
+  // entry then). `e` must have been pushed with kOk. Thread-safe.
+  std::uint32_t cancel(Entry* e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return 0;
+    absorb_inbox();
+    if (e->taken == e->count) return 0;
+    const std::uint32_t removed = policy_.remove(e);
+    e->taken = e->count;  // nothing of it is queued any more
+    queued_.fetch_sub(removed, std::memory_order_relaxed);
+    return removed;
   }
 
   // Blocks until a batch is ready and moves it into `out`; returns false once
@@ -111,11 +127,15 @@ class Scheduler {
       }
       // Eventcount: announce the sleep, then look once more, so a push either
       // sees a sleeper (and wakes it) or is seen here.
+      const TimePoint deadline = policy_.next_deadline();
+      const bool undeadlined = deadline == kNever;
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (undeadlined) undeadlined_.fetch_add(1, std::memory_order_seq_cst);
       if (inbox_.empty_approx()) {
-        clock_.wait_until(cv_, lock, policy_.next_deadline(), [this] { return wake_ || closed_; });
+        clock_.wait_until(cv_, lock, deadline, [this] { return wake_ || closed_; });
         wake_ = false;
       }
+      if (undeadlined) undeadlined_.fetch_sub(1, std::memory_order_relaxed);
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
@@ -204,6 +224,21 @@ class Scheduler {
  private:
   static constexpr std::uint64_t kClosedBit = std::uint64_t{1} << 63;
 
+  // Reserves room for n items; false if max_queue_size would be exceeded.
+  // Bounded queues use a CAS loop, so a call that does not fit never makes a
+  // concurrent smaller call look full.
+  bool reserve(std::size_t n) noexcept {
+    if (options_.max_queue_size == 0) {
+      queued_.fetch_add(n, std::memory_order_relaxed);
+      return true;
+    }
+    std::size_t cur = queued_.load(std::memory_order_relaxed);
+    do {
+      if (n > options_.max_queue_size || cur > options_.max_queue_size - n) return false;
+    } while (!queued_.compare_exchange_weak(cur, cur + n, std::memory_order_relaxed));
+    return true;
+  }
+
   void wake_one_if_sleeping() {
     if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
     {
@@ -242,6 +277,7 @@ class Scheduler {
   alignas(64) std::atomic<std::size_t> queued_{0};     // pushed, not yet dispatched
   std::atomic<std::uint64_t> rejected_{0};
   alignas(64) std::atomic<int> sleepers_{0};           // workers about to sleep or asleep
+  std::atomic<int> undeadlined_{0};                    // of which: with no deadline
 
   mutable std::mutex mu_;  // guards policy_, wake_, closed_; workers take turns on it
   std::condition_variable cv_;

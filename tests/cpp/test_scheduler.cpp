@@ -139,6 +139,123 @@ TEST(push_that_fills_the_batch_wakes_a_worker_sleeping_on_a_long_deadline) {
   if (!ok) std::_Exit(1);
 }
 
+// A clock whose now() can stall one chosen thread: try_push reads the clock
+// between counting the item and publishing it, so this stands in for a
+// producer preempted at the worst moment.
+namespace {
+std::atomic<bool> g_hold{false}, g_release{false};
+thread_local bool t_stall_me = false;
+struct StallClock {
+  SteadyClock real;
+  TimePoint now() const noexcept {
+    if (t_stall_me && g_hold.exchange(false))
+      while (!g_release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return real.now();
+  }
+  template <class P>
+  bool wait_until(std::condition_variable& cv, std::unique_lock<std::mutex>& l, TimePoint d, P p) const {
+    return real.wait_until(cv, l, d, p);
+  }
+};
+}  // namespace
+
+TEST(push_preempted_while_the_queue_drains_still_wakes_the_worker) {
+  BatchOptions o = opts(32, 5000);
+  Scheduler<StallClock> s(o);
+  std::atomic<int> dispatched{0};
+  std::thread worker([&] {
+    Batch b;
+    while (s.wait_pop(b)) {
+      dispatched += static_cast<int>(b.size);
+      s.finish_batch(b, 0, false);
+    }
+  });
+  Entry e1 = make(1), e2 = make(1);
+  CHECK(s.try_push(&e1) == PushStatus::kOk);  // the worker sleeps until e1's deadline
+  std::thread slow([&] {
+    t_stall_me = true;
+    g_hold = true;
+    CHECK(s.try_push(&e2) == PushStatus::kOk);  // counted while e1 is queued, then stalled
+  });
+  // e1 times out and runs; the worker then finds nothing and sleeps with no deadline.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (dispatched.load() < 1 && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  g_release = true;  // e2 lands now
+  slow.join();
+  while (dispatched.load() < 2 && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK_EQ(dispatched.load(), 2);  // a lost wake-up leaves it at 1 until the deadline of 10 s
+  s.shutdown();
+  worker.join();
+}
+
+TEST(a_call_too_large_for_the_queue_never_makes_small_calls_look_full) {
+  BatchOptions o = opts(8, 0);
+  o.max_queue_size = 100;
+  Scheduler<> s(o);
+  std::atomic<bool> stop{false};
+  std::thread big([&] {
+    Entry huge = make(1000);
+    while (!stop.load()) CHECK(s.try_push(&huge) == PushStatus::kQueueFull);
+  });
+  int full = 0;
+  for (int i = 0; i < 20000; ++i) {
+    Entry small = make(1);
+    if (s.try_push(&small) == PushStatus::kOk) {
+      CHECK_EQ(s.cancel(&small), 1u);  // keep the queue near empty
+    } else {
+      ++full;
+    }
+  }
+  stop = true;
+  big.join();
+  CHECK_EQ(full, 0);
+  CHECK_EQ(s.size_approx(), 0u);
+}
+
+TEST(cancel_removes_only_undispatched_items) {
+  FakeClock clock;
+  Scheduler<FakeClock> s(opts(4, 1000), clock);
+  Entry a = make(6), b = make(2), c = make(1);
+  CHECK(s.try_push(&a) == PushStatus::kOk);
+  CHECK(s.try_push(&b) == PushStatus::kOk);
+  CHECK(s.try_push(&c) == PushStatus::kOk);
+  CHECK_EQ(s.cancel(&b), 2u);  // queued: all of it goes
+  CHECK_EQ(s.cancel(&b), 0u);  // once
+  Batch out;
+  CHECK(s.try_pop(out));       // full: 4 of a
+  CHECK_EQ(out.size, 4u);
+  CHECK_EQ(s.cancel(&a), 2u);  // the 2 not yet dispatched
+  CHECK_EQ(s.size_approx(), 1u);
+  clock.advance_us(1000);
+  CHECK(s.try_pop(out));
+  CHECK_EQ(out.size, 1u);
+  CHECK(out.spans[0].entry == &c);
+  CHECK_EQ(s.cancel(&c), 0u);  // already dispatched
+  s.shutdown();
+  CHECK(s.drain().empty());
+}
+
+TEST(budget_dispatch_through_the_scheduler) {
+  BatchOptions o = opts(16, 60 * 1000 * 1000);
+  o.max_batch_length = 10;
+  FakeClock clock;
+  Scheduler<FakeClock> s(o, clock);
+  const std::uint32_t lens_a[] = {4, 4}, lens_b[] = {4};
+  Entry a = make(2), b = make(1);
+  a.lengths = lens_a;
+  b.lengths = lens_b;
+  CHECK(s.try_push(&a) == PushStatus::kOk);
+  Batch out;
+  CHECK(!s.try_pop(out));  // 8 <= 10: waits for the timeout
+  CHECK(s.try_push(&b) == PushStatus::kOk);
+  CHECK(s.try_pop(out));   // 12 > 10: a batch leaves at once
+  CHECK(out.reason == DispatchReason::kBudget);
+  CHECK_EQ(out.size, 2u);  // 4 + 4; b would make 12
+}
+
 // Many producers, several workers: every item arrives exactly once, batches
 // respect the size limit, and (one worker) each producer's calls leave in order.
 static void fuzz(std::size_t workers, int producers, int calls_per_producer, std::int64_t timeout_us) {
