@@ -173,3 +173,34 @@ def test_types_and_utils_are_importable() -> None:
         return items
 
     assert is_method(method) and not is_method(double)
+
+
+def test_0_1_5_spellings_still_work() -> None:
+    import dataclasses
+
+    proc = BatchProcessor(double, batch_size=4, timeout_ms=0)
+
+    async def main() -> int:
+        return await proc.acall(item=4)  # 0.1.5 names acall's parameter `item`
+
+    assert asyncio.run(main()) == 8
+    stats = proc.stats
+    assert dataclasses.asdict(stats)["total_processed"] == 1
+    clone = stats.clone(queue_size=7)
+    assert clone.queue_size == 7 and clone.total_processed == 1
+    proc.shutdown()
+
+
+def test_int_like_batch_size_is_accepted() -> None:
+    class Four:  # like numpy.int64: not an int, but has __index__
+        def __index__(self) -> int:
+            return 4
+
+    proc = BatchProcessor(double, batch_size=Four(), timeout_ms=0)  # type: ignore[arg-type]
+    assert proc.batch_size == 4 and type(proc.batch_size) is int
+    proc.shutdown()
+
+
+def test_absurd_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"timeout_ms must be at most 1e\+09 ms"):
+        BatchProcessor(double, timeout_ms=1e13)

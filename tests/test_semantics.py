@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -259,6 +260,80 @@ def test_numpy_like_sequence_output_is_accepted(submit) -> None:
     proc.shutdown()
 
 
+def test_each_caller_gets_its_own_exception_object(submit) -> None:
+    def fn(items: list[int]) -> list[int]:
+        raise KeyError("whole batch")
+
+    proc = BatchProcessor(fn, batch_size=3, timeout_ms=LONG_MS)
+    futures = [submit(proc, i) for i in range(3)]
+    errors = []
+    for f in futures:
+        with pytest.raises(KeyError, match="whole batch") as info:
+            f.result(TIMEOUT)
+        errors.append(info.value)
+    assert len({id(e) for e in errors}) == 3  # one object each: tracebacks do not mix
+    for e in errors:
+        # the traceback still leads into the batch function
+        tb, names = e.__traceback__, []
+        while tb is not None:
+            names.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        assert "fn" in names
+    proc.shutdown()
+
+
+# 2.7 cancellation (asyncio callers)
+
+
+def test_cancelled_caller_leaves_the_queue_before_dispatch() -> None:
+    gate = Gate(identity)
+    proc = BatchProcessor(gate, batch_size=8, timeout_ms=0)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(proc.acall("running"))
+        while not gate.entered.is_set():
+            await asyncio.sleep(0.001)
+        doomed = [asyncio.ensure_future(proc.acall(f"cancel-{i}")) for i in range(5)]
+        kept = asyncio.ensure_future(proc.acall(["keep-1", "keep-2"]))
+        while proc.stats.queue_size < 7:
+            await asyncio.sleep(0.001)
+        for t in doomed:
+            t.cancel()
+        await asyncio.sleep(0)  # let the cancellations run
+        await asyncio.sleep(0)
+        assert proc.stats.queue_size == 2
+        gate.open()
+        assert await running == "running"
+        assert await kept == ["keep-1", "keep-2"]
+        for t in doomed:
+            with pytest.raises(asyncio.CancelledError):
+                await t
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    seen = [x for batch in gate.batches for x in batch]
+    assert seen == ["running", "keep-1", "keep-2"]  # no cancelled item reached the function
+    assert proc.stats.queue_size == 0
+    proc.shutdown()
+
+
+def test_cancelled_after_dispatch_drops_the_result() -> None:
+    gate = Gate(identity)
+    proc = BatchProcessor(gate, batch_size=8, timeout_ms=0)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(proc.acall("in flight"))
+        while not gate.entered.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.open()
+        assert await proc.acall("next") == "next"  # the result was dropped quietly
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    proc.shutdown()
+
+
 # 2.8 shutdown, garbage collection
 
 
@@ -350,7 +425,9 @@ def test_full_queue_raises_at_once(submit) -> None:
         submit(proc, 99).result(TIMEOUT)
     with pytest.raises(QueueFullError):
         submit(proc, [1, 2]).result(TIMEOUT)
-    assert proc.stats.rejected_items == 3
+    with pytest.raises(QueueFullError, match=r"a call of 4 items can never fit .* max_queue_size=3"):
+        submit(proc, [1, 2, 3, 4]).result(TIMEOUT)
+    assert proc.stats.rejected_items == 7
     gate.open()
     assert running.result(TIMEOUT) == "running"
     assert [f.result(TIMEOUT) for f in queued_calls] == [0, 1, 2]

@@ -72,6 +72,7 @@ cdef extern from "_glue.h" nogil:
         void finish_batch(CBatch& batch, int64_t run_ns, cbool failed) except +
         void shutdown() except +
         vector[CEntry*] drain() except +
+        uint32_t cancel(CEntry* entry) except +
         size_t size_approx()
         CBatchStats stats() except +
 
@@ -101,6 +102,7 @@ cdef class _Call:
     cdef bint single
     cdef object loop
     cdef object future
+    cdef object engine
 
     cdef void fail(self, object error, Py_ssize_t index)
     cdef object outcome(self)
@@ -123,6 +125,12 @@ cdef class Engine:
     cdef int push(self, _Call call) except -1
     cdef int check_push(self, CPushStatus status, _Call call) except -1
     cdef start_workers(self)
+    cdef size_t spans_done
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1
+    cdef list batch_inputs(self, CBatch& batch)
+    cdef int fail_rest(self, CBatch& batch, object error, CPendingNotifications& to_notify) except -1
     cdef object check_output(self, object out, Py_ssize_t n)
+    cdef dict complete(self, _Call call, Py_ssize_t count, dict by_loop,
+                       CPendingNotifications* to_notify)
     cdef int finish(self, _Call call, dict by_loop, CPendingNotifications* to_notify) except -1
+    cdef int cancel_call(self, _Call call) except -1

@@ -53,8 +53,14 @@ cdef class _Call:
 
     cdef object outcome(self):
         if self.error is not None:
-            raise self.error
+            raise _own_copy(self.error)
         return self.results[0] if self.single else self.results
+
+    def on_future_done(self, fut):
+        # asyncio callback (on the caller's loop): a cancelled caller takes its
+        # undispatched items out of the queue (SPEC 2.7).
+        if fut.cancelled() and self.engine is not None:
+            (<Engine>self.engine).cancel_call(self)
 
 
 def _deliver(list calls):
@@ -65,9 +71,32 @@ def _deliver(list calls):
         if fut.cancelled():
             continue  # the caller went away; its results are dropped
         if c.error is not None:
-            fut.set_exception(_for_asyncio(c.error))
+            fut.set_exception(_for_asyncio(_own_copy(c.error)))
         else:
             fut.set_result(c.results[0] if c.single else c.results)
+
+
+_copy_module = None
+
+
+cdef object _own_copy(object error):
+    """A copy of an error for one caller. Every caller of a failed batch gets
+    its own exception object, so one caller's traceback (and the frames and
+    locals in it) never grows into another's. The traceback from the batch
+    function is kept. Falls back to the shared object if it cannot be copied."""
+    global _copy_module
+    if _copy_module is None:
+        import copy as _copy_module
+    try:
+        mine = _copy_module.copy(error)
+    except BaseException:
+        return error
+    if type(mine) is not type(error):
+        return error
+    mine.__cause__ = error.__cause__
+    mine.__context__ = error.__context__
+    mine.__suppress_context__ = error.__suppress_context__
+    return mine.with_traceback(error.__traceback__)
 
 
 cdef object _for_asyncio(object error):
@@ -148,6 +177,10 @@ cdef class Engine:
         if status == kPushOk:
             return 0
         Py_DECREF(c)  # the push did not take it
+        if status == kPushQueueFull and c.entry.count > self.max_queue_size:
+            raise QueueFullError(
+                f"a call of {c.entry.count} items can never fit in batch processor "
+                f"{self.name!r}: max_queue_size={self.max_queue_size}")
         if status == kPushQueueFull:
             raise QueueFullError(
                 f"batch processor {self.name!r} is full: {self.sched.size_approx()} items are "
@@ -193,8 +226,23 @@ cdef class Engine:
         cdef _Call c = self.new_call(items)
         c.loop = loop
         c.future = fut
+        c.engine = self
         self.push(c)
+        fut.add_done_callback(c.on_future_done)
         return fut
+
+    cdef int cancel_call(self, _Call c) except -1:
+        """Takes the undispatched items of ``c`` out of the queue; its results,
+        if any are computed, are dropped. Runs with the GIL, so it cannot
+        interleave with a worker handing out results."""
+        cdef uint32_t removed
+        with nogil:
+            removed = self.sched.cancel(&c.entry)
+        if removed:
+            by_loop = self.complete(c, removed, None, NULL)
+            if by_loop is not None:
+                _post(by_loop)  # delivery skips the cancelled future; this releases the record
+        return 0
 
     # ---- workers ----
 
@@ -221,40 +269,39 @@ cdef class Engine:
                 ok = self.sched.wait_pop(batch)
             if not ok:
                 return
-            self.run_batch(batch, to_notify)
+            try:
+                self.run_batch(batch, to_notify)
+            except BaseException as e:  # a bug here must not strand callers
+                self.fail_rest(batch, e, to_notify)
 
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1:
         cdef Py_ssize_t n = batch.size
-        cdef Py_ssize_t i = 0, j, k
+        cdef Py_ssize_t i, k
         cdef size_t s
         cdef CSpan* span
         cdef _Call c
-        inputs = PyList_New(n)
-        for s in range(batch.spans.size()):
-            span = &batch.spans[s]
-            c = <_Call>span.entry.owner
-            for j in range(span.begin, span.begin + span.count):
-                item = c.items[j]
-                Py_INCREF(item)  # PyList_SET_ITEM steals it
-                PyList_SET_ITEM(inputs, i, item)
-                i += 1
-
+        # Everything that can fail (the batch function, reading its output,
+        # allocation) ends in `outs` or in `error`, which goes to the callers.
         error = None
         outs = None
         cdef int64_t t0 = monotonic_ns()
+        cdef int64_t t1
         try:
-            out = self.fn(inputs)
-        except BaseException as e:  # the worker survives whatever the batch function raises
-            error = e
-        cdef int64_t t1 = monotonic_ns()
-        if error is None:
+            inputs = self.batch_inputs(batch)
+            t0 = monotonic_ns()
+            try:
+                out = self.fn(inputs)
+            finally:
+                t1 = monotonic_ns()
             outs = self.check_output(out, n)
-            if isinstance(outs, BaseException):
-                error = outs
+        except BaseException as e:  # the worker survives whatever happens here
+            error = e
+            t1 = monotonic_ns()
         self.sched.finish_batch(batch, t1 - t0, error is not None)
 
         cdef dict by_loop = None
         i = 0
+        self.spans_done = 0
         for s in range(batch.spans.size()):
             span = &batch.spans[s]
             c = <_Call>span.entry.owner
@@ -267,35 +314,77 @@ cdef class Engine:
                     if PyExceptionInstance_Check(r):
                         c.fail(r, span.begin + k)
             i += span.count
-            c.remaining -= span.count
-            if c.remaining == 0:
-                if c.future is not None and by_loop is None:
-                    by_loop = {}
-                self.finish(c, by_loop, &to_notify)
+            self.spans_done = s + 1
+            by_loop = self.complete(c, span.count, by_loop, &to_notify)
+        if by_loop is not None:
+            _post(by_loop)
+        return 0
+
+    cdef list batch_inputs(self, CBatch& batch):
+        """The batch's items, in dispatch order, as the list given to the function."""
+        cdef Py_ssize_t i = 0, j
+        cdef size_t s
+        cdef CSpan* span
+        cdef _Call c
+        inputs = PyList_New(batch.size)
+        for s in range(batch.spans.size()):
+            span = &batch.spans[s]
+            c = <_Call>span.entry.owner
+            for j in range(span.begin, span.begin + span.count):
+                item = c.items[j]
+                Py_INCREF(item)  # PyList_SET_ITEM steals it
+                PyList_SET_ITEM(inputs, i, item)
+                i += 1
+        return inputs
+
+    cdef int fail_rest(self, CBatch& batch, object error, CPendingNotifications& to_notify) except -1:
+        """Last resort after an internal error: the calls of the spans not yet
+        handed out get ``error``, so nobody waits forever."""
+        cdef size_t s
+        cdef CSpan* span
+        cdef _Call c
+        cdef dict by_loop = None
+        for s in range(self.spans_done, batch.spans.size()):
+            span = &batch.spans[s]
+            c = <_Call>span.entry.owner
+            c.fail(error, span.begin)
+            by_loop = self.complete(c, span.count, by_loop, &to_notify)
+        self.spans_done = batch.spans.size()
         if by_loop is not None:
             _post(by_loop)
         return 0
 
     cdef object check_output(self, object out, Py_ssize_t n):
-        """The batch output as a list or tuple of n results, or the error to deliver."""
+        """The batch output as a list or tuple of n results; raises a clear
+        TypeError/ValueError for anything else."""
         if type(out) is not list and type(out) is not tuple:
-            if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__len__"):
-                return TypeError(
+            kind = type(out)
+            if issubclass(kind, (str, bytes, dict)) or not hasattr(kind, "__len__"):
+                raise TypeError(
                     f"batch function {self.name!r} must return a sequence of {n} results "
-                    f"(one per item), got {type(out).__name__}")
+                    f"(one per item), got {kind.__name__}")
             try:
                 out = list(out)  # an ndarray, a torch tensor, a custom sequence...
             except BaseException as e:
-                error = TypeError(
-                    f"the output of batch function {self.name!r} ({type(out).__name__}) "
-                    f"could not be read as a sequence: {e!r}")
-                error.__cause__ = e
-                return error
+                raise TypeError(
+                    f"the output of batch function {self.name!r} ({kind.__name__}) "
+                    f"could not be read as a sequence: {e!r}") from e
         if len(out) != n:
-            return ValueError(
+            raise ValueError(
                 f"batch function {self.name!r} returned {len(out)} results "
                 f"for a batch of {n} items; it must return one result per item")
         return out
+
+    cdef dict complete(self, _Call c, Py_ssize_t count, dict by_loop,
+                       CPendingNotifications* to_notify):
+        """``count`` more items of ``c`` are done; finishes ``c`` after its
+        last. Returns ``by_loop``, created when an asyncio call needs it."""
+        c.remaining -= count
+        if c.remaining == 0:
+            if c.future is not None and by_loop is None:
+                by_loop = {}
+            self.finish(c, by_loop, to_notify)
+        return by_loop
 
     cdef int finish(self, _Call c, dict by_loop, CPendingNotifications* to_notify) except -1:
         """The call's last item is done: wake its caller (now, or via
@@ -321,22 +410,21 @@ cdef class Engine:
         cdef vector[CEntry*] left
         cdef CEntry* e
         cdef _Call c
+        cdef dict by_loop = None
         with self.start_lock:
             self.closed = True
         with nogil:
             self.sched.shutdown()
             left = self.sched.drain()
-        cdef dict by_loop = {}
         if left.size():
             error = ShutdownError(
                 f"batch processor {self.name!r} was shut down before these items were processed")
             for e in left:
                 c = <_Call>e.owner
                 c.fail(error, e.taken)
-                c.remaining -= e.count - e.taken
-                if c.remaining == 0:
-                    self.finish(c, by_loop, NULL)
-            _post(by_loop)
+                by_loop = self.complete(c, e.count - e.taken, by_loop, NULL)
+            if by_loop is not None:
+                _post(by_loop)
         if wait:
             me = threading.current_thread()
             for t in self.threads:

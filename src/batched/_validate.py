@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
+import operator
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Optional
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    # operator.index accepts ints and int-likes such as numpy.int64, not floats.
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -25,4 +32,9 @@ def milliseconds(name: str, value: Any) -> float:
         raise TypeError(f"{name} must be a number of milliseconds, got {type(value).__name__} {value!r}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if value > MAX_MS:
+        raise ValueError(f"{name} must be at most {MAX_MS:.0e} ms (11.6 days), got {value}")
     return float(value)
+
+
+MAX_MS = 1e9  # the C++ core keeps durations in ns; this keeps them far from overflow

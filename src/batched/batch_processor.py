@@ -7,7 +7,6 @@ from types import GenericAlias
 
 from batched import _validate
 from batched._core import Engine
-from batched._stats import BatchProcessorStats
 from batched.decorator import dynamic_batch
 
 # typing is not imported at run time: it alone would double the import time.
@@ -15,6 +14,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional, Union
 
+    from batched._stats import BatchProcessorStats
     from batched.types import BatchFunc, T, U
 
 _asyncio = None  # imported on the first acall: asyncio is slow to import
@@ -73,16 +73,22 @@ class BatchProcessor:
         return self._engine.call(items)
 
 
-    async def acall(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
-        """Like calling the processor, but awaits the results on the running event loop."""
+    async def acall(self, item: Union[T, list[T]]) -> Union[U, list[U]]:
+        """Like calling the processor, but awaits the results on the running event loop.
+
+        If the awaiting task is cancelled before its items are dispatched, they
+        leave the queue; if they were dispatched, their results are dropped.
+        """
         global _asyncio
         if _asyncio is None:
             import asyncio as _asyncio  # noqa: PLC0415
-        return await self._engine.submit_async(items, _asyncio.get_running_loop())
+        return await self._engine.submit_async(item, _asyncio.get_running_loop())
 
     @property
     def stats(self) -> BatchProcessorStats:
         """A consistent snapshot of the statistics (cheap: no lock shared with callers)."""
+        from batched._stats import BatchProcessorStats  # noqa: PLC0415 - dataclasses is slow to import
+
         return BatchProcessorStats._from_core(self._engine.stats())
 
     def start(self) -> None:
