@@ -141,14 +141,17 @@ class Scheduler {
   }
 
   // Moves a ready batch into `out` without blocking; false if none is ready.
-  // For the event-loop driver. Thread-safe.
+  // Like wait_pop, if `out` holds a batch passed to finish_batch, items queued
+  // before it returned count as backlog. For the event-loop driver.
+  // Thread-safe.
   bool try_pop(Batch& out) {
+    const TimePoint busy_until = out.finished_ns;
     out.clear();
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return false;
     absorb_inbox();
     const TimePoint now = clock_.now();
-    if (auto reason = policy_.ready(now, Batch::kNotFinished)) {
+    if (auto reason = policy_.ready(now, busy_until)) {
       take(now, *reason, out);
       return true;
     }

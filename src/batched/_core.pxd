@@ -34,6 +34,9 @@ cdef extern from "batched/entry.h" namespace "batched" nogil:
     cdef cppclass CBatch "batched::Batch":
         vector[CSpan] spans
         size_t size
+        int64_t finished_ns
+
+    const int64_t kNeverNs "batched::kNever"
 
     const size_t kDispatchReasonCount "batched::kDispatchReasonCount"
 
@@ -73,6 +76,8 @@ cdef extern from "_glue.h" nogil:
         void shutdown() except +
         vector[CEntry*] drain() except +
         uint32_t cancel(CEntry* entry) except +
+        cbool try_pop(CBatch& out) except +
+        int64_t next_deadline() except +
         size_t size_approx()
         CBatchStats stats() except +
 
@@ -103,6 +108,7 @@ cdef class _Call:
     cdef object loop
     cdef object future
     cdef object engine
+    cdef vector[uint32_t] lengths
 
     cdef void fail(self, object error, Py_ssize_t index)
     cdef object outcome(self)
@@ -115,6 +121,13 @@ cdef class Engine:
     cdef Py_ssize_t small_batch_threshold
     cdef size_t num_workers
     cdef object max_queue_size
+    cdef bint measure_lengths
+    cdef bint priority_by_length
+    cdef bint small_first
+    cdef bint event_loop_driver
+    cdef Py_ssize_t in_flight
+    cdef dict timers
+    cdef object finished_box
     cdef bint started
     cdef bint closed
     cdef list threads
@@ -127,6 +140,10 @@ cdef class Engine:
     cdef start_workers(self)
     cdef size_t spans_done
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1
+    cdef int hand_out(self, CBatch& batch, object outs, object error,
+                      CPendingNotifications& to_notify) except -1
+    cdef int drive(self, object loop) except -1
+    cdef int arm_timer(self, object loop) except -1
     cdef list batch_inputs(self, CBatch& batch)
     cdef int fail_rest(self, CBatch& batch, object error, CPendingNotifications& to_notify) except -1
     cdef object check_output(self, object out, Py_ssize_t n)

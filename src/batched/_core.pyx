@@ -16,6 +16,7 @@ from cpython.pythread cimport PyThread_get_thread_ident
 import atexit
 import threading
 import weakref
+from collections.abc import Mapping, Sized
 
 from batched.errors import QueueFullError, ShutdownError
 
@@ -119,15 +120,23 @@ cdef class Engine:
 
     def __cinit__(self, fn, *, Py_ssize_t batch_size, double timeout_ms,
                   Py_ssize_t small_batch_threshold, object max_queue_size,
-                  Py_ssize_t num_workers, double aging_ms, str name):
+                  Py_ssize_t num_workers, double aging_ms, str name,
+                  object max_batch_length=None, bint small_first=True,
+                  bint priority_by_length=False, bint event_loop_driver=False):
         cdef CBatchOptions o
         o.max_batch_size = batch_size
         o.timeout_us = <int64_t>(timeout_ms * 1000.0 + 0.5)
         o.small_batch_threshold = small_batch_threshold
         o.max_age_us = <int64_t>(aging_ms * 1000.0 + 0.5)
         o.max_queue_size = 0 if max_queue_size is None else max_queue_size
+        o.max_batch_length = 0 if max_batch_length is None else max_batch_length
         o.num_workers = num_workers
         self.sched = new CScheduler(o)
+        self.measure_lengths = max_batch_length is not None or priority_by_length
+        self.priority_by_length = priority_by_length
+        self.small_first = small_first
+        self.event_loop_driver = event_loop_driver
+        self.timers = {}
         self.fn = fn
         self.name = name
         self.small_batch_threshold = small_batch_threshold
@@ -162,7 +171,20 @@ cdef class Engine:
         c.remaining = n
         c.entry.owner = <void*>c
         c.entry.count = <uint32_t>n
-        c.entry.priority = 0 if n <= self.small_batch_threshold else 1
+        c.entry.priority = 1 if self.small_first and n > self.small_batch_threshold else 0
+        cdef Py_ssize_t i
+        cdef uint32_t longest = 0
+        if self.measure_lengths:
+            c.lengths.resize(n)
+            for i in range(n):
+                c.lengths[i] = _item_length(c.items[i])
+                if c.lengths[i] > longest:
+                    longest = c.lengths[i]
+            c.entry.lengths = c.lengths.data()
+            if self.priority_by_length and c.entry.priority:
+                # PriorityStrategy.LENGTH: among bulk calls, shorter first
+                # (a call is ranked by its longest item; its items keep their order).
+                c.entry.priority = 1 + <int32_t>min(longest, 0x7FFFFFF0)
         return c
 
     cdef int push(self, _Call c) except -1:
@@ -229,7 +251,82 @@ cdef class Engine:
         c.engine = self
         self.push(c)
         fut.add_done_callback(c.on_future_done)
+        if self.event_loop_driver:
+            self.drive(loop)
         return fut
+
+    # ---- the event-loop driver (async batch functions) ----
+    #
+    # The same C++ policy as the worker threads; instead of sleeping in
+    # wait_pop, the driver asks it for a ready batch (try_pop) and for the next
+    # deadline, and arms one loop.call_at timer per loop for that deadline. A
+    # batch runs as a task on the loop whose push, timer or finished batch
+    # dispatched it; at most num_workers batches run at once. Idle: no timer.
+
+    cdef int drive(self, object loop) except -1:
+        """Dispatches what is ready, then arms this loop's timer. On ``loop``'s thread."""
+        cdef _BatchBox box
+        while self.in_flight < self.num_workers:
+            box = _BatchBox.__new__(_BatchBox)
+            if self.finished_box is not None:
+                # the batch that just returned: its stamp drives the backlog rule
+                box.batch.finished_ns = (<_BatchBox>self.finished_box).batch.finished_ns
+                self.finished_box = None
+            if not self.sched.try_pop(box.batch):
+                break
+            self.in_flight += 1
+            loop.create_task(_run_on_loop(self, box))
+        self.arm_timer(loop)
+        return 0
+
+    cdef int arm_timer(self, object loop) except -1:
+        cdef int64_t deadline = self.sched.next_deadline()
+        armed = self.timers.get(loop)
+        if deadline == kNeverNs or self.in_flight >= self.num_workers:
+            # nothing waits, or a finishing batch will drive: no timer
+            if armed is not None:
+                armed[0].cancel()
+                del self.timers[loop]
+            return 0
+        if armed is not None:
+            if armed[1] <= deadline:
+                return 0  # an earlier or equal timer is armed already
+            armed[0].cancel()
+        cdef double delay = max(0.0, (deadline - monotonic_ns()) / 1e9)
+        handle = loop.call_at(loop.time() + delay, self.on_timer, loop)
+        self.timers[loop] = (handle, deadline)
+        return 0
+
+    def on_timer(self, loop):
+        self.timers.pop(loop, None)
+        if not self.closed:
+            self.drive(loop)
+
+    def armed_timers(self):
+        """How many event-loop timers are armed (0 when idle)."""
+        return len(self.timers)
+
+    def batch_inputs_of(self, _BatchBox box):
+        return self.batch_inputs(box.batch)
+
+    def end_async_batch(self, _BatchBox box, object out, object error, int64_t t0, object loop):
+        """Hands out the results of a batch run on ``loop``, then dispatches more."""
+        cdef int64_t t1 = monotonic_ns()
+        cdef CPendingNotifications none_to_notify  # async callers only: nothing to notify
+        if error is None:
+            try:
+                out = self.check_output(out, box.batch.size)
+            except BaseException as e:
+                error = e
+        self.sched.finish_batch(box.batch, t1 - t0, error is not None)
+        try:
+            self.hand_out(box.batch, out, error, none_to_notify)
+        except BaseException as e:
+            self.fail_rest(box.batch, e, none_to_notify)
+        self.in_flight -= 1
+        self.finished_box = box
+        if not self.closed:
+            self.drive(loop)
 
     cdef int cancel_call(self, _Call c) except -1:
         """Takes the undispatched items of ``c`` out of the queue; its results,
@@ -249,6 +346,9 @@ cdef class Engine:
     cdef start_workers(self):
         with self.start_lock:
             if self.started or self.closed:
+                return
+            if self.event_loop_driver:
+                self.started = True  # batches run on the callers' event loops
                 return
             for i in range(self.num_workers):
                 t = threading.Thread(target=self.worker_main, daemon=True,
@@ -276,10 +376,6 @@ cdef class Engine:
 
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1:
         cdef Py_ssize_t n = batch.size
-        cdef Py_ssize_t i, k
-        cdef size_t s
-        cdef CSpan* span
-        cdef _Call c
         # Everything that can fail (the batch function, reading its output,
         # allocation) ends in `outs` or in `error`, which goes to the callers.
         error = None
@@ -299,8 +395,17 @@ cdef class Engine:
             t1 = monotonic_ns()
         self.sched.finish_batch(batch, t1 - t0, error is not None)
 
+        self.hand_out(batch, outs, error, to_notify)
+        return 0
+
+    cdef int hand_out(self, CBatch& batch, object outs, object error,
+                      CPendingNotifications& to_notify) except -1:
+        """Puts each result (or ``error``) in its call's slots; finishes calls."""
+        cdef Py_ssize_t i = 0, k
+        cdef size_t s
+        cdef CSpan* span
+        cdef _Call c
         cdef dict by_loop = None
-        i = 0
         self.spans_done = 0
         for s in range(batch.spans.size()):
             span = &batch.spans[s]
@@ -438,6 +543,16 @@ cdef class Engine:
     def queue_size(self):
         return self.sched.size_approx()
 
+    @staticmethod
+    def empty_stats():
+        """The stats of a processor that has done nothing yet."""
+        return {
+            "queue_size": 0, "total_processed": 0, "total_batches": 0, "failed_batches": 0,
+            "rejected_items": 0, "total_run_s": 0.0, "queue_wait_ms": (0.0, 0.0, 0.0),
+            "batch_latency_ms": (0.0, 0.0, 0.0), "batch_size_histogram": {},
+            "batches_by_reason": {dispatch_reason_name(r).decode(): 0 for r in range(kDispatchReasonCount)},
+        }
+
     def stats(self):
         """A consistent snapshot of the scheduler's statistics, as a dict."""
         cdef CBatchStats s = self.sched.stats()
@@ -460,6 +575,47 @@ cdef class Engine:
             "batch_size_histogram": sizes,
             "batches_by_reason": reasons,
         }
+
+
+cdef class _BatchBox:
+    """A batch popped by the event-loop driver, owned by the task running it."""
+    cdef CBatch batch
+
+
+async def _run_on_loop(Engine engine, _BatchBox box):
+    """Runs one batch of an async batch function on the current loop."""
+    loop = asyncio_get_running_loop()
+    inputs = engine.batch_inputs_of(box)
+    out = None
+    error = None
+    cdef int64_t t0 = monotonic_ns()
+    try:
+        out = await engine.fn(inputs)
+    except BaseException as e:  # delivered to the callers; the driver goes on
+        error = e
+    engine.end_async_batch(box, out, error, t0, loop)
+    if error is not None and not isinstance(error, Exception):
+        raise error  # CancelledError etc.: the task itself was stopped
+
+
+def asyncio_get_running_loop():
+    import asyncio  # noqa: PLC0415 - only async batch functions get here
+
+    return asyncio.get_running_loop()
+
+
+cdef uint32_t _item_length(object item) except? 0xFFFFFFFF:
+    """An item's length for max_batch_length and PriorityStrategy.LENGTH, as in
+    0.1.5: len() of a sized item, of a mapping's first value; None is 0; else 1."""
+    if item is None:
+        return 0
+    if isinstance(item, Mapping):
+        if len(item) == 0:
+            return 0
+        return _item_length(next(iter(item.values())))
+    if isinstance(item, Sized):
+        return <uint32_t>min(len(item), 0xFFFFFFFE)
+    return 1
 
 
 cdef _post(dict by_loop):

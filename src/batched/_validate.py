@@ -38,3 +38,26 @@ def milliseconds(name: str, value: Any) -> float:
 
 
 MAX_MS = 1e9  # the C++ core keeps durations in ns; this keeps them far from overflow
+
+
+def common_options(
+    processor: Any,
+    func: Any,
+    *,
+    batch_size: Any,
+    timeout_ms: Any,
+    small_batch_threshold: Any,
+    max_queue_size: Any,
+    num_workers: Any,
+    aging_ms: Any,
+) -> None:
+    """Checks the options every processor has and stores them on ``processor``."""
+    if not callable(func):
+        raise TypeError(f"batch function must be callable, got {type(func).__name__}")
+    processor.batch_func = func
+    processor.batch_size = positive_int("batch_size", batch_size)
+    processor.timeout_ms = milliseconds("timeout_ms", timeout_ms)
+    processor.small_batch_threshold = positive_int("small_batch_threshold", small_batch_threshold, 0)
+    processor.max_queue_size = optional_positive_int("max_queue_size", max_queue_size)
+    processor.num_workers = positive_int("num_workers", num_workers)
+    processor.aging_ms = milliseconds("aging_ms", aging_ms)

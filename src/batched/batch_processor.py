@@ -43,15 +43,16 @@ class BatchProcessor:
         num_workers: int = 1,
         aging_ms: float = 100.0,
     ) -> None:
-        if not callable(_func):
-            raise TypeError(f"batch function must be callable, got {type(_func).__name__}")
-        self.batch_func = _func
-        self.batch_size = _validate.positive_int("batch_size", batch_size)
-        self.timeout_ms = _validate.milliseconds("timeout_ms", timeout_ms)
-        self.small_batch_threshold = _validate.positive_int("small_batch_threshold", small_batch_threshold, 0)
-        self.max_queue_size = _validate.optional_positive_int("max_queue_size", max_queue_size)
-        self.num_workers = _validate.positive_int("num_workers", num_workers)
-        self.aging_ms = _validate.milliseconds("aging_ms", aging_ms)
+        _validate.common_options(
+            self,
+            _func,
+            batch_size=batch_size,
+            timeout_ms=timeout_ms,
+            small_batch_threshold=small_batch_threshold,
+            max_queue_size=max_queue_size,
+            num_workers=num_workers,
+            aging_ms=aging_ms,
+        )
         name = getattr(_func, "__qualname__", None) or repr(_func)
         self._engine = Engine(
             _func,

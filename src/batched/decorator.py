@@ -27,6 +27,12 @@ def is_method(func: Callable[..., Any]) -> bool:
     return len(params) > 1 and params[0] in ("self", "cls")
 
 
+def _is_coroutine_function(func: Callable[..., Any]) -> bool:
+    import inspect  # noqa: PLC0415 - only needed when decorating
+
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+
+
 def _bind_weakly(func: Callable[..., Any], instance: object) -> Callable[..., Any]:
     """``func`` bound to ``instance`` without keeping the instance alive.
 
@@ -39,11 +45,22 @@ def _bind_weakly(func: Callable[..., Any], instance: object) -> Callable[..., An
     except TypeError:  # no weakref slot: fall back to a strong reference
         return functools.partial(func, instance)
 
-    def bound(*args: Any, **kwargs: Any) -> Any:
+    def instance() -> Any:
         obj = ref()
         if obj is None:
             raise ReferenceError(f"the instance behind {func.__qualname__} was garbage collected")
-        return func(obj, *args, **kwargs)
+        return obj
+
+    bound: Callable[..., Any]
+    if _is_coroutine_function(func):
+
+        async def bound(*args: Any, **kwargs: Any) -> Any:
+            return await func(instance(), *args, **kwargs)
+
+    else:
+
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return func(instance(), *args, **kwargs)
 
     bound.__qualname__ = func.__qualname__
     bound.__name__ = func.__name__
