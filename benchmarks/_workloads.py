@@ -35,6 +35,12 @@ CONFIG: dict[str, dict[str, Any]] = {
     "idle_cpu": {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0},
     "idle_cpu0": {"batch_size": 32, "timeout_ms": 0.0, "idle_s": 2.0},
     "import_time": {"runs": 10},
+    # asyncio (batched.aio and BatchProcessor.acall)
+    "aio_tasks2000": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 2000, "rounds": 10},
+    "acall_tasks2000": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 2000, "rounds": 10},
+    "aio_idle_latency0": {"batch_size": 32, "timeout_ms": 0.0, "calls": 300, "gap_ms": 2.0},
+    "aio_idle_cpu": {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0},
+    "aio_cancel10k": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 10000},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "threads32": {"seconds": 0.5},
@@ -44,6 +50,10 @@ QUICK: dict[str, dict[str, Any]] = {
     "idle_cpu": {"idle_s": 0.5},
     "idle_cpu0": {"idle_s": 0.5},
     "import_time": {"runs": 3},
+    "aio_tasks2000": {"rounds": 3},
+    "acall_tasks2000": {"rounds": 3},
+    "aio_idle_latency0": {"calls": 60},
+    "aio_idle_cpu": {"idle_s": 0.5},
 }
 
 
@@ -228,6 +238,170 @@ def w_import_time(cfg: dict, out: dict) -> None:
 
     out["info"]["torch_available"] = importlib.util.find_spec("torch") is not None
     out["info"]["numpy_available"] = importlib.util.find_spec("numpy") is not None
+
+
+# ---------------------------------------------------------------- asyncio workloads
+
+
+def _aio_identity(cfg: dict[str, Any]) -> Any:
+    """An async identity batch function under batched.aio (both versions have it)."""
+    from batched import aio
+
+    async def identity(items: list[int]) -> list[int]:
+        if len(items) > _largest_batch[0]:
+            _largest_batch[0] = len(items)
+        return list(items)
+
+    f = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(identity)
+    _processors.append(f)
+    return f
+
+
+def _concurrent_tasks(call: Any, cfg: dict, out: dict) -> None:
+    """`tasks` concurrent tasks each awaiting one item, `rounds` times: items/s and per-await latency."""
+    import asyncio
+
+    tasks, rounds = int(cfg["tasks"]), int(cfg["rounds"])
+    lats: list[float] = []
+    bad = [0]
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter()
+        r = await call(i)
+        lats.append(time.perf_counter() - t0)
+        bad[0] += r != i
+
+    async def main() -> float:
+        await asyncio.gather(*(one(i) for i in range(64)))  # warm-up
+        lats.clear()
+        t0 = time.perf_counter()
+        for r in range(rounds):
+            await asyncio.gather(*(one(r * tasks + i) for i in range(tasks)))
+        return time.perf_counter() - t0
+
+    elapsed = asyncio.run(main())
+    out["metrics"]["items_per_s"] = tasks * rounds / elapsed
+    out["metrics"]["p50_us"] = percentile(lats, 50) * 1e6
+    out["metrics"]["p99_us"] = percentile(lats, 99) * 1e6
+    if bad[0]:
+        out["errors"].append(f"{bad[0]} awaits returned another task's result")
+
+
+def w_aio_tasks2000(cfg: dict, out: dict) -> None:
+    _concurrent_tasks(_aio_identity(cfg), cfg, out)
+
+
+def w_acall_tasks2000(cfg: dict, out: dict) -> None:
+    f = _identity(cfg)
+    _concurrent_tasks(f.acall, cfg, out)
+
+
+def w_aio_idle_latency0(cfg: dict, out: dict) -> None:
+    import asyncio
+
+    f = _aio_identity(cfg)
+    gap = float(cfg["gap_ms"]) / 1e3
+
+    async def main() -> list[float]:
+        for i in range(5):
+            await f(i)
+            await asyncio.sleep(gap)
+        lats = []
+        for i in range(int(cfg["calls"])):
+            t0 = time.perf_counter()
+            r = await f(i)
+            lats.append(time.perf_counter() - t0)
+            if r != i:
+                out["errors"].append(f"await f({i}) returned {r!r}")
+            await asyncio.sleep(gap)
+        return lats
+
+    lats = asyncio.run(main())
+    out["metrics"]["p50_us"] = percentile(lats, 50) * 1e6
+    out["metrics"]["p99_us"] = percentile(lats, 99) * 1e6
+
+
+def w_aio_idle_cpu(cfg: dict, out: dict) -> None:
+    import asyncio
+
+    f = _aio_identity(cfg)
+
+    async def main() -> float:
+        if await f(7) != 7:
+            out["errors"].append("aio_idle_cpu: f(7) != 7")
+        await asyncio.sleep(0.2)
+        idle = float(cfg["idle_s"])
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(idle)  # the loop is idle too: only the processor could use CPU
+        c1, t1 = time.process_time(), time.perf_counter()
+        return (c1 - c0) / (t1 - t0) * 100.0
+
+    out["metrics"]["cpu_pct"] = asyncio.run(main())
+
+
+def w_aio_cancel10k(cfg: dict, out: dict) -> None:
+    """10,000 tasks queued behind a running batch, every other one cancelled
+    before dispatch: the batch function must see exactly the others, the queue
+    must end empty, and asyncio must not complain (unretrieved exceptions,
+    destroyed pending tasks)."""
+    import asyncio
+    import gc
+    import logging
+
+    from batched import aio
+
+    seen: list[int] = []
+    gate: Any = None
+
+    async def record(items: list[Any]) -> list[Any]:
+        if items == ["gate"]:
+            await gate.wait()  # holds the (single) batch slot: nothing else is dispatched
+            return list(items)
+        seen.extend(items)
+        return list(items)
+
+    f = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(record)
+    _processors.append(f)
+    complaints: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            complaints.append(record.getMessage()[:200])
+
+    logging.getLogger("asyncio").addHandler(Catch())
+    n = int(cfg["tasks"])
+
+    async def main() -> None:
+        nonlocal gate
+        gate = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: complaints.append(str(ctx.get("message"))[:200]))
+        gate_task = asyncio.ensure_future(f("gate"))
+        await asyncio.sleep(0.05)  # the gate batch is running (0.1.5: after its first sleep)
+        tasks = [asyncio.ensure_future(f(i)) for i in range(n)]
+        await asyncio.sleep(0)  # every task has queued its item; none is dispatched
+        for t in tasks[1::2]:
+            t.cancel()
+        gate.set()
+        await gate_task
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        out["metrics"]["drain_ms"] = (time.perf_counter() - t0) * 1e3
+        wrong = sum(1 for i, r in enumerate(results) if i % 2 == 0 and r != i)
+        if wrong:
+            out["errors"].append(f"{wrong} kept tasks got a wrong result")
+
+    asyncio.run(main())
+    gc.collect()
+    kept = list(range(0, n, 2))
+    out["metrics"]["seen_by_fn"] = float(len(seen))
+    out["metrics"]["cancelled_seen"] = float(sum(1 for x in seen if x % 2))
+    queue = getattr(f.stats, "queue_size", -1)
+    out["metrics"]["left_in_queue"] = float(queue)
+    out["metrics"]["asyncio_warnings"] = float(len(complaints))
+    out["info"]["warnings"] = complaints[:5]
+    if sorted(x for x in seen if x % 2 == 0) != kept:
+        out["errors"].append("the batch function did not see every kept item exactly once")
 
 
 def main() -> int:

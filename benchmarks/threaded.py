@@ -54,12 +54,18 @@ TORCH_SPEC = "torch==2.13.0"
 TORCH_DIR = VENVS / "torch-2.13.0"
 IMPLS = ("ours", "0.1.5")
 
-WORKLOADS = ["list100k", "threads32", "threads32_t1", "idle_latency0", "idle_latency5", "idle_cpu", "idle_cpu0", "import_time"]
+WORKLOADS = ["list100k", "threads32", "threads32_t1", "aio_tasks2000", "acall_tasks2000", "aio_idle_latency0",
+             "aio_idle_cpu", "aio_cancel10k", "idle_latency0", "idle_latency5", "idle_cpu", "idle_cpu0", "import_time"]
 # import_time+torch is the import_time workload run with torch importable (only with --with-torch).
 CONFIG_TEXT = {
     "list100k": "1 thread, 1 call of 100,000 ints; batch_size=64, timeout_ms=1",
     "threads32": "32 threads, single-item calls; batch_size=32, timeout_ms=5",
     "threads32_t1": "32 threads, single-item calls; batch_size=32, timeout_ms=1",
+    "aio_tasks2000": "aio.dynamically, async identity; 2,000 concurrent tasks x 1 item, 10 rounds; batch_size=64, timeout_ms=5",
+    "acall_tasks2000": "BatchProcessor.acall; 2,000 concurrent tasks x 1 item, 10 rounds; batch_size=64, timeout_ms=5",
+    "aio_idle_latency0": "aio, lone awaits 2 ms apart; timeout_ms=0",
+    "aio_idle_cpu": "aio, 2 s idle after one await; timeout_ms=5",
+    "aio_cancel10k": "aio, 10,000 tasks, every other one cancelled before dispatch",
     "idle_latency0": "lone calls 2 ms apart; batch_size=32, timeout_ms=0",
     "idle_latency5": "lone calls 2 ms apart; batch_size=32, timeout_ms=5",
     "idle_cpu": "2 s idle after one call; timeout_ms=5",
@@ -103,6 +109,18 @@ METRICS = [
     Metric("threads32_t1", "p50_us", "p50 latency", _us),
     Metric("threads32_t1", "p99_us", "p99 latency", _us, "< 0.1.5", lambda o, r: o < r),
     Metric("threads32_t1", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
+    Metric("aio_tasks2000", "items_per_s", "items/s", _rate, "≥ 5× 0.1.5", lambda o, r: o >= 5 * r),
+    Metric("aio_tasks2000", "p50_us", "p50 latency", _us),
+    Metric("aio_tasks2000", "p99_us", "p99 latency", _us, "< 0.1.5", lambda o, r: o < r),
+    Metric("acall_tasks2000", "items_per_s", "items/s", _rate, "≥ 5× 0.1.5", lambda o, r: o >= 5 * r),
+    Metric("acall_tasks2000", "p99_us", "p99 latency", _us),
+    Metric("aio_idle_latency0", "p50_us", "median latency", _us, "< 200 µs", lambda o, r: o < 200),
+    Metric("aio_idle_latency0", "p99_us", "p99 latency", _us),
+    Metric("aio_idle_cpu", "cpu_pct", "CPU while idle", lambda v: f"{v:.2f} % of a core", "< 0.5 %", lambda o, r: o < 0.5),
+    Metric("aio_cancel10k", "seen_by_fn", "items the function saw", lambda v: f"{v:,.0f}", "5,000", lambda o, r: o == 5000),
+    Metric("aio_cancel10k", "cancelled_seen", "cancelled items it saw", lambda v: f"{v:,.0f}", "0", lambda o, r: o == 0),
+    Metric("aio_cancel10k", "left_in_queue", "left in queue", lambda v: f"{v:,.0f}", "0", lambda o, r: o == 0),
+    Metric("aio_cancel10k", "asyncio_warnings", "asyncio warnings", lambda v: f"{v:,.0f}", "0", lambda o, r: o == 0),
     Metric("idle_latency0", "p50_us", "median latency", _us, "< 100 µs", lambda o, r: o < 100),
     Metric("idle_latency0", "p99_us", "p99 latency", _us),
     Metric("idle_latency5", "p50_us", "median latency", _us, "≈ 5 ms (4–6 ms)", lambda o, r: 4000 <= o <= 6000),

@@ -106,7 +106,7 @@ cdef class _Call:
     cdef Py_ssize_t remaining
     cdef bint single
     cdef object loop
-    cdef object future
+    cdef readonly object future
     cdef object engine
     cdef vector[uint32_t] lengths
 
@@ -125,6 +125,8 @@ cdef class Engine:
     cdef bint priority_by_length
     cdef bint small_first
     cdef bint event_loop_driver
+    cdef bint eager
+    cdef Py_ssize_t batch_size
     cdef Py_ssize_t in_flight
     cdef dict timers
     cdef object finished_box

@@ -57,10 +57,11 @@ cdef class _Call:
             raise _own_copy(self.error)
         return self.results[0] if self.single else self.results
 
-    def on_future_done(self, fut):
-        # asyncio callback (on the caller's loop): a cancelled caller takes its
-        # undispatched items out of the queue (SPEC 2.7).
-        if fut.cancelled() and self.engine is not None:
+    def cancel(self):
+        """The awaiting caller was cancelled: its undispatched items leave the
+        queue (SPEC 2.7); results of dispatched ones will be dropped. Call on
+        the caller's loop, once the future is cancelled."""
+        if self.engine is not None:
             (<Engine>self.engine).cancel_call(self)
 
 
@@ -137,6 +138,9 @@ cdef class Engine:
         self.small_first = small_first
         self.event_loop_driver = event_loop_driver
         self.timers = {}
+        self.batch_size = batch_size
+        # Any push may make a batch ready: greedy timeout, or a length budget.
+        self.eager = timeout_ms == 0 or max_batch_length is not None
         self.fn = fn
         self.name = name
         self.small_batch_threshold = small_batch_threshold
@@ -240,20 +244,22 @@ cdef class Engine:
         return c.outcome()
 
     def submit_async(self, items, loop):
-        """Queues ``items`` and returns a future of ``loop`` that completes with their results."""
-        fut = loop.create_future()
-        if isinstance(items, list) and len(<list>items) == 0:
-            fut.set_result([])
-            return fut
+        """Queues ``items`` (not an empty list) and returns the call record;
+        its ``future`` (of ``loop``) completes with their results. A caller
+        that is cancelled while awaiting it must call ``record.cancel()``:
+        that is cheaper than a done-callback on every future."""
         cdef _Call c = self.new_call(items)
         c.loop = loop
-        c.future = fut
+        c.future = loop.create_future()
         c.engine = self
         self.push(c)
-        fut.add_done_callback(c.on_future_done)
-        if self.event_loop_driver:
-            self.drive(loop)
-        return fut
+        if self.event_loop_driver and self.in_flight < self.num_workers:
+            # Drive only if this push can dispatch a batch or needs a timer;
+            # otherwise the armed timer (or a finishing batch) will.
+            if (loop not in self.timers or self.eager
+                    or self.sched.size_approx() >= <size_t>self.batch_size):
+                self.drive(loop)
+        return c
 
     # ---- the event-loop driver (async batch functions) ----
     #
@@ -618,9 +624,21 @@ cdef uint32_t _item_length(object item) except? 0xFFFFFFFF:
     return 1
 
 
+_get_running_loop = None
+
+
 cdef _post(dict by_loop):
-    """One call_soon_threadsafe per event loop for the calls a batch finished."""
+    """Delivers the calls a batch finished: directly on the loop running in
+    this thread (an async batch function's own loop), else with one
+    call_soon_threadsafe per loop."""
+    global _get_running_loop
+    if _get_running_loop is None:
+        from asyncio import _get_running_loop  # fast C accessor; only reached once asyncio is in use
+    here = _get_running_loop()
     for loop, calls in by_loop.items():
+        if loop is here:
+            _deliver(calls)
+            continue
         try:
             loop.call_soon_threadsafe(_deliver, calls)
         except RuntimeError:

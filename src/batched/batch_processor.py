@@ -83,7 +83,7 @@ class BatchProcessor:
         global _asyncio
         if _asyncio is None:
             import asyncio as _asyncio  # noqa: PLC0415
-        return await self._engine.submit_async(item, _asyncio.get_running_loop())
+        return await await_call(self._engine, item, _asyncio)
 
     @property
     def stats(self) -> BatchProcessorStats:
@@ -108,6 +108,19 @@ class BatchProcessor:
             f"<{type(self).__name__} {self._engine.name} batch_size={self.batch_size} "
             f"timeout_ms={self.timeout_ms} queued={self._engine.queue_size()}>"
         )
+
+
+async def await_call(engine: Engine, items: Any, asyncio: Any) -> Any:
+    """Submits ``items`` to ``engine`` and awaits them on the running loop; a
+    cancelled caller takes its undispatched items out of the queue."""
+    if isinstance(items, list) and not items:
+        return []
+    call = engine.submit_async(items, asyncio.get_running_loop())
+    try:
+        return await call.future
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
 
 
 def dynamically(

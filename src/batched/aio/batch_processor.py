@@ -23,6 +23,7 @@ from types import GenericAlias
 
 from batched import _validate
 from batched._core import Engine
+from batched.batch_processor import await_call
 from batched.decorator import _is_coroutine_function, dynamic_batch
 from batched.types import AsyncCache, BatchProcessorStats, PriorityStrategy
 
@@ -89,6 +90,8 @@ class AsyncBatchProcessor:
         self._loop_engines: dict[weakref.ref[asyncio.AbstractEventLoop], Engine] = {}
         # Stats of the engines of loops that are gone, kept for `stats`.
         self._retired: list[dict[str, Any]] = []
+        self._last_loop: Callable[[], Any] = lambda: None
+        self._last_engine: Optional[Engine] = None
         self._finalizer = weakref.finalize(self, _shutdown_all, self._engines_ref(), False)
 
     def _new_engine(self) -> Engine:
@@ -117,6 +120,8 @@ class AsyncBatchProcessor:
     def _engine_for(self, loop: asyncio.AbstractEventLoop) -> Engine:
         if self._engine is not None:
             return self._engine
+        if self._last_loop() is loop:  # the common case: one loop, asked again
+            return self._last_engine  # type: ignore[return-value]
         key = weakref.ref(loop)
         engine = self._loop_engines.get(key)
         if engine is None:
@@ -124,6 +129,7 @@ class AsyncBatchProcessor:
             engine = self._loop_engines[key] = self._new_engine()
             if self._closed:
                 engine.shutdown(False)  # calls fail with ShutdownError, as on any shut-down engine
+        self._last_loop, self._last_engine = key, engine
         return engine
 
     def _retire_closed_loops(self) -> None:
@@ -140,10 +146,9 @@ class AsyncBatchProcessor:
 
     async def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """The result of one item, or the list of results of a list of items."""
-        loop = asyncio.get_running_loop()
         if self.cache is None:
-            return await self._engine_for(loop).submit_async(items, loop)
-        return await self._call_through_cache(items, loop)
+            return await await_call(self._engine_for(asyncio.get_running_loop()), items, asyncio)
+        return await self._call_through_cache(items, asyncio.get_running_loop())
 
     async def _call_through_cache(self, items: Any, loop: asyncio.AbstractEventLoop) -> Any:
         # Cached items never enter the queue; the others are batched, then cached.
@@ -158,7 +163,7 @@ class AsyncBatchProcessor:
             else:
                 results[i] = hit
         if missing:
-            computed = await self._engine_for(loop).submit_async([wanted[i] for i in missing], loop)
+            computed = await await_call(self._engine_for(loop), [wanted[i] for i in missing], asyncio)
             for i, value in zip(missing, computed):
                 results[i] = value
                 await self.cache.set(wanted[i], value)  # type: ignore[union-attr]
