@@ -346,3 +346,70 @@ def test_full_queue_and_shutdown(kind: str) -> None:
             await proc(4)
 
     run(main())
+
+
+def test_async_backlog_leaves_when_the_batch_returns() -> None:
+    record: list[list[Any]] = []
+    release = [asyncio.Event()]
+
+    async def gated(items: list[Any]) -> list[Any]:
+        record.append(list(items))
+        if "first" in items:
+            await release[0].wait()
+        return items
+
+    proc = aio.AsyncBatchProcessor(gated, batch_size=2, timeout_ms=LONG_MS)
+
+    async def main() -> None:
+        release[0] = asyncio.Event()
+        running = asyncio.gather(proc("first"), proc("second"))  # full: dispatched at once
+        await asyncio.sleep(0.01)
+        late = asyncio.ensure_future(proc("late"))  # 1 of 2: alone it would wait a minute
+        await asyncio.sleep(0.01)
+        assert proc.stats.queue_size == 1
+        release[0].set()
+        assert await running == ["first", "second"]
+        assert await late == "late"  # left when the running batch returned
+
+    run(main())
+    assert record == [["first", "second"], ["late"]]
+    assert proc.stats.batches_by_reason["backlog"] == 1
+    proc.shutdown()
+
+
+def test_async_num_workers_run_batches_concurrently() -> None:
+    running = 0
+    peak = 0
+
+    async def fn(items: list[int]) -> list[int]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return items
+
+    proc = aio.AsyncBatchProcessor(fn, batch_size=2, timeout_ms=0, num_workers=3)
+
+    async def main() -> None:
+        assert await asyncio.gather(*(proc(i) for i in range(12))) == list(range(12))
+
+    run(main())
+    assert peak == 3  # never more than num_workers, and the slots are used
+    proc.shutdown()
+
+
+def test_garbage_collected_aio_processor_stops_its_workers() -> None:
+    import gc
+
+    from conftest import wait_until, worker_threads
+
+    def aio_gc_probe(items: list[int]) -> list[int]:
+        return items
+
+    proc = aio.AsyncBatchProcessor(aio_gc_probe, timeout_ms=0)
+    assert run(proc(1)) == 1
+    assert worker_threads("aio_gc_probe")
+    del proc
+    gc.collect()
+    wait_until(lambda: not worker_threads("aio_gc_probe"), "aio workers to exit")
