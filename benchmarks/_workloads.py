@@ -41,6 +41,7 @@ CONFIG: dict[str, dict[str, Any]] = {
     "aio_idle_latency0": {"batch_size": 32, "timeout_ms": 0.0, "calls": 300, "gap_ms": 2.0},
     "aio_idle_cpu": {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0},
     "aio_cancel10k": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 10000},
+    "aio_floor2000": {"batch_size": 64, "tasks": 2000, "rounds": 10},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "threads32": {"seconds": 0.5},
@@ -54,6 +55,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "acall_tasks2000": {"rounds": 3},
     "aio_idle_latency0": {"calls": 60},
     "aio_idle_cpu": {"idle_s": 0.5},
+    "aio_floor2000": {"rounds": 3},
 }
 
 
@@ -294,6 +296,43 @@ def w_aio_tasks2000(cfg: dict, out: dict) -> None:
 def w_acall_tasks2000(cfg: dict, out: dict) -> None:
     f = _identity(cfg)
     _concurrent_tasks(f.acall, cfg, out)
+
+
+def w_aio_floor2000(cfg: dict, out: dict) -> None:
+    """No batcher at all: the aio_tasks2000 load, with each group of 64 futures
+    resolved by one plain loop callback. What asyncio itself costs here is the
+    ceiling for any asyncio batcher on this machine."""
+    import asyncio
+
+    tasks, rounds, size = int(cfg["tasks"]), int(cfg["rounds"]), int(cfg["batch_size"])
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        pending: list[tuple[asyncio.Future, int]] = []
+
+        def resolve() -> None:
+            group = pending[:size]
+            del pending[:size]
+            for fut, i in group:
+                fut.set_result(i)
+            if pending:
+                loop.call_soon(resolve)
+
+        async def one(i: int) -> int:
+            fut = loop.create_future()
+            pending.append((fut, i))
+            if len(pending) == 1:
+                loop.call_soon(resolve)
+            return await fut
+
+        t0 = time.perf_counter()
+        for r in range(rounds):
+            got = await asyncio.gather(*(one(i) for i in range(tasks)))
+            if got != list(range(tasks)):
+                out["errors"].append("floor: wrong results")
+        return time.perf_counter() - t0
+
+    out["metrics"]["items_per_s"] = tasks * rounds / asyncio.run(main())
 
 
 def w_aio_idle_latency0(cfg: dict, out: dict) -> None:
