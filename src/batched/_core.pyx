@@ -39,8 +39,8 @@ cdef class _Call:
     ``entry`` during that time only.
     """
 
-    def __cinit__(self):
-        self.completion = new CCompletion()
+    # `completion` is made only for blocking callers (Engine.call); asyncio
+    # callers complete through their future.
 
     def __dealloc__(self):
         if self.completion != NULL:
@@ -222,6 +222,7 @@ cdef class Engine:
         cdef CPushStatus status
         cdef bint done = False
         cdef bint on_main = PyThread_get_thread_ident() == _main_thread_ident
+        c.completion = new CCompletion()
         if not self.started:
             self.start_workers()
         Py_INCREF(c)  # the scheduler's reference; released in finish()
