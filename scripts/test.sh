@@ -3,7 +3,9 @@
 #   1. builds and installs the package into .venv (scikit-build-core + Cython),
 #   2. runs the Python tests against the installed package,
 #   3. builds the C++ tests and runs them with ctest, plain and under
-#      ThreadSanitizer and AddressSanitizer+UBSan.
+#      ThreadSanitizer and AddressSanitizer+UBSan;
+#   4. installs the C++ package to a temporary prefix and builds and runs
+#      examples/cpp against it (examples/cpp/run.sh).
 # Exits non-zero as soon as anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +33,6 @@ for sanitizer in none thread address; do
   (cd "$dir" && TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 \
      ctest --output-on-failure --no-tests=error)
 done
+echo "== C++ package: install, then build and run examples/cpp against it"
+bash examples/cpp/run.sh
 echo "== all tests passed"
