@@ -413,3 +413,37 @@ def test_garbage_collected_aio_processor_stops_its_workers() -> None:
     del proc
     gc.collect()
     wait_until(lambda: not worker_threads("aio_gc_probe"), "aio workers to exit")
+
+
+def test_batch_task_cancelled_before_it_runs_strands_nobody() -> None:
+    # A shutdown handler that cancels every task also cancels batch tasks that
+    # have not taken their first step: the slot must come back, later calls work.
+    proc = aio.AsyncBatchProcessor(make_fn("async", lambda xs: xs), batch_size=4, timeout_ms=1)
+
+    async def main() -> None:
+        callers = [asyncio.ensure_future(proc(i)) for i in range(4)]  # a full batch: its task exists
+        await asyncio.sleep(0)
+        batch_tasks = list([t for t in asyncio.all_tasks() if "_run_on_loop" in repr(t)])
+        assert batch_tasks  # created, not started
+        for t in callers + batch_tasks:
+            t.cancel()
+        await asyncio.gather(*callers, *batch_tasks, return_exceptions=True)
+        assert await asyncio.wait_for(proc(99), TIMEOUT) == 99
+
+    run(main())
+    proc.shutdown()
+
+
+def test_stop_iteration_reaches_callers_as_runtime_error(kind: str) -> None:
+    def body(items: list[int]) -> list[Any]:
+        return [StopIteration("per item") if x == 0 else x for x in items]
+
+    proc = aio.AsyncBatchProcessor(make_fn(kind, body), batch_size=3, timeout_ms=LONG_MS)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(proc(i) for i in range(3)), return_exceptions=True)
+
+    first, *rest = run(main())
+    assert isinstance(first, RuntimeError) and "StopIteration: per item" in str(first)
+    assert rest == [1, 2]  # the others are delivered, not stranded
+    proc.shutdown()

@@ -129,6 +129,7 @@ cdef class Engine:
     cdef Py_ssize_t batch_size
     cdef Py_ssize_t in_flight
     cdef dict timers
+    cdef readonly set running
     cdef object finished_box
     cdef bint started
     cdef bint closed

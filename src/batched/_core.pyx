@@ -72,10 +72,14 @@ def _deliver(list calls):
         fut = c.future
         if fut.cancelled():
             continue  # the caller went away; its results are dropped
-        if c.error is not None:
-            fut.set_exception(_for_asyncio(_own_copy(c.error)))
-        else:
-            fut.set_result(c.results[0] if c.single else c.results)
+        try:
+            if c.error is not None:
+                fut.set_exception(_for_asyncio(_own_copy(c.error)))
+            else:
+                fut.set_result(c.results[0] if c.single else c.results)
+        except BaseException as e:  # one odd error object must not strand the others
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"could not deliver the result: {e!r}"))
 
 
 _copy_module = None
@@ -104,7 +108,8 @@ cdef object _own_copy(object error):
 cdef object _for_asyncio(object error):
     """asyncio treats KeyboardInterrupt/SystemExit in a task as fatal to the loop:
     one raised by the batch function on a worker is wrapped instead."""
-    if isinstance(error, Exception):
+    # Futures refuse StopIteration; tasks treat KeyboardInterrupt/SystemExit as fatal.
+    if isinstance(error, Exception) and not isinstance(error, (StopIteration, StopAsyncIteration)):
         return error
     wrapped = RuntimeError(f"the batch function raised {type(error).__name__}: {error}")
     wrapped.__cause__ = error
@@ -138,6 +143,7 @@ cdef class Engine:
         self.small_first = small_first
         self.event_loop_driver = event_loop_driver
         self.timers = {}
+        self.running = set()
         self.batch_size = batch_size
         # Any push may make a batch ready: greedy timeout, or a length budget.
         self.eager = timeout_ms == 0 or max_batch_length is not None
@@ -282,7 +288,14 @@ cdef class Engine:
             if not self.sched.try_pop(box.batch):
                 break
             self.in_flight += 1
-            loop.create_task(_run_on_loop(self, box))
+            box.t0 = monotonic_ns()
+            task = loop.create_task(_run_on_loop(self, box))
+            # The loop keeps only weak references to tasks; and a task cancelled
+            # before its first step never runs its body: the done-callback then
+            # ends the batch, so no caller and no batch slot is stranded.
+            self.running.add(task)
+            task.add_done_callback(box.on_task_done)
+            box.engine = self
         self.arm_timer(loop)
         return 0
 
@@ -316,8 +329,14 @@ cdef class Engine:
     def batch_inputs_of(self, _BatchBox box):
         return self.batch_inputs(box.batch)
 
-    def end_async_batch(self, _BatchBox box, object out, object error, int64_t t0, object loop):
-        """Hands out the results of a batch run on ``loop``, then dispatches more."""
+    def end_async_batch(self, _BatchBox box, object out, object error, object loop):
+        """Hands out the results of a batch run on ``loop``, then dispatches
+        more. Called once per batch (by the task, or by its done-callback if
+        the task never ran)."""
+        if box.ended:
+            return
+        box.ended = True
+        cdef int64_t t0 = box.t0
         cdef int64_t t1 = monotonic_ns()
         cdef CPendingNotifications none_to_notify  # async callers only: nothing to notify
         if error is None:
@@ -332,8 +351,12 @@ cdef class Engine:
             self.fail_rest(box.batch, e, none_to_notify)
         self.in_flight -= 1
         self.finished_box = box
-        if not self.closed:
-            self.drive(loop)
+        if not self.closed and not loop.is_closed():
+            # Drive from a fresh callback rather than from inside this task:
+            # callers cancelled meanwhile (a loop shutting down cancels them
+            # all) take their items out first, and no task is started from a
+            # task that is being cancelled.
+            loop.call_soon(self.on_timer, loop)
 
     cdef int cancel_call(self, _Call c) except -1:
         """Takes the undispatched items of ``c`` out of the queue; its results,
@@ -346,6 +369,8 @@ cdef class Engine:
             by_loop = self.complete(c, removed, None, NULL)
             if by_loop is not None:
                 _post(by_loop)  # delivery skips the cancelled future; this releases the record
+            if self.event_loop_driver and not self.closed:
+                self.arm_timer(c.loop)  # nothing left to wait for: no timer (and no loop kept alive)
         return 0
 
     # ---- workers ----
@@ -525,6 +550,7 @@ cdef class Engine:
         cdef dict by_loop = None
         with self.start_lock:
             self.closed = True
+        self.timers.clear()  # a timer that fires later finds the engine closed
         with nogil:
             self.sched.shutdown()
             left = self.sched.drain()
@@ -587,20 +613,30 @@ cdef class Engine:
 cdef class _BatchBox:
     """A batch popped by the event-loop driver, owned by the task running it."""
     cdef CBatch batch
+    cdef int64_t t0
+    cdef bint ended
+    cdef object engine
+
+    def on_task_done(self, task):
+        engine = self.engine
+        (<Engine>engine).running.discard(task)
+        if not self.ended:  # cancelled before its first step
+            error = RuntimeError("the batch was cancelled before it ran (its event loop is shutting down?)")
+            engine.end_async_batch(self, None, error, task.get_loop())
 
 
 async def _run_on_loop(Engine engine, _BatchBox box):
     """Runs one batch of an async batch function on the current loop."""
     loop = asyncio_get_running_loop()
-    inputs = engine.batch_inputs_of(box)
     out = None
     error = None
-    cdef int64_t t0 = monotonic_ns()
     try:
+        inputs = engine.batch_inputs_of(box)
+        box.t0 = monotonic_ns()
         out = await engine.fn(inputs)
     except BaseException as e:  # delivered to the callers; the driver goes on
         error = e
-    engine.end_async_batch(box, out, error, t0, loop)
+    engine.end_async_batch(box, out, error, loop)
     if error is not None and not isinstance(error, Exception):
         raise error  # CancelledError etc.: the task itself was stopped
 

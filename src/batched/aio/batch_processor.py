@@ -17,6 +17,7 @@ batch function depends on its kind:
 from __future__ import annotations
 
 import asyncio
+import threading
 import warnings
 import weakref
 from types import GenericAlias
@@ -90,8 +91,8 @@ class AsyncBatchProcessor:
         self._loop_engines: dict[weakref.ref[asyncio.AbstractEventLoop], Engine] = {}
         # Stats of the engines of loops that are gone, kept for `stats`.
         self._retired: list[dict[str, Any]] = []
-        self._last_loop: Callable[[], Any] = lambda: None
-        self._last_engine: Optional[Engine] = None
+        self._last: tuple[Callable[[], Any], Optional[Engine]] = (lambda: None, None)
+        self._lookup_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _shutdown_all, self._engines_ref(), False)
 
     def _new_engine(self) -> Engine:
@@ -120,20 +121,23 @@ class AsyncBatchProcessor:
     def _engine_for(self, loop: asyncio.AbstractEventLoop) -> Engine:
         if self._engine is not None:
             return self._engine
-        if self._last_loop() is loop:  # the common case: one loop, asked again
-            return self._last_engine  # type: ignore[return-value]
-        key = weakref.ref(loop)
-        engine = self._loop_engines.get(key)
-        if engine is None:
-            self._retire_closed_loops()
-            engine = self._loop_engines[key] = self._new_engine()
-            if self._closed:
-                engine.shutdown(False)  # calls fail with ShutdownError, as on any shut-down engine
-        self._last_loop, self._last_engine = key, engine
+        last_loop, last_engine = self._last  # one read: a consistent pair
+        if last_loop() is loop:  # the common case: one loop, asked again
+            return last_engine  # type: ignore[no-any-return]
+        with self._lookup_lock:  # callers on several threads' loops
+            key = weakref.ref(loop)
+            engine = self._loop_engines.get(key)
+            if engine is None:
+                self._retire_closed_loops()
+                engine = self._loop_engines[key] = self._new_engine()
+                if self._closed:
+                    engine.shutdown(False)  # calls fail with ShutdownError, as on any shut-down engine
+            self._last = (key, engine)
         return engine
 
     def _retire_closed_loops(self) -> None:
         # A closed loop's engine is idle for good: keep its stats, drop it.
+        # Called with _lookup_lock held.
         for key, engine in list(self._loop_engines.items()):
             loop = key()
             if loop is None or loop.is_closed():
