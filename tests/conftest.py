@@ -36,20 +36,55 @@ class _LoopThread:
         self.loop.close()
 
 
-@pytest.fixture(params=["thread", "asyncio"])
-def submit(request: pytest.FixtureRequest) -> Iterator[Callable[[Any, Any], Future[Any]]]:
+class FrontEnd:
+    """How a test reaches a processor: ``make(fn, **options)`` builds one,
+    ``submit(proc, items)`` hands it a call and returns a concurrent Future."""
+
+    def __init__(self, name: str, make: Callable[..., Any], submit: Callable[[Any, Any], Future[Any]]) -> None:
+        self.name = name
+        self.make = make
+        self._submit = submit
+
+    def __call__(self, proc: Any, items: Any) -> Future[Any]:
+        return self._submit(proc, items)
+
+
+@pytest.fixture(params=["thread", "asyncio", "aio"])
+def submit(request: pytest.FixtureRequest) -> Iterator[FrontEnd]:
+    """The behaviour suite runs once per front end:
+    * thread:  BatchProcessor, a blocking call on a pool thread;
+    * asyncio: BatchProcessor.acall on an event loop in another thread;
+    * aio:     batched.aio.AsyncBatchProcessor (the same plain batch function,
+      run by its worker threads), awaited on an event loop in another thread.
+    """
+    from batched import BatchProcessor
+    from batched.aio import AsyncBatchProcessor
+    from batched.types import PriorityStrategy
+
     if request.param == "thread":
         pool = ThreadPoolExecutor(max_workers=256)
-        yield lambda proc, items: pool.submit(proc, items)
+        yield FrontEnd("thread", BatchProcessor, lambda proc, items: pool.submit(proc, items))
         pool.shutdown(wait=True, cancel_futures=True)
-    else:
-        lt = _LoopThread()
+        return
+    lt = _LoopThread()
+    if request.param == "asyncio":
 
         async def acall(proc: Any, items: Any) -> Any:
             return await proc.acall(items)
 
-        yield lambda proc, items: lt.submit(acall(proc, items))
-        lt.close()
+        yield FrontEnd("asyncio", BatchProcessor, lambda proc, items: lt.submit(acall(proc, items)))
+    else:
+
+        async def await_aio(proc: Any, items: Any) -> Any:
+            return await proc(items)
+
+        def make_aio(fn: Any, **options: Any) -> Any:
+            # PRIORITY: small calls first, as in the threaded API (aio's default,
+            # NONE, is arrival order, as in 0.1.5; test_aio covers it).
+            return AsyncBatchProcessor(fn, priority_strategy=PriorityStrategy.PRIORITY, **options)
+
+        yield FrontEnd("aio", make_aio, lambda proc, items: lt.submit(await_aio(proc, items)))
+    lt.close()
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:

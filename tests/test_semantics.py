@@ -1,4 +1,5 @@
-"""SPEC section 2, line by line, for every front end (see conftest.submit)."""
+"""SPEC section 2, line by line, for every front end (see conftest.submit):
+threads, BatchProcessor.acall, and batched.aio."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def identity(items: list[Any]) -> list[Any]:
 
 
 def test_full_batch_leaves_without_waiting_for_the_timeout(submit) -> None:
-    proc = BatchProcessor(identity, batch_size=4, timeout_ms=LONG_MS)
+    proc = submit.make(identity, batch_size=4, timeout_ms=LONG_MS)
     futures = [submit(proc, i) for i in range(4)]
     assert [f.result(TIMEOUT) for f in futures] == [0, 1, 2, 3]
     assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "backlog": 0}
@@ -32,7 +33,7 @@ def test_full_batch_leaves_without_waiting_for_the_timeout(submit) -> None:
 
 
 def test_lone_item_waits_for_the_timeout(submit) -> None:
-    proc = BatchProcessor(identity, batch_size=8, timeout_ms=50)
+    proc = submit.make(identity, batch_size=8, timeout_ms=50)
     start = time.monotonic()
     assert submit(proc, 7).result(TIMEOUT) == 7
     assert time.monotonic() - start >= 0.049  # never less than the timeout
@@ -47,7 +48,7 @@ def test_back_to_back_lone_calls_each_wait_the_timeout(submit) -> None:
         time.sleep(0.002)
         return items
 
-    proc = BatchProcessor(slow_identity, batch_size=8, timeout_ms=20)
+    proc = submit.make(slow_identity, batch_size=8, timeout_ms=20)
     for i in range(5):
         start = time.monotonic()
         assert submit(proc, i).result(TIMEOUT) == i
@@ -57,7 +58,7 @@ def test_back_to_back_lone_calls_each_wait_the_timeout(submit) -> None:
 
 
 def test_zero_timeout_sends_at_once(submit) -> None:
-    proc = BatchProcessor(identity, batch_size=8, timeout_ms=0)
+    proc = submit.make(identity, batch_size=8, timeout_ms=0)
     assert [submit(proc, i).result(TIMEOUT) for i in range(5)] == list(range(5))
     assert proc.stats.total_batches == 5
     proc.shutdown()
@@ -70,7 +71,7 @@ def test_batches_never_exceed_batch_size(submit) -> None:
         sizes.append(len(items))
         return items
 
-    proc = BatchProcessor(fn, batch_size=5, timeout_ms=1)
+    proc = submit.make(fn, batch_size=5, timeout_ms=1)
     futures = [submit(proc, list(range(i))) for i in range(1, 30)]
     for i, f in enumerate(futures, start=1):
         assert f.result(TIMEOUT) == list(range(i))
@@ -84,7 +85,7 @@ def test_batches_never_exceed_batch_size(submit) -> None:
 
 def test_backlog_leaves_when_the_worker_returns(submit) -> None:
     gate = Gate(identity)
-    proc = BatchProcessor(gate, batch_size=64, timeout_ms=0)
+    proc = submit.make(gate, batch_size=64, timeout_ms=0)
     first = submit(proc, "first")
     assert gate.entered.wait(TIMEOUT)
     # timeout_ms=0 dispatched "first"; the rest queue behind the busy worker.
@@ -101,7 +102,7 @@ def test_backlog_leaves_when_the_worker_returns(submit) -> None:
 
 def test_backlog_does_not_wait_for_a_long_timeout(submit) -> None:
     gate = Gate(identity)
-    proc = BatchProcessor(gate, batch_size=64, timeout_ms=LONG_MS)
+    proc = submit.make(gate, batch_size=64, timeout_ms=LONG_MS)
     futures = [submit(proc, i) for i in range(64)]  # a full batch: dispatched at once
     assert gate.entered.wait(TIMEOUT)
     late = submit(proc, "late")
@@ -117,7 +118,7 @@ def test_backlog_does_not_wait_for_a_long_timeout(submit) -> None:
 
 
 def test_large_call_split_over_batches_and_reassembled(submit) -> None:
-    proc = BatchProcessor(lambda xs: [x * 3 for x in xs], batch_size=7, timeout_ms=0)
+    proc = submit.make(lambda xs: [x * 3 for x in xs], batch_size=7, timeout_ms=0)
     items = list(range(1000))
     assert submit(proc, items).result(TIMEOUT) == [x * 3 for x in items]
     assert proc.stats.total_processed == 1000
@@ -144,7 +145,7 @@ def _queue_behind_gate(submit, proc, gate, calls):
 
 def test_small_calls_go_before_bulk_calls(submit) -> None:
     gate = Gate(identity)
-    proc = BatchProcessor(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2)
+    proc = submit.make(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2)
     bulk = [f"bulk{i}" for i in range(6)]
     results = _queue_behind_gate(submit, proc, gate, [bulk, ["s1"], ["s2", "s3"]])
     assert results == [bulk, ["s1"], ["s2", "s3"]]
@@ -156,7 +157,7 @@ def test_small_calls_go_before_bulk_calls(submit) -> None:
 def test_aged_bulk_call_goes_first(submit) -> None:
     gate = Gate(identity)
     # aging_ms=0: every queued item is "old", so arrival order wins over size.
-    proc = BatchProcessor(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2, aging_ms=0)
+    proc = submit.make(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2, aging_ms=0)
     bulk = [f"bulk{i}" for i in range(6)]
     _queue_behind_gate(submit, proc, gate, [bulk, ["s1"]])
     order = [x for batch in gate.batches[1:] for x in batch]
@@ -173,7 +174,7 @@ def test_exception_reaches_every_caller_in_the_batch_and_only_them(submit) -> No
             raise KeyError(f"bad batch {sorted(items)}")
         return items
 
-    proc = BatchProcessor(fn, batch_size=3, timeout_ms=LONG_MS)
+    proc = submit.make(fn, batch_size=3, timeout_ms=LONG_MS)
     bad = [submit(proc, x) for x in (1, -1, 2)]  # one full batch
     for f in bad:
         with pytest.raises(KeyError, match=r"bad batch \[-1, 1, 2\]"):
@@ -193,7 +194,7 @@ def test_base_exceptions_do_not_kill_the_worker(submit) -> None:
             raise exc("stop")
         return items
 
-    proc = BatchProcessor(fn, batch_size=1, timeout_ms=0)
+    proc = submit.make(fn, batch_size=1, timeout_ms=0)
     for exc in (KeyboardInterrupt, SystemExit):
         # Thread callers get it as raised; asyncio would treat it as fatal to
         # the caller's loop, so there it arrives wrapped in a RuntimeError.
@@ -219,7 +220,7 @@ def test_wrong_output_is_a_clear_error(submit, returned, error, message) -> None
     def short(items: list[int]) -> Any:
         return returned if min(items) < 3 else items
 
-    proc = BatchProcessor(short, batch_size=3, timeout_ms=LONG_MS)
+    proc = submit.make(short, batch_size=3, timeout_ms=LONG_MS)
     futures = [submit(proc, i) for i in range(3)]
     for f in futures:
         with pytest.raises(error, match=message):
@@ -232,7 +233,7 @@ def test_returned_exception_fails_only_that_item(submit) -> None:
     def fn(items: list[int]) -> list[Any]:
         return [ValueError(f"no {x}") if x < 0 else x for x in items]
 
-    proc = BatchProcessor(fn, batch_size=4, timeout_ms=LONG_MS)
+    proc = submit.make(fn, batch_size=4, timeout_ms=LONG_MS)
     futures = [submit(proc, x) for x in (1, -2, 3, 4)]
     assert futures[0].result(TIMEOUT) == 1
     with pytest.raises(ValueError, match="no -2"):
@@ -255,7 +256,7 @@ def test_numpy_like_sequence_output_is_accepted(submit) -> None:
         def __iter__(self):
             return iter(self.xs)
 
-    proc = BatchProcessor(lambda xs: Rows([x + 1 for x in xs]), batch_size=4, timeout_ms=0)
+    proc = submit.make(lambda xs: Rows([x + 1 for x in xs]), batch_size=4, timeout_ms=0)
     assert submit(proc, [1, 2, 3]).result(TIMEOUT) == [2, 3, 4]
     proc.shutdown()
 
@@ -264,7 +265,7 @@ def test_each_caller_gets_its_own_exception_object(submit) -> None:
     def fn(items: list[int]) -> list[int]:
         raise KeyError("whole batch")
 
-    proc = BatchProcessor(fn, batch_size=3, timeout_ms=LONG_MS)
+    proc = submit.make(fn, batch_size=3, timeout_ms=LONG_MS)
     futures = [submit(proc, i) for i in range(3)]
     errors = []
     for f in futures:
@@ -339,7 +340,7 @@ def test_cancelled_after_dispatch_drops_the_result() -> None:
 
 def test_shutdown_fails_queued_items_and_refuses_new_calls(submit) -> None:
     gate = Gate(identity)
-    proc = BatchProcessor(gate, batch_size=2, timeout_ms=0)
+    proc = submit.make(gate, batch_size=2, timeout_ms=0)
     running = submit(proc, "running")
     assert gate.entered.wait(TIMEOUT)
     waiting = [submit(proc, i) for i in range(3)]
@@ -365,7 +366,7 @@ def test_shutdown_from_inside_the_batch_function_does_not_hang(submit) -> None:
         holder["proc"].shutdown()
         return items
 
-    proc = holder["proc"] = BatchProcessor(fn, batch_size=1, timeout_ms=0)
+    proc = holder["proc"] = submit.make(fn, batch_size=1, timeout_ms=0)
     assert submit(proc, 3).result(TIMEOUT) == 3
     with pytest.raises(ShutdownError):
         submit(proc, 4).result(TIMEOUT)
@@ -416,7 +417,7 @@ def test_processor_never_called_starts_no_thread() -> None:
 
 def test_full_queue_raises_at_once(submit) -> None:
     gate = Gate(identity)
-    proc = BatchProcessor(gate, batch_size=1, timeout_ms=0, max_queue_size=3)
+    proc = submit.make(gate, batch_size=1, timeout_ms=0, max_queue_size=3)
     running = submit(proc, "running")
     assert gate.entered.wait(TIMEOUT)
     queued_calls = [submit(proc, i) for i in range(3)]
@@ -439,7 +440,7 @@ def test_full_queue_raises_at_once(submit) -> None:
 
 
 def test_stats_reconcile_with_the_work_done(submit) -> None:
-    proc = BatchProcessor(identity, batch_size=8, timeout_ms=1)
+    proc = submit.make(identity, batch_size=8, timeout_ms=1)
     futures = [submit(proc, list(range(i % 5 + 1))) for i in range(50)]
     for i, f in enumerate(futures):
         assert f.result(TIMEOUT) == list(range(i % 5 + 1))
@@ -461,7 +462,7 @@ def test_unreadable_output_is_a_clear_error(submit) -> None:
         def __iter__(self):
             raise RuntimeError("cannot iterate")
 
-    proc = BatchProcessor(lambda xs: Broken() if xs == [1, 2] else xs, batch_size=2, timeout_ms=0)
+    proc = submit.make(lambda xs: Broken() if xs == [1, 2] else xs, batch_size=2, timeout_ms=0)
     with pytest.raises(TypeError, match=r"\(Broken\) could not be read as a sequence: RuntimeError\('cannot iterate'\)"):
         submit(proc, [1, 2]).result(TIMEOUT)
     assert submit(proc, [3, 4]).result(TIMEOUT) == [3, 4]  # the worker survived
