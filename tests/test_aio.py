@@ -447,3 +447,21 @@ def test_stop_iteration_reaches_callers_as_runtime_error(kind: str) -> None:
     assert isinstance(first, RuntimeError) and "StopIteration: per item" in str(first)
     assert rest == [1, 2]  # the others are delivered, not stranded
     proc.shutdown()
+
+
+def test_0_1_5_item_class_import_and_clear_stats(kind: str) -> None:
+    from batched.aio.batch_generator import AsyncBatchItem
+
+    class MyItem(AsyncBatchItem):  # 0.1.5 code subclasses it for batch_item_cls
+        pass
+
+    batched.aio.batch_processor._warned_batch_item_cls = False
+    with pytest.warns(UserWarning, match="batch_item_cls is ignored"):
+        proc = aio.AsyncBatchProcessor(make_fn(kind, lambda xs: xs), timeout_ms=0, batch_item_cls=MyItem)
+    assert run(proc([1, 2])) == [1, 2]
+    assert proc.stats.total_processed == 2
+    proc.clear_stats()
+    assert proc.stats.total_processed == 0 and proc.stats.batch_size_histogram == {}
+    assert run(proc(3)) == 3
+    assert proc.stats.total_processed == 1
+    proc.shutdown()

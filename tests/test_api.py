@@ -188,6 +188,8 @@ def test_0_1_5_spellings_still_work() -> None:
     assert dataclasses.asdict(stats)["total_processed"] == 1
     clone = stats.clone(queue_size=7)
     assert clone.queue_size == 7 and clone.total_processed == 1
+    proc.clear_stats()
+    assert proc.stats.total_processed == 0 and proc.stats.total_batches == 0
     proc.shutdown()
 
 

@@ -223,6 +223,15 @@ class Scheduler {
     return s;
   }
 
+  // Sets every counter and histogram back to zero (queued items stay
+  // queued). Thread-safe.
+  void reset_stats() {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_ = BatchStats();
+    stats_.batch_sizes.assign(options_.max_batch_size + 1, 0);
+    rejected_.store(0, std::memory_order_relaxed);
+  }
+
   // ---- implementation details follow ----
  private:
   static constexpr std::uint64_t kClosedBit = std::uint64_t{1} << 63;

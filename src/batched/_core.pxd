@@ -80,6 +80,7 @@ cdef extern from "_glue.h" nogil:
         int64_t next_deadline() except +
         size_t size_approx()
         CBatchStats stats() except +
+        void reset_stats() except +
 
     cdef cppclass CCompletion "batched_glue::Completion":
         CCompletion()

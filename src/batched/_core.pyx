@@ -576,6 +576,9 @@ cdef class Engine:
     def queue_size(self):
         return self.sched.size_approx()
 
+    def clear_stats(self):
+        self.sched.reset_stats()
+
     @staticmethod
     def empty_stats():
         """The stats of a processor that has done nothing yet."""

@@ -92,6 +92,10 @@ class BatchProcessor:
 
         return BatchProcessorStats._from_core(self._engine.stats())
 
+    def clear_stats(self) -> None:
+        """Sets the statistics back to zero."""
+        self._engine.clear_stats()
+
     def start(self) -> None:
         """Does nothing: workers start on the first call. Kept for batched 0.1.5 code."""
 

@@ -182,6 +182,13 @@ class AsyncBatchProcessor:
         parts = self._retired + [e.stats() for e in self._engines()]
         return BatchProcessorStats._from_core(_merge_stats(parts), cache_stats)
 
+    def clear_stats(self) -> None:
+        """Sets the statistics back to zero (0.1.5 API)."""
+        with self._lookup_lock:
+            self._retired = []
+        for engine in self._engines():
+            engine.clear_stats()
+
     def shutdown(self, wait: bool = True) -> None:
         """Stops the processor; items still queued fail with ``batched.ShutdownError``."""
         self._closed = True
