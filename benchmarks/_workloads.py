@@ -4,7 +4,7 @@
 
 Prints exactly one JSON object on the last line of stdout:
     {"workload": ..., "ok": bool, "errors": [...], "metrics": {...}, "info": {...}}
-and exits 1 when a correctness check failed.  Driven by benchmarks/threaded.py;
+and exits 1 when a correctness check failed.  Driven by benchmarks/compare.py;
 stdlib only, so it runs unchanged against this project and `batched` 0.1.5.
 Not meant to be imported: the measured `import batched` happens inside each
 workload (or, for import_time, in fresh child interpreters).

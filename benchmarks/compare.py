@@ -1,13 +1,13 @@
-"""Side-by-side benchmark of the threaded (sync) API: this project vs `batched` 0.1.5 from PyPI.
+"""Side-by-side benchmark of the threaded and asyncio APIs: this project vs `batched` 0.1.5 from PyPI.
 
 Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib only):
 
-    python benchmarks/threaded.py                  # full run: 5 interleaved repeats (~3 min + first build)
-    python benchmarks/threaded.py --quick          # CI-sized smoke run: 1 repeat, short workloads
-    python benchmarks/threaded.py --repeats 9      # more repeats
-    python benchmarks/threaded.py --with-torch     # also time `import batched` with torch==2.13.0 importable
-    python benchmarks/threaded.py --ours-python .venv/bin/python   # use an interpreter where ours is installed
-    python benchmarks/threaded.py --only threads32,idle_cpu       # a subset of the workloads
+    python benchmarks/compare.py                  # full run: 5 interleaved repeats (~3 min + first build)
+    python benchmarks/compare.py --quick          # CI-sized smoke run: 1 repeat, short workloads
+    python benchmarks/compare.py --repeats 9      # more repeats
+    python benchmarks/compare.py --with-torch     # also time `import batched` with torch==2.13.0 importable
+    python benchmarks/compare.py --ours-python .venv/bin/python   # use an interpreter where ours is installed
+    python benchmarks/compare.py --only threads32,idle_cpu       # a subset of the workloads
 
 Set-up is automatic.  Each implementation lives in its own venv under benchmarks/.venvs/:
     ours/    python -m venv + `pip install <repo root> numpy` (scikit-build-core build; retried with
@@ -22,7 +22,7 @@ workload only, so no other workload (and no later run without the flag) sees tor
 Every measurement runs in a fresh subprocess of the right venv (benchmarks/_workloads.py), so the
 two packages never share a process; runs are interleaved (ours, 0.1.5, ours, 0.1.5, ...) and the
 table reports medians over the repeats and the ratio ours / 0.1.5.  The table is printed at the
-end and saved, with every raw measurement, to benchmarks/results/threaded.json (and .md).
+end and saved, with every raw measurement, to benchmarks/results/compare.json (and .md).
 
 Exit status: 0 when every run completed and passed its correctness checks; 1 when a run failed a
 correctness check, crashed or hung (each subprocess has a timeout); 2 with --strict when a target
@@ -372,7 +372,7 @@ def main() -> int:
     ap.add_argument("--rebuild", action="store_true", help="reinstall ours into its venv even if up to date")
     ap.add_argument("--only", metavar="W1,W2", help=f"subset of: {','.join(WORKLOADS)}")
     ap.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
-    ap.add_argument("--out", type=Path, default=RESULTS / "threaded.json", help="where to save the JSON results")
+    ap.add_argument("--out", type=Path, default=RESULTS / "compare.json", help="where to save the JSON results")
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
     workloads = WORKLOADS if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
@@ -409,7 +409,7 @@ def main() -> int:
     table = to_markdown(rows, {(r["workload"], r["impl"]) for r in failures})
     checked = [r for r in rows if r["met"] is not None]
     missed = [r for r in checked if not r["met"]]
-    header = (f"## batched: this project vs 0.1.5 (threaded API)\n\n"
+    header = (f"## batched: this project vs 0.1.5 (threaded and asyncio APIs)\n\n"
               f"Medians of {repeats} interleaved repeat(s){' (--quick)' if args.quick else ''}; "
               f"ours = {versions['ours']}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
               f"{platform.machine()}.\n")
