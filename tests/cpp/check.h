@@ -2,6 +2,7 @@
 // test registered with TEST() and exits non-zero if any check failed.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -15,6 +16,17 @@ struct Registry {
   static Registry& get() {
     static Registry r;
     return r;
+  }
+};
+
+// Deterministic pseudo-random numbers for tests (xorshift64): next(n) is in [0, n).
+struct Rng {
+  std::uint64_t state;
+  std::uint64_t operator()(std::uint64_t n) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state % n;
   }
 };
 

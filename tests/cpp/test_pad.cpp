@@ -71,11 +71,7 @@ TEST(bytes_and_doubles) {
 }
 
 TEST(long_random_rows) {
-  std::uint64_t rng = 99;
-  auto next = [&rng](std::uint64_t n) {
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return rng % n;
-  };
+  batched_test::Rng next{99};
   for (int round = 0; round < 50; ++round) {
     std::vector<std::vector<std::int32_t>> rows(1 + next(64));
     const std::size_t width = 1 + next(4);

@@ -171,11 +171,7 @@ TEST(remove_takes_untaken_items_out) {
 TEST(random_schedules_respect_limits_and_lose_nothing) {
   // Deterministic pseudo-random schedules: every item is dispatched exactly
   // once, batches never exceed the size or (multi-item) budget, calls keep order.
-  std::uint64_t rng = 12345;
-  auto next = [&rng](std::uint64_t n) {
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return rng % n;
-  };
+  batched_test::Rng next{12345};
   for (int round = 0; round < 200; ++round) {
     BatchOptions o = opts(1 + next(16), static_cast<std::int64_t>(next(3)) * 1000);
     o.max_batch_length = next(2) ? 0 : 1 + next(40);

@@ -299,13 +299,12 @@ static void fuzz(std::size_t workers, int producers, int calls_per_producer, std
     producer_threads.emplace_back([&, p] {
       start.fetch_add(1);
       while (start.load() < producers) std::this_thread::yield();  // start barrier
-      std::uint64_t rng = 0x9E3779B97F4A7C15ull * (p + 1);
+      batched_test::Rng next{0x9E3779B97F4A7C15ull * (p + 1)};
       for (int i = 0; i < calls_per_producer; ++i) {
-        rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
         Call& c = calls[p][i];
         c.producer = p;
         c.index = i;
-        c.entry.count = 1 + static_cast<std::uint32_t>(rng % 20);  // some split over batches
+        c.entry.count = 1 + static_cast<std::uint32_t>(next(20));  // some split over batches
         c.entry.owner = &c;
         items_pushed += c.entry.count;
         while (s.try_push(&c.entry) != PushStatus::kOk) std::this_thread::yield();
