@@ -74,13 +74,18 @@ _largest_batch = [0]
 _processors: list[Any] = []  # shut down after the result is printed, so a hang there cannot hide it
 
 
+def _checked_identity(items: list[int]) -> list[int]:
+    """The identity batch function; remembers the largest batch it saw."""
+    if len(items) > _largest_batch[0]:
+        _largest_batch[0] = len(items)
+    return list(items)
+
+
 def _identity(cfg: dict[str, Any]) -> Any:
     import batched
 
     def identity(items: list[int]) -> list[int]:
-        if len(items) > _largest_batch[0]:
-            _largest_batch[0] = len(items)
-        return list(items)
+        return _checked_identity(items)
 
     f = batched.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(identity)
     _processors.append(f)
@@ -250,9 +255,7 @@ def _aio_identity(cfg: dict[str, Any]) -> Any:
     from batched import aio
 
     async def identity(items: list[int]) -> list[int]:
-        if len(items) > _largest_batch[0]:
-            _largest_batch[0] = len(items)
-        return list(items)
+        return _checked_identity(items)
 
     f = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(identity)
     _processors.append(f)

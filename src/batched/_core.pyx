@@ -294,8 +294,9 @@ cdef class Engine:
             # before its first step never runs its body: the done-callback then
             # ends the batch, so no caller and no batch slot is stranded.
             self.running.add(task)
-            task.add_done_callback(box.on_task_done)
             box.engine = self
+            box.loop = loop
+            task.add_done_callback(box.on_task_done)
         self.arm_timer(loop)
         return 0
 
@@ -569,10 +570,6 @@ cdef class Engine:
                 if t is not me:  # shutdown from inside the batch function
                     t.join(timeout)
 
-    @property
-    def is_shut_down(self):
-        return self.closed
-
     def queue_size(self):
         return self.sched.size_approx()
 
@@ -619,18 +616,18 @@ cdef class _BatchBox:
     cdef int64_t t0
     cdef bint ended
     cdef object engine
+    cdef object loop  # the loop the batch runs on
 
     def on_task_done(self, task):
         engine = self.engine
         (<Engine>engine).running.discard(task)
         if not self.ended:  # cancelled before its first step
             error = RuntimeError("the batch was cancelled before it ran (its event loop is shutting down?)")
-            engine.end_async_batch(self, None, error, task.get_loop())
+            engine.end_async_batch(self, None, error, self.loop)
 
 
 async def _run_on_loop(Engine engine, _BatchBox box):
-    """Runs one batch of an async batch function on the current loop."""
-    loop = asyncio_get_running_loop()
+    """Runs one batch of an async batch function on its loop."""
     out = None
     error = None
     try:
@@ -639,15 +636,9 @@ async def _run_on_loop(Engine engine, _BatchBox box):
         out = await engine.fn(inputs)
     except BaseException as e:  # delivered to the callers; the driver goes on
         error = e
-    engine.end_async_batch(box, out, error, loop)
+    engine.end_async_batch(box, out, error, box.loop)
     if error is not None and not isinstance(error, Exception):
         raise error  # CancelledError etc.: the task itself was stopped
-
-
-def asyncio_get_running_loop():
-    import asyncio  # noqa: PLC0415 - only async batch functions get here
-
-    return asyncio.get_running_loop()
 
 
 cdef uint32_t _item_length(object item) except? 0xFFFFFFFF:

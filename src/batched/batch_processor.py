@@ -53,17 +53,7 @@ class BatchProcessor:
             num_workers=num_workers,
             aging_ms=aging_ms,
         )
-        name = getattr(_func, "__qualname__", None) or repr(_func)
-        self._engine = Engine(
-            _func,
-            batch_size=self.batch_size,
-            timeout_ms=self.timeout_ms,
-            small_batch_threshold=self.small_batch_threshold,
-            max_queue_size=self.max_queue_size,
-            num_workers=self.num_workers,
-            aging_ms=self.aging_ms,
-            name=name,
-        )
+        self._engine = make_engine(self)
         # Garbage collection of the processor stops its workers (they hold the
         # engine, not the processor).
         self._finalizer = weakref.finalize(self, self._engine.shutdown, False)
@@ -112,6 +102,23 @@ class BatchProcessor:
             f"<{type(self).__name__} {self._engine.name} batch_size={self.batch_size} "
             f"timeout_ms={self.timeout_ms} queued={self._engine.queue_size()}>"
         )
+
+
+def make_engine(processor: Any, **extra: Any) -> Engine:
+    """An engine for ``processor``'s options (as stored by
+    _validate.common_options), plus front-end specific ``extra`` ones."""
+    func = processor.batch_func
+    return Engine(
+        func,
+        batch_size=processor.batch_size,
+        timeout_ms=processor.timeout_ms,
+        small_batch_threshold=processor.small_batch_threshold,
+        max_queue_size=processor.max_queue_size,
+        num_workers=processor.num_workers,
+        aging_ms=processor.aging_ms,
+        name=getattr(func, "__qualname__", None) or repr(func),
+        **extra,
+    )
 
 
 async def await_call(engine: Engine, items: Any, asyncio: Any) -> Any:

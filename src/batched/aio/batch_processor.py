@@ -24,7 +24,7 @@ from types import GenericAlias
 
 from batched import _validate
 from batched._core import Engine
-from batched.batch_processor import await_call
+from batched.batch_processor import await_call, make_engine
 from batched.decorator import _is_coroutine_function, dynamic_batch
 from batched.types import AsyncCache, BatchProcessorStats, PriorityStrategy
 
@@ -96,15 +96,8 @@ class AsyncBatchProcessor:
         self._finalizer = weakref.finalize(self, _shutdown_all, self._engines_ref(), False)
 
     def _new_engine(self) -> Engine:
-        return Engine(
-            self.batch_func,
-            batch_size=self.batch_size,
-            timeout_ms=self.timeout_ms,
-            small_batch_threshold=self.small_batch_threshold,
-            max_queue_size=self.max_queue_size,
-            num_workers=self.num_workers,
-            aging_ms=self.aging_ms,
-            name=getattr(self.batch_func, "__qualname__", None) or repr(self.batch_func),
+        return make_engine(
+            self,
             max_batch_length=self.max_batch_length,
             # As in 0.1.5: NONE is arrival order; LENGTH and PRIORITY put small
             # calls first, LENGTH then ranks bulk calls by length.
