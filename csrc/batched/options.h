@@ -30,6 +30,12 @@ struct BatchOptions {
   std::size_t max_queue_size = 0;
   // Number of workers taking batches from one policy. (num_workers)
   std::size_t num_workers = 1;
+  // If set, a call of at most max_batch_size items is never split: when it
+  // does not fit in the room (or length budget) left, the batch leaves without
+  // it and it heads the next one. Larger calls are split as usual. Inference
+  // front ends set it: a call's rows then share one padded length and come
+  // back as one view of the output.
+  bool keep_calls_whole = false;
 
   // Throws std::invalid_argument naming the first bad field.
   void validate() const {

@@ -14,7 +14,8 @@
 //    A batch holds at most max_batch_size items and, with a budget, at most
 //    max_batch_length total length, except that a single longer item goes alone.
 //    A call's items keep their order, and a call larger than the room left is
-//    split: the rest stays queued at the same place.
+//    split: the rest stays queued at the same place (with keep_calls_whole, a
+//    call that fits in one batch is not split: the batch leaves without it).
 //  * next_deadline() is when the timeout rule will fire (kNever if empty).
 //
 // Not thread-safe: one consumer at a time (the Scheduler serialises workers).
@@ -42,7 +43,8 @@ class BatchPolicy {
       : max_batch_size_(options.max_batch_size),
         timeout_ns_(options.timeout_us * 1000),
         max_age_ns_(options.max_age_us * 1000),
-        budget_(options.max_batch_length) {}
+        budget_(options.max_batch_length),
+        keep_calls_whole_(options.keep_calls_whole) {}
 
   // Queues the untaken items of `e`. `e->enqueue_ns` must be set.
   void add(Entry* e) {
@@ -89,6 +91,10 @@ class BatchPolicy {
       Entry* e = next_entry(now);
       if (e == nullptr) break;
       const std::uint32_t room = static_cast<std::uint32_t>(max_batch_size_ - out.size);
+      if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&
+          !fits_whole(e, room, length)) {
+        break;  // it heads the next batch instead of being split
+      }
       std::uint32_t k = 0;
       while (k < room && e->taken + k < e->count) {
         const std::uint64_t l = e->length_of(e->taken + k);
@@ -126,6 +132,17 @@ class BatchPolicy {
 
   // ---- implementation details follow ----
  private:
+  // Whether all of `e` fits in `room` items and the budget left after `length`.
+  bool fits_whole(const Entry* e, std::uint32_t room, std::uint64_t length) const noexcept {
+    if (e->count > room) return false;
+    if (budget_ == 0) return true;
+    for (std::uint32_t i = 0; i < e->count; ++i) {
+      length += e->length_of(i);
+      if (length > budget_) return false;
+    }
+    return true;
+  }
+
   Entry* next_entry(TimePoint now) const noexcept {
     if (fifo_head_ == nullptr) return nullptr;
     if (now - fifo_head_->enqueue_ns >= max_age_ns_) return fifo_head_;  // aged: oldest first
@@ -184,6 +201,7 @@ class BatchPolicy {
   const TimePoint timeout_ns_;
   const TimePoint max_age_ns_;
   const std::uint64_t budget_;
+  const bool keep_calls_whole_;
 
   std::vector<Level> levels_;
   Entry* fifo_head_ = nullptr;

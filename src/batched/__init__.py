@@ -3,7 +3,8 @@
 Many callers each hand in one item (or a few); items that arrive close together
 go to the batch function as one batch, and every caller gets its own results.
 ``import batched`` imports neither numpy nor torch, nor typing: submodules that
-need them (batched.aio, batched.types, batched.utils) load on first access.
+need them (batched.aio, batched.inference, batched.types, batched.utils)
+load on first access.
 """
 
 from batched.batch_processor import BatchProcessor, dynamically
@@ -11,7 +12,7 @@ from batched.errors import QueueFullError, ShutdownError
 
 __version__ = "0.2.0"
 
-_LAZY_SUBMODULES = ("aio", "types", "utils")
+_LAZY_SUBMODULES = ("aio", "inference", "types", "utils")
 
 
 def __getattr__(name: str) -> object:
@@ -28,6 +29,7 @@ __all__ = [
     "ShutdownError",
     "aio",
     "dynamically",
+    "inference",
     "types",
     "utils",
 ]

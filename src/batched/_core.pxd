@@ -15,6 +15,7 @@ cdef extern from "batched/options.h" namespace "batched" nogil:
         int64_t max_age_us
         size_t max_queue_size
         size_t num_workers
+        cbool keep_calls_whole
 
 
 cdef extern from "batched/entry.h" namespace "batched" nogil:
@@ -100,8 +101,9 @@ cdef extern from "_glue.h" nogil:
 cdef class _Call:
     cdef CEntry entry
     cdef CCompletion* completion
-    cdef tuple items
-    cdef list results
+    cdef tuple items    # the items of an item call
+    cdef object rows    # the request of a rows call (inference): see Engine.collator
+    cdef list results   # item call: one result per item; rows call: (first row, piece) per batch
     cdef object error
     cdef Py_ssize_t error_index
     cdef Py_ssize_t remaining
@@ -118,6 +120,7 @@ cdef class _Call:
 cdef class Engine:
     cdef CScheduler* sched
     cdef readonly object fn
+    cdef readonly object collator
     cdef readonly str name
     cdef Py_ssize_t small_batch_threshold
     cdef size_t num_workers
@@ -139,6 +142,12 @@ cdef class Engine:
     cdef object __weakref__
 
     cdef _Call new_call(self, object items)
+    cdef _Call new_rows_call(self, object request)
+    cdef int rank(self, _Call c, uint32_t longest) except -1
+    cdef object wait_for(self, _Call c)
+    cdef _Call submit(self, _Call c, object loop)
+    cdef list span_list(self, CBatch& batch)
+    cdef object read_output(self, object out, CBatch& batch)
     cdef int push(self, _Call call) except -1
     cdef int check_push(self, CPushStatus status, _Call call) except -1
     cdef start_workers(self)
@@ -148,7 +157,7 @@ cdef class Engine:
                       CPendingNotifications& to_notify) except -1
     cdef int drive(self, object loop) except -1
     cdef int arm_timer(self, object loop) except -1
-    cdef list batch_inputs(self, CBatch& batch)
+    cdef object batch_inputs(self, CBatch& batch)
     cdef int fail_rest(self, CBatch& batch, object error, CPendingNotifications& to_notify) except -1
     cdef object check_output(self, object out, Py_ssize_t n)
     cdef dict complete(self, _Call call, Py_ssize_t count, dict by_loop,

@@ -6,6 +6,12 @@ One call of n items is one ``_Call``: n input slots, n result slots and one
 completion, pushed to the scheduler as one entry. Worker threads (Python threads
 running ``Engine.worker_main``) wait for batches without the GIL, take the GIL
 to run the batch function, hand out results, and release it again.
+
+An engine with a ``collator`` (the inference front ends) queues *rows calls*:
+one request of n rows (say, a dict of arrays with n rows each) is one entry of
+n items, with no Python object per row. The collator turns a batch's spans
+``(request, first row, row count)`` into the function's input (padding them)
+and its output back into one piece per span; the caller joins its pieces.
 """
 
 from cpython.list cimport PyList_New, PyList_SET_ITEM
@@ -128,7 +134,8 @@ cdef class Engine:
                   Py_ssize_t small_batch_threshold, object max_queue_size,
                   Py_ssize_t num_workers, double aging_ms, str name,
                   object max_batch_length=None, bint small_first=True,
-                  bint priority_by_length=False, bint event_loop_driver=False):
+                  bint priority_by_length=False, bint event_loop_driver=False,
+                  object collator=None):
         cdef CBatchOptions o
         o.max_batch_size = batch_size
         o.timeout_us = <int64_t>(timeout_ms * 1000.0 + 0.5)
@@ -137,6 +144,8 @@ cdef class Engine:
         o.max_queue_size = 0 if max_queue_size is None else max_queue_size
         o.max_batch_length = 0 if max_batch_length is None else max_batch_length
         o.num_workers = num_workers
+        # A rows call's pieces share one padded length only if it is not split.
+        o.keep_calls_whole = collator is not None
         self.sched = new CScheduler(o)
         self.measure_lengths = max_batch_length is not None or priority_by_length
         self.priority_by_length = priority_by_length
@@ -148,6 +157,7 @@ cdef class Engine:
         # Any push may make a batch ready: greedy timeout, or a length budget.
         self.eager = timeout_ms == 0 or max_batch_length is not None
         self.fn = fn
+        self.collator = collator
         self.name = name
         self.small_batch_threshold = small_batch_threshold
         self.num_workers = num_workers
@@ -181,7 +191,6 @@ cdef class Engine:
         c.remaining = n
         c.entry.owner = <void*>c
         c.entry.count = <uint32_t>n
-        c.entry.priority = 1 if self.small_first and n > self.small_batch_threshold else 0
         cdef Py_ssize_t i
         cdef uint32_t longest = 0
         if self.measure_lengths:
@@ -191,11 +200,45 @@ cdef class Engine:
                 if c.lengths[i] > longest:
                     longest = c.lengths[i]
             c.entry.lengths = c.lengths.data()
-            if self.priority_by_length and c.entry.priority:
-                # PriorityStrategy.LENGTH: among bulk calls, shorter first
-                # (a call is ranked by its longest item; its items keep their order).
-                c.entry.priority = 1 + <int32_t>min(longest, 0x7FFFFFF0)
+        self.rank(c, longest)
         return c
+
+    cdef _Call new_rows_call(self, object request):
+        """A call of ``request.n_rows`` rows, whose lengths (for max_batch_length
+        and PriorityStrategy.LENGTH) are the uint32 buffer ``request.lengths``."""
+        cdef _Call c = _Call.__new__(_Call)
+        cdef Py_ssize_t n = request.n_rows
+        if n > 0xFFFFFFFF:
+            raise ValueError(f"a call may hold at most {0xFFFFFFFF} rows, got {n}")
+        c.rows = request
+        c.single = False
+        c.results = []
+        c.remaining = n
+        c.entry.owner = <void*>c
+        c.entry.count = <uint32_t>n
+        cdef const uint32_t[::1] lengths
+        cdef uint32_t longest = 0
+        cdef Py_ssize_t i
+        if self.measure_lengths:
+            lengths = request.lengths
+            if lengths.shape[0] != n:
+                raise ValueError(f"request has {n} rows but {lengths.shape[0]} lengths")
+            c.lengths.assign(&lengths[0], &lengths[0] + n)
+            for i in range(n):
+                if lengths[i] > longest:
+                    longest = lengths[i]
+            c.entry.lengths = c.lengths.data()
+        self.rank(c, longest)
+        return c
+
+    cdef int rank(self, _Call c, uint32_t longest) except -1:
+        """The call's priority level: small calls first, then (PriorityStrategy.LENGTH)
+        shorter bulk calls first; a call is ranked by its longest item, and its
+        items keep their order."""
+        c.entry.priority = 1 if self.small_first and c.entry.count > self.small_batch_threshold else 0
+        if self.priority_by_length and c.entry.priority:
+            c.entry.priority = 1 + <int32_t>min(longest, 0x7FFFFFF0)
+        return 0
 
     cdef int push(self, _Call c) except -1:
         """Queues ``c``. The GIL stays held: the push is a few atomic operations,
@@ -224,7 +267,14 @@ cdef class Engine:
         """Queues ``items`` (one item, or a list) and blocks until their results are in."""
         if isinstance(items, list) and len(<list>items) == 0:
             return []
-        cdef _Call c = self.new_call(items)
+        return self.wait_for(self.new_call(items))
+
+    def call_rows(self, request):
+        """Queues a rows call (engines with a collator) and blocks until it is
+        done; returns its pieces as ``[(first row, piece), ...]``, in no set order."""
+        return self.wait_for(self.new_rows_call(request))
+
+    cdef object wait_for(self, _Call c):
         cdef CPushStatus status
         cdef bint done = False
         cdef bint on_main = PyThread_get_thread_ident() == _main_thread_ident
@@ -255,7 +305,13 @@ cdef class Engine:
         its ``future`` (of ``loop``) completes with their results. A caller
         that is cancelled while awaiting it must call ``record.cancel()``:
         that is cheaper than a done-callback on every future."""
-        cdef _Call c = self.new_call(items)
+        return self.submit(self.new_call(items), loop)
+
+    def submit_rows_async(self, request, loop):
+        """``submit_async`` for a rows call; the future's result is as ``call_rows``'s."""
+        return self.submit(self.new_rows_call(request), loop)
+
+    cdef _Call submit(self, _Call c, object loop):
         c.loop = loop
         c.future = loop.create_future()
         c.engine = self
@@ -342,7 +398,7 @@ cdef class Engine:
         cdef CPendingNotifications none_to_notify  # async callers only: nothing to notify
         if error is None:
             try:
-                out = self.check_output(out, box.batch.size)
+                out = self.read_output(out, box.batch)
             except BaseException as e:
                 error = e
         self.sched.finish_batch(box.batch, t1 - t0, error is not None)
@@ -408,7 +464,6 @@ cdef class Engine:
                 self.fail_rest(batch, e, to_notify)
 
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1:
-        cdef Py_ssize_t n = batch.size
         # Everything that can fail (the batch function, reading its output,
         # allocation) ends in `outs` or in `error`, which goes to the callers.
         error = None
@@ -422,7 +477,7 @@ cdef class Engine:
                 out = self.fn(inputs)
             finally:
                 t1 = monotonic_ns()
-            outs = self.check_output(out, n)
+            outs = self.read_output(out, batch)
         except BaseException as e:  # the worker survives whatever happens here
             error = e
             t1 = monotonic_ns()
@@ -445,6 +500,8 @@ cdef class Engine:
             c = <_Call>span.entry.owner
             if error is not None:
                 c.fail(error, span.begin)
+            elif self.collator is not None:
+                c.results.append((span.begin, (<list>outs)[s]))
             else:
                 for k in range(span.count):
                     r = (<list>outs)[i + k] if type(outs) is list else (<tuple>outs)[i + k]
@@ -458,8 +515,11 @@ cdef class Engine:
             _post(by_loop)
         return 0
 
-    cdef list batch_inputs(self, CBatch& batch):
-        """The batch's items, in dispatch order, as the list given to the function."""
+    cdef object batch_inputs(self, CBatch& batch):
+        """The batch's items, in dispatch order, as the list given to the
+        function; with a collator, what it makes of the batch's spans."""
+        if self.collator is not None:
+            return self.collator.collate(self.span_list(batch))
         cdef Py_ssize_t i = 0, j
         cdef size_t s
         cdef CSpan* span
@@ -491,6 +551,26 @@ cdef class Engine:
         if by_loop is not None:
             _post(by_loop)
         return 0
+
+    cdef list span_list(self, CBatch& batch):
+        """The batch's spans as ``[(request, first row, row count), ...]`` (rows calls)."""
+        cdef size_t s
+        cdef CSpan* span
+        spans = []
+        for s in range(batch.spans.size()):
+            span = &batch.spans[s]
+            spans.append(((<_Call>span.entry.owner).rows, span.begin, span.count))
+        return spans
+
+    cdef object read_output(self, object out, CBatch& batch):
+        """The batch function's output as one result per item (item calls), or
+        one piece per span (rows calls); raises a clear error if it is unusable."""
+        if self.collator is not None:
+            pieces = self.collator.split(out, self.span_list(batch))
+            if type(pieces) is not list or len(<list>pieces) != batch.spans.size():
+                raise RuntimeError(f"collator returned {len(pieces)} pieces for {batch.spans.size()} spans")
+            return pieces
+        return self.check_output(out, batch.size)
 
     cdef object check_output(self, object out, Py_ssize_t n):
         """The batch output as a list or tuple of n results; raises a clear

@@ -53,11 +53,15 @@ class BatchProcessor:
             num_workers=num_workers,
             aging_ms=aging_ms,
         )
-        self._engine = make_engine(self)
+        self._engine = make_engine(self, **self._engine_options())
         # Garbage collection of the processor stops its workers (they hold the
         # engine, not the processor).
         self._finalizer = weakref.finalize(self, self._engine.shutdown, False)
 
+
+    def _engine_options(self) -> dict[str, Any]:
+        """Front-end specific options of the engine (see make_engine)."""
+        return {}
 
     def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """Processes one item (returns its result) or a list (returns a list, same order)."""
@@ -106,10 +110,11 @@ class BatchProcessor:
 
 def make_engine(processor: Any, **extra: Any) -> Engine:
     """An engine for ``processor``'s options (as stored by
-    _validate.common_options), plus front-end specific ``extra`` ones."""
+    _validate.common_options), plus front-end specific ``extra`` ones; ``fn``
+    replaces the batch function as what the engine calls."""
     func = processor.batch_func
     return Engine(
-        func,
+        extra.pop("fn", func),
         batch_size=processor.batch_size,
         timeout_ms=processor.timeout_ms,
         small_batch_threshold=processor.small_batch_threshold,
@@ -126,7 +131,12 @@ async def await_call(engine: Engine, items: Any, asyncio: Any) -> Any:
     cancelled caller takes its undispatched items out of the queue."""
     if isinstance(items, list) and not items:
         return []
-    call = engine.submit_async(items, asyncio.get_running_loop())
+    return await await_record(engine.submit_async(items, asyncio.get_running_loop()), asyncio)
+
+
+async def await_record(call: Any, asyncio: Any) -> Any:
+    """Awaits a call record of Engine.submit_*async; a cancelled caller takes
+    its undispatched items out of the queue."""
     try:
         return await call.future
     except asyncio.CancelledError:

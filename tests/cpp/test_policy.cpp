@@ -155,6 +155,43 @@ TEST(budget_limits_total_length_and_long_item_goes_alone) {
   CHECK(p.empty());
 }
 
+TEST(keep_calls_whole_moves_a_call_that_does_not_fit_to_the_next_batch) {
+  BatchOptions o = opts(4, 0);
+  o.keep_calls_whole = true;
+  o.max_batch_length = 10;
+  BatchPolicy p(o);
+  const std::uint32_t lens3[] = {2, 2, 2};
+  const std::uint32_t lens2[] = {1, 1};
+  const std::uint32_t lens_long[] = {6, 6};
+  Entry a = make(3, 0, 0, lens3), b = make(2, 0, 1, lens2), big = make(6, 0, 2),
+        c = make(2, 0, 3, lens_long), d = make(1, 0, 4, lens2);
+  for (Entry* e : {&a, &b}) p.add(e);
+  Batch out;
+  p.pop(0, *p.ready(0, kIdle), out);
+  CHECK_EQ(out.size, 3u);  // b (2 items) does not fit in the one slot left: not split
+  CHECK(out.spans[0].entry == &a);
+  out.clear();
+  p.add(&c);
+  p.pop(0, *p.ready(0, kIdle), out);
+  CHECK_EQ(out.size, 2u);  // b (length 2); c would bring the length to 14 > 10
+  CHECK(out.spans[0].entry == &b);
+  out.clear();
+  p.add(&d);
+  p.pop(0, *p.ready(0, kIdle), out);
+  CHECK_EQ(out.size, 1u);  // c alone is over the budget: split by it, as without the option
+  CHECK(out.spans[0].entry == &c);
+  out.clear();
+  p.remove(&c);
+  p.remove(&d);
+  p.add(&big);  // larger than a batch: split as usual
+  p.pop(0, *p.ready(0, kIdle), out);
+  CHECK_EQ(out.size, 4u);
+  out.clear();
+  p.pop(0, *p.ready(0, kIdle), out);
+  CHECK_EQ(out.size, 2u);
+  CHECK(p.empty());
+}
+
 TEST(remove_takes_untaken_items_out) {
   BatchPolicy p(opts(4, 0));
   Entry a = make(6, 1, 0), b = make(1, 0, 1);

@@ -104,7 +104,12 @@ class AsyncBatchProcessor:
             small_first=self.priority_strategy is not PriorityStrategy.NONE,
             priority_by_length=self.priority_strategy is PriorityStrategy.LENGTH,
             event_loop_driver=self.is_async,
+            **self._engine_options(),
         )
+
+    def _engine_options(self) -> dict[str, Any]:
+        """Front-end specific options of the engines (see make_engine)."""
+        return {}
 
     def _engines_ref(self) -> Callable[[], list[Engine]]:
         # For the finalizer: reaches the engines without keeping self alive.

@@ -1,0 +1,169 @@
+"""``batched.aio.inference.dynamically`` and ``AsyncModelBatchProcessor``: the
+inference front end (batched.inference) for asyncio callers, on the engines of
+``AsyncBatchProcessor`` (one set of worker threads for a plain model function,
+the callers' event loops for an ``async def`` one)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from batched import _validate
+from batched.aio.batch_processor import AsyncBatchProcessor
+from batched.batch_processor import await_record
+from batched.decorator import dynamic_batch
+from batched.inference.model_batch_processor import engine_options, features_of, make_padder
+from batched.types import PriorityStrategy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any, Callable, Optional, Union
+
+    from batched.types import AsyncCache
+
+
+class AsyncModelBatchProcessor(AsyncBatchProcessor):
+    """Batches the awaited calls of many tasks into calls of a model.
+
+    ``await processor(features)`` (or ``processor(**features)``) gives this
+    call's rows of the model's output. The parameters are those of
+    ``AsyncBatchProcessor`` and of ``batched.inference.ModelBatchProcessor``;
+    ``max_batch_length`` counts row lengths (of the first feature). With a
+    ``cache``, a call's whole feature dict is the key.
+    """
+
+    def __init__(
+        self,
+        _func: Callable[..., Any],
+        *,
+        batch_size: int = 32,
+        timeout_ms: float = 5.0,
+        small_batch_threshold: int = 8,
+        cache: Optional[AsyncCache[Any, Any]] = None,
+        max_batch_length: Optional[int] = None,
+        pad_tokens: Union[Mapping[str, Any], int, float, None] = None,
+        padding_side: str = "right",
+        priority_strategy: PriorityStrategy = PriorityStrategy.NONE,
+        batch_item_cls: Any = None,
+        spread_kwargs: bool = False,
+        pad_token: Union[Mapping[str, Any], int, float, None] = None,
+        device: Any = None,
+        pad_to_multiple_of: Optional[int] = None,
+        batch_size_buckets: Optional[Iterable[int]] = None,
+        max_queue_size: Optional[int] = None,
+        num_workers: int = 1,
+        aging_ms: float = 100.0,
+    ) -> None:
+        self._padder = make_padder(
+            _func,
+            batch_size,
+            pad_tokens=pad_tokens,
+            pad_token=pad_token,
+            padding_side=padding_side,
+            spread_kwargs=spread_kwargs,
+            device=device,
+            pad_to_multiple_of=pad_to_multiple_of,
+            batch_size_buckets=batch_size_buckets,
+        )
+        super().__init__(
+            _func,
+            batch_size=batch_size,
+            timeout_ms=timeout_ms,
+            small_batch_threshold=small_batch_threshold,
+            cache=cache,
+            max_batch_length=max_batch_length,
+            priority_strategy=priority_strategy,
+            batch_item_cls=batch_item_cls,
+            max_queue_size=max_queue_size,
+            num_workers=num_workers,
+            aging_ms=aging_ms,
+        )
+
+    def _engine_options(self) -> dict[str, Any]:
+        return engine_options(self, self._padder)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """This call's rows of the model's output for these features."""
+        features = features_of(args, kwargs)
+        if self.cache is not None:
+            hit = await self.cache.get(features)
+            if hit is not None:
+                return hit
+        rows = self._padder.request(features)
+        loop = asyncio.get_running_loop()
+        call = self._engine_for(loop).submit_rows_async(rows, loop)
+        result = self._padder.join(await await_record(call, asyncio))
+        if self.cache is not None:
+            await self.cache.set(features, result)
+        return result
+
+    @property
+    def pad_tokens(self) -> Any:
+        return self._padder.pad_tokens
+
+    @property
+    def padding_side(self) -> str:
+        return "left" if self._padder.pad_left else "right"
+
+    @property
+    def spread_kwargs(self) -> bool:
+        return self._padder.spread_kwargs  # type: ignore[no-any-return]
+
+
+def dynamically(
+    func: Optional[Callable[..., Any]] = None,
+    /,
+    *,
+    batch_size: int = 32,
+    timeout_ms: float = 5.0,
+    small_batch_threshold: int = 8,
+    max_batch_length: Optional[int] = None,
+    pad_tokens: Union[Mapping[str, Any], int, float, None] = None,
+    padding_side: str = "right",
+    priority_strategy: PriorityStrategy = PriorityStrategy.NONE,
+    cache: Optional[AsyncCache[Any, Any]] = None,
+    batch_item_cls: Any = None,
+    spread_kwargs: bool = False,
+    pad_token: Union[Mapping[str, Any], int, float, None] = None,
+    device: Any = None,
+    pad_to_multiple_of: Optional[int] = None,
+    batch_size_buckets: Optional[Iterable[int]] = None,
+    max_queue_size: Optional[int] = None,
+    num_workers: int = 1,
+    aging_ms: float = 100.0,
+) -> Any:
+    """Batch the awaited calls of a model (a sync or async function) that takes
+    a dict of padded arrays or tensors. See ``AsyncModelBatchProcessor``."""
+    padding = dict(
+        pad_tokens=pad_tokens,
+        pad_token=pad_token,
+        padding_side=padding_side,
+        spread_kwargs=spread_kwargs,
+        device=device,
+        pad_to_multiple_of=pad_to_multiple_of,
+        batch_size_buckets=batch_size_buckets,
+    )
+    _validate.positive_int("batch_size", batch_size)
+    _validate.milliseconds("timeout_ms", timeout_ms)
+    make_padder(None, batch_size, **padding)
+
+    def make_processor(f: Callable[..., Any]) -> AsyncModelBatchProcessor:
+        return AsyncModelBatchProcessor(
+            f,
+            batch_size=batch_size,
+            timeout_ms=timeout_ms,
+            small_batch_threshold=small_batch_threshold,
+            cache=cache,
+            max_batch_length=max_batch_length,
+            priority_strategy=priority_strategy,
+            batch_item_cls=batch_item_cls,
+            max_queue_size=max_queue_size,
+            num_workers=num_workers,
+            aging_ms=aging_ms,
+            **padding,
+        )
+
+    return dynamic_batch(make_processor, func)
+
+
+__all__ = ["AsyncModelBatchProcessor", "dynamically"]

@@ -1,0 +1,377 @@
+"""The inference front ends: batched.inference and batched.aio.inference.
+
+Every test runs for each way of reaching a model (a blocking call, ``acall``,
+aio with a plain model function, aio with an ``async def`` one). The models
+here mostly return their padded input, so each caller can check that it got
+back exactly its own rows, padded as asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+from conftest import TIMEOUT, Gate, _LoopThread, wait_until
+
+from batched.aio.inference import AsyncModelBatchProcessor
+from batched.inference import ModelBatchProcessor
+
+
+class ModelFrontEnd:
+    def __init__(self, name: str, make: Callable[..., Any], submit: Callable[..., Future[Any]]) -> None:
+        self.name = name
+        self.make = make
+        self._submit = submit
+
+    def __call__(self, proc: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._submit(proc, args, kwargs)
+
+
+@pytest.fixture(params=["thread", "acall", "aio", "aio-async"])
+def submit(request: pytest.FixtureRequest) -> Iterator[ModelFrontEnd]:
+    if request.param == "thread":
+        pool = ThreadPoolExecutor(max_workers=64)
+        yield ModelFrontEnd("thread", ModelBatchProcessor, lambda p, a, k: pool.submit(p, *a, **k))
+        pool.shutdown(wait=True, cancel_futures=True)
+        return
+    lt = _LoopThread()
+    if request.param == "acall":
+
+        async def acall(p: Any, a: Any, k: Any) -> Any:
+            return await p.acall(*a, **k)
+
+        yield ModelFrontEnd("acall", ModelBatchProcessor, lambda p, a, k: lt.submit(acall(p, a, k)))
+    else:
+
+        async def await_aio(p: Any, a: Any, k: Any) -> Any:
+            return await p(*a, **k)
+
+        def make(fn: Any, **options: Any) -> Any:
+            if request.param == "aio-async":
+                plain = fn
+
+                async def fn(*args: Any, **kwargs: Any) -> Any:
+                    await asyncio.sleep(0)
+                    return plain(*args, **kwargs)
+
+                fn.__qualname__ = plain.__qualname__
+            return AsyncModelBatchProcessor(fn, **options)
+
+        yield ModelFrontEnd(request.param, make, lambda p, a, k: lt.submit(await_aio(p, a, k)))
+    lt.close()
+
+
+def identity(features: dict[str, Any]) -> dict[str, Any]:
+    return dict(features)
+
+
+def expect_padded(row: np.ndarray, data: np.ndarray, pad: Any, left: bool) -> None:
+    """``row`` is ``data`` padded along axis 0 with ``pad``, on the left or right."""
+    n = len(data)
+    assert row.dtype == data.dtype
+    assert row.shape[1:] == data.shape[1:]
+    body, rest = (row[len(row) - n :], row[: len(row) - n]) if left else (row[:n], row[n:])
+    np.testing.assert_array_equal(body, data)
+    assert (rest == pad).all()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_each_caller_gets_its_own_padded_rows(submit: ModelFrontEnd, side: str) -> None:
+    seen: list[dict[str, tuple[int, ...]]] = []
+
+    def model(features: dict[str, Any]) -> dict[str, Any]:
+        seen.append({k: v.shape for k, v in features.items()})
+        return identity(features)
+
+    proc = submit.make(model, batch_size=8, timeout_ms=2, pad_tokens={"ids": -1, "vecs": 0.5}, padding_side=side)
+    rng = np.random.default_rng(1)
+    calls = []
+    for i in range(120):
+        n, length = int(rng.integers(1, 4)), int(rng.integers(0, 12))
+        ids = rng.integers(0, 1000, size=(n, length)).astype(np.int32) + i * 1000
+        vecs = rng.standard_normal((n, length, 3)).astype(np.float16)
+        calls.append((ids, vecs, submit(proc, {"ids": ids, "vecs": vecs})))
+    for ids, vecs, fut in calls:
+        out = fut.result(TIMEOUT)
+        assert set(out) == {"ids", "vecs"}
+        assert out["ids"].shape[0] == len(ids)
+        for r in range(len(ids)):
+            expect_padded(out["ids"][r], ids[r], -1, side == "left")
+            expect_padded(out["vecs"][r], vecs[r], np.float16(0.5), side == "left")
+    assert max(s["ids"][0] for s in seen) <= 8
+    assert all(s["vecs"][2:] == (3,) and s["vecs"][:2] == s["ids"] for s in seen)
+    assert proc.stats.total_processed == sum(len(c[0]) for c in calls)
+
+
+def test_ragged_rows_and_calls_larger_than_a_batch(submit: ModelFrontEnd) -> None:
+    batches: list[int] = []
+
+    def model(features: dict[str, Any]) -> np.ndarray:
+        ids = features["ids"]
+        batches.append(len(ids))
+        return (ids != 0).sum(axis=1) * 1000 + ids[:, 0]  # each row's length and first token
+
+    proc = submit.make(model, batch_size=4, timeout_ms=1)
+    rng = np.random.default_rng(2)
+    calls = []
+    for i in range(30):
+        rows = [np.arange(1, int(rng.integers(2, 9)), dtype=np.int64) + 100 * i + r for r in range(int(rng.integers(1, 11)))]
+        calls.append((rows, submit(proc, ids=rows)))
+    for rows, fut in calls:
+        out = fut.result(TIMEOUT)
+        np.testing.assert_array_equal(out, [len(r) * 1000 + r[0] for r in rows])
+    assert max(batches) <= 4
+    assert sum(batches) == sum(len(rows) for rows, _ in calls)
+
+
+def test_output_structures_come_back_as_given(submit: ModelFrontEnd) -> None:
+    def model(features: dict[str, Any]) -> Any:
+        x = features["x"][:, 0]
+        kind = int(x[0]) % 4  # every row of a batch in this test has the same kind
+        if kind == 0:
+            return x * 2
+        if kind == 1:
+            return [x * 2, x + 1]
+        if kind == 2:
+            return {"double": x * 2, "plus": x + 1}
+        return [f"row {v}" for v in x]  # one result per row
+
+    procs = [submit.make(model, batch_size=16, timeout_ms=1) for _ in range(4)]
+    futs = [(k, v, submit(procs[k], {"x": np.full((2, 1), v, dtype=np.int64)})) for k in range(4) for v in (k, k + 4)]
+    for kind, v, fut in futs:
+        out = fut.result(TIMEOUT)
+        if kind == 0:
+            np.testing.assert_array_equal(out, [2 * v, 2 * v])
+        elif kind == 1:
+            assert isinstance(out, list) and len(out) == 2
+            np.testing.assert_array_equal(out[0], [2 * v] * 2)
+            np.testing.assert_array_equal(out[1], [v + 1] * 2)
+        elif kind == 2:
+            assert set(out) == {"double", "plus"}
+            np.testing.assert_array_equal(out["plus"], [v + 1] * 2)
+        else:
+            assert out == [f"row {v}", f"row {v}"]
+
+
+def test_spread_kwargs_and_pad_token_alias(submit: ModelFrontEnd) -> None:
+    def model(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return np.stack([input_ids.sum(axis=1), attention_mask.sum(axis=1)], axis=1)
+
+    proc = submit.make(model, spread_kwargs=True, pad_token={"input_ids": 5}, timeout_ms=1)
+    ids = np.array([[1, 2, 3]])
+    out = submit(proc, input_ids=ids, attention_mask=np.ones_like(ids)).result(TIMEOUT)
+    np.testing.assert_array_equal(out, [[6, 3]])
+    assert proc.pad_tokens == {"input_ids": 5}
+
+
+def test_one_pad_value_for_all_features() -> None:
+    proc = ModelBatchProcessor(identity, pad_tokens=9, timeout_ms=0)
+    gate = threading.Barrier(2)
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(lambda: (gate.wait(), proc({"a": np.zeros((1, 1), np.int8), "b": np.zeros((1, 1), np.int8)}))[1])
+        b = pool.submit(lambda: (gate.wait(), proc({"a": np.zeros((1, 3), np.int8), "b": np.zeros((1, 2), np.int8)}))[1])
+        ra, rb = a.result(TIMEOUT), b.result(TIMEOUT)
+    for r, (la, lb) in ((ra, (1, 1)), (rb, (3, 2))):
+        assert (r["a"][0, :la] == 0).all() and (r["a"][0, la:] == 9).all()
+        assert (r["b"][0, :lb] == 0).all() and (r["b"][0, lb:] == 9).all()
+    proc.shutdown()
+
+
+def test_results_are_views_of_the_batch_output() -> None:
+    outputs: list[np.ndarray] = []
+
+    def model(features: dict[str, Any]) -> np.ndarray:
+        outputs.append(features["x"] * 2)
+        return outputs[-1]
+
+    proc = ModelBatchProcessor(model, timeout_ms=0)
+    out = proc({"x": np.ones((3, 4), np.float32)})
+    assert np.shares_memory(out, outputs[0])
+    proc.shutdown()
+
+
+def test_bucketed_batch_sizes_and_padded_lengths(submit: ModelFrontEnd) -> None:
+    shapes: list[tuple[int, ...]] = []
+
+    def model(features: dict[str, Any]) -> np.ndarray:
+        ids = features["ids"]
+        shapes.append(ids.shape)
+        return ids.sum(axis=1)
+
+    proc = submit.make(model, batch_size=8, timeout_ms=1, batch_size_buckets=[2, 8, 4], pad_to_multiple_of=16, pad_tokens={"ids": 0})
+    futs = []
+    for i in range(40):
+        ids = np.full((1, 1 + i % 20), i, dtype=np.int64)
+        futs.append((ids, submit(proc, {"ids": ids})))
+    for ids, fut in futs:
+        np.testing.assert_array_equal(fut.result(TIMEOUT), [ids.sum()])
+    assert shapes and all(s[0] in (2, 4, 8) and s[1] % 16 == 0 for s in shapes)
+    # pad rows of a bucket are not counted as work
+    assert proc.stats.total_processed == 40
+
+
+def test_max_batch_length_counts_row_lengths() -> None:
+    lengths: list[int] = []
+
+    def model(features: dict[str, Any]) -> np.ndarray:
+        ids = features["ids"]
+        lengths.append(int((ids >= 0).sum()))
+        return ids[:, 0]
+
+    gate = Gate(model)
+    proc = ModelBatchProcessor(gate, batch_size=64, timeout_ms=50, max_batch_length=20, pad_tokens={"ids": -1})
+    with ThreadPoolExecutor(32) as pool:
+        first = pool.submit(proc, {"ids": np.zeros((1, 1), np.int64)})
+        assert gate.entered.wait(TIMEOUT)
+        futs = [pool.submit(proc, {"ids": np.full((1, 3 + i % 5), i, np.int64)}) for i in range(30)]
+        wait_until(lambda: proc.stats.queue_size == 30, "30 rows queued")
+        gate.open()
+        assert first.result(TIMEOUT)[0] == 0
+        assert [f.result(TIMEOUT)[0] for f in futs] == list(range(30))
+    assert all(n <= 20 for n in lengths[1:])
+    assert sum(lengths[1:]) == sum(3 + i % 5 for i in range(30))
+    proc.shutdown()
+
+
+# ---- errors reach the caller that caused them, and only that caller ----
+
+
+def test_bad_features_fail_only_their_caller(submit: ModelFrontEnd) -> None:
+    batches: list[int] = []
+
+    def model(features: dict[str, Any]) -> np.ndarray:
+        batches.append(len(features["ids"]))
+        return features["ids"][:, 0]
+
+    proc = submit.make(model, batch_size=16, timeout_ms=5)
+    good = np.arange(12, dtype=np.int64).reshape(3, 4)
+    assert submit(proc, {"ids": good}).result(TIMEOUT).tolist() == [0, 4, 8]
+    bad_calls = [
+        ({"ids": good, "extra": good}, ValueError, "do not match those of earlier calls"),
+        ({"other": good}, ValueError, "do not match those of earlier calls"),
+        ({"ids": good.astype(np.int32)}, ValueError, "dtype int32"),
+        ({"ids": good[:, :, None]}, ValueError, "share dtype and trailing shape"),
+        ({"ids": np.arange(4)}, ValueError, "give shape [1, L]"),
+        ({"ids": [np.arange(3), "text"]}, TypeError, "row 1 of feature 'ids' must be a numpy array"),
+        ({"ids": "text"}, TypeError, "must be a numpy array, a torch tensor or a list"),
+        ({"ids": np.zeros((0, 4), np.int64)}, ValueError, "hold no rows"),
+        ({}, ValueError, "no features"),
+        (["not", "a", "dict"], TypeError, "features must be a dict"),
+    ]
+    good_futs = []
+    for features, kind, message in bad_calls:
+        good_futs.append(submit(proc, {"ids": good + 100}))
+        with pytest.raises(kind, match=message.replace("[", r"\[")):
+            submit(proc, features).result(TIMEOUT)
+    for fut in good_futs:
+        assert fut.result(TIMEOUT).tolist() == [100, 104, 108]
+    assert sum(batches) == 3 * (1 + len(bad_calls))
+
+
+def test_bad_outputs_fail_the_batch_with_a_clear_error(submit: ModelFrontEnd) -> None:
+    outputs: dict[int, Any] = {
+        1: np.zeros(3),
+        2: 42,
+        3: [np.zeros(1), np.zeros(3), np.zeros(4)],
+        4: {"a": np.zeros(2), "b": np.zeros(5)},
+    }
+
+    def model(features: dict[str, Any]) -> Any:
+        return outputs[int(features["x"][0, 0])]
+
+    proc = submit.make(model, timeout_ms=0)
+    x = lambda v: {"x": np.full((2, 1), v)}  # noqa: E731
+    with pytest.raises(ValueError, match=r"returned 3 rows in its output for a batch of 2 rows"):
+        submit(proc, x(1)).result(TIMEOUT)
+    with pytest.raises(TypeError, match=r"must return an array or tensor with the batch on axis 0"):
+        submit(proc, x(2)).result(TIMEOUT)
+    with pytest.raises(ValueError, match=r"returned a list of 3 elements for a batch of 2 rows"):
+        # neither one array of 2 rows per output nor one result per row
+        submit(proc, x(3)).result(TIMEOUT)
+    with pytest.raises(ValueError, match=r"returned 5 rows in its output 'b'"):
+        submit(proc, x(4)).result(TIMEOUT)
+    outputs[5] = np.arange(2)
+    assert submit(proc, x(5)).result(TIMEOUT).tolist() == [0, 1]  # the worker survived
+
+
+@pytest.mark.parametrize(
+    ("options", "kind", "message"),
+    [
+        ({"padding_side": "middle"}, ValueError, "padding_side must be 'left' or 'right'"),
+        ({"pad_to_multiple_of": 0}, ValueError, "pad_to_multiple_of must be at least 1"),
+        ({"batch_size": 8, "batch_size_buckets": [2, 4]}, ValueError, "must reach batch_size=8"),
+        ({"batch_size_buckets": []}, ValueError, "at least one size"),
+        ({"pad_tokens": {"a": 1}, "pad_token": {"a": 2}}, TypeError, "give one of them"),
+        ({"pad_tokens": "zero"}, TypeError, "pad_tokens must be a dict"),
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+    ],
+)
+@pytest.mark.parametrize("decorator", ["batched.inference", "batched.aio.inference"])
+def test_bad_options_fail_at_decoration(decorator: str, options: dict[str, Any], kind: type, message: str) -> None:
+    import importlib
+
+    module = importlib.import_module(decorator)
+    with pytest.raises(kind, match=message):
+        module.dynamically(**options)(identity)
+
+
+def test_pad_value_that_does_not_fit_the_dtype() -> None:
+    proc = ModelBatchProcessor(identity, pad_tokens={"ids": -1}, timeout_ms=0)
+    with pytest.raises(ValueError, match=r"pad value -1 of feature 'ids' does not fit its dtype uint8"):
+        proc({"ids": np.zeros((1, 2), np.uint8)})
+    # the failed first call fixed nothing: another dtype is fine
+    assert proc({"ids": np.zeros((1, 2), np.int16)})["ids"].dtype == np.int16
+    proc.shutdown()
+
+
+def test_object_arrays_are_refused() -> None:
+    proc = ModelBatchProcessor(identity, timeout_ms=0)
+    with pytest.raises(TypeError, match="hold Python objects"):
+        proc({"text": np.array([["a", None]], dtype=object)})
+    proc.shutdown()
+
+
+def test_non_contiguous_inputs_are_read_correctly() -> None:
+    proc = ModelBatchProcessor(identity, timeout_ms=0)
+    base = np.arange(60, dtype=np.int64).reshape(6, 10)
+    view = base[::2, 1::3]  # strided on both axes
+    out = proc({"x": view})["x"]
+    np.testing.assert_array_equal(out, view)
+    rows = [base[i, ::-2] for i in range(3)]
+    out = proc({"x": rows})["x"]
+    for r in range(3):
+        np.testing.assert_array_equal(out[r], rows[r])
+    proc.shutdown()
+
+
+def test_method_gets_one_processor_per_instance() -> None:
+    from batched import inference
+
+    class Model:
+        def __init__(self, scale: int) -> None:
+            self.scale = scale
+
+        @inference.dynamically(timeout_ms=0)
+        def __call__(self, features: dict[str, Any]) -> np.ndarray:
+            return features["x"][:, 0] * self.scale
+
+    a, b = Model(2), Model(3)
+    assert a({"x": np.ones((1, 1))}).tolist() == [2]
+    assert b(x=np.ones((2, 1))).tolist() == [3, 3]
+
+
+def test_shapes_of_numpy_kinds_are_kept() -> None:
+    proc = ModelBatchProcessor(identity, timeout_ms=0, pad_tokens={"b": True, "c": 1 + 2j})
+    out = proc(
+        a=np.zeros((1, 2, 2, 2), np.float64),
+        b=np.zeros((1, 2), np.bool_),
+        c=np.zeros((1, 2), np.complex64),
+        d=np.zeros((1, 2), "datetime64[ns]"),
+    )
+    assert [out[k].dtype for k in "abcd"] == [np.float64, np.bool_, np.complex64, np.dtype("datetime64[ns]")]
+    assert out["a"].shape == (1, 2, 2, 2)
+    proc.shutdown()
