@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command. On a fresh machine it does all the set-up:
 #   1. builds and installs the package into .venv (scikit-build-core + Cython),
+#      with numpy, torch 2.13.0 and ninja for the inference tests,
 #   2. runs the Python tests against the installed package,
 #   3. builds the C++ tests and runs them with ctest, plain and under
 #      ThreadSanitizer and AddressSanitizer+UBSan;
@@ -16,6 +17,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "== installing batched into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check ".[test]"
+# torch for the inference tests and the pad_stack op (built on first use with
+# ninja). Pinned: an unpinned torch would pull a multi-GB CUDA build.
+echo "== installing torch==2.13.0 and ninja into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" ninja
 
 echo "== python tests"
 # Run from tests/ so that `import batched` is the installed package, not src/.

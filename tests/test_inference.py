@@ -375,3 +375,105 @@ def test_shapes_of_numpy_kinds_are_kept() -> None:
     assert [out[k].dtype for k in "abcd"] == [np.float64, np.bool_, np.complex64, np.dtype("datetime64[ns]")]
     assert out["a"].shape == (1, 2, 2, 2)
     proc.shutdown()
+
+
+# ---- torch tensors (skipped where torch is not installed) ----
+
+
+def _torch() -> Any:
+    return pytest.importorskip("torch")
+
+
+def test_torch_cpu_tensors_keep_their_dtype(submit: ModelFrontEnd) -> None:
+    torch = _torch()
+    proc = submit.make(identity, batch_size=8, timeout_ms=2, pad_tokens={"ids": 3, "emb": -1.5}, padding_side="left")
+    g = torch.Generator().manual_seed(0)
+    calls = []
+    for i in range(40):
+        length = int(torch.randint(1, 9, (1,), generator=g))
+        ids = torch.randint(0, 100, (1, length), generator=g, dtype=torch.int16) + i
+        emb = torch.randn(length, 4, generator=g).to(torch.bfloat16)
+        calls.append((ids, emb, submit(proc, {"ids": ids, "emb": [emb]})))
+    for ids, emb, fut in calls:
+        out = fut.result(TIMEOUT)
+        assert out["ids"].dtype == torch.int16 and out["emb"].dtype == torch.bfloat16
+        n = ids.shape[1]
+        assert torch.equal(out["ids"][0, -n:], ids[0]) and bool((out["ids"][0, :-n] == 3).all())
+        assert torch.equal(out["emb"][0, -n:], emb) and bool((out["emb"][0, :-n] == -1.5).all())
+
+
+def test_numpy_features_padded_into_torch_tensors_on_a_device() -> None:
+    torch = _torch()
+    seen: list[Any] = []
+
+    def model(features: dict[str, Any]) -> Any:
+        seen.append(features["ids"])
+        return features["ids"].sum(dim=1)
+
+    proc = ModelBatchProcessor(model, timeout_ms=0, device="cpu", pad_tokens={"ids": 1})
+    out = proc({"ids": np.array([[5, 6, 7]], dtype=np.int32)})
+    assert isinstance(seen[0], torch.Tensor) and seen[0].dtype == torch.int32
+    assert out.tolist() == [18]
+    proc.shutdown()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_staging_to_a_device_packs_copies_and_pads_there(side: str) -> None:
+    """The device path (host rows packed, copied once, padded by the torch op),
+    run on the CPU so it is tested without a GPU."""
+    torch = _torch()
+    proc = ModelBatchProcessor(identity, batch_size=16, timeout_ms=2, device="cpu", pad_tokens={"ids": -7}, padding_side=side)
+    proc._padder.stage_to_device = True
+    rng = np.random.default_rng(3)
+    with ThreadPoolExecutor(16) as pool:
+        calls = []
+        for i in range(60):
+            if i % 2:
+                rows = [rng.integers(0, 99, size=int(rng.integers(0, 7))).astype(np.int64) + 100 * i for _ in range(2)]
+            else:
+                rows = list(rng.integers(0, 99, size=(3, int(rng.integers(1, 7)))).astype(np.int64) + 100 * i)
+            feature = rows if i % 2 else np.stack(rows)
+            vec = [np.full((len(r), 2), i + 1, np.float32) for r in rows]
+            calls.append((rows, vec, pool.submit(proc, ids=feature, vec=vec)))
+        for rows, vec, fut in calls:
+            out = fut.result(TIMEOUT)
+            assert isinstance(out["ids"], torch.Tensor) and out["ids"].dtype == torch.int64
+            assert out["vec"].dtype == torch.float32
+            for r, row in enumerate(rows):
+                expect_padded(out["ids"][r].numpy(), row, -7, side == "left")
+                expect_padded(out["vec"][r].numpy(), vec[r], 0, side == "left")  # not in pad_tokens: 0
+    proc.shutdown()
+
+
+def test_device_tensors_are_padded_where_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensors not in host memory go to the torch op as the callers' blocks
+    (views, never a copy through the host); "meta" tensors stand in for CUDA."""
+    torch = _torch()
+    from batched import torch_ops
+
+    calls: list[tuple[list[Any], int]] = []
+    real = torch_ops.pad_stack
+
+    def spy(blocks: list[Any], max_length: int, pad_value: Any, pad_left: bool = False) -> Any:
+        calls.append((blocks, max_length))
+        return real(blocks, max_length, pad_value, pad_left)
+
+    monkeypatch.setattr(torch_ops, "pad_stack", spy)
+    shapes: list[tuple[int, ...]] = []
+
+    def model(features: dict[str, Any]) -> Any:
+        shapes.append(tuple(features["ids"].shape))
+        return features["ids"][:, 0]
+
+    proc = ModelBatchProcessor(model, batch_size=8, timeout_ms=20, pad_to_multiple_of=4, batch_size_buckets=[8])
+    a = torch.empty((2, 3), dtype=torch.int64, device="meta")
+    b = [torch.empty(5, dtype=torch.int64, device="meta")]
+    with ThreadPoolExecutor(2) as pool:
+        fa, fb = pool.submit(proc, ids=a), pool.submit(proc, ids=b)
+        out_a, out_b = fa.result(TIMEOUT), fb.result(TIMEOUT)
+    assert out_a.device.type == "meta" and tuple(out_a.shape) == (2,) and tuple(out_b.shape) == (1,)
+    blocks = [blk for blocks, _ in calls for blk in blocks]
+    assert sorted(tuple(t.shape) for t in blocks if t.shape[1]) == [(1, 5), (2, 3)]  # + bucket pad rows
+    assert all(t.device.type == "meta" for t in blocks)
+    assert shapes == [(8, 8)] or sorted(shapes) == [(8, 4), (8, 8)]  # one batch, or one each
+    proc.shutdown()
