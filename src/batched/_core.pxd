@@ -119,6 +119,7 @@ cdef class _Call:
 
 cdef class Engine:
     cdef CScheduler* sched
+    cdef CBatchOptions options
     cdef readonly object fn
     cdef readonly object collator
     cdef readonly str name

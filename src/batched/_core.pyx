@@ -20,6 +20,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
 
 import atexit
+import os
 import threading
 import weakref
 from collections.abc import Mapping, Sized
@@ -146,6 +147,7 @@ cdef class Engine:
         o.num_workers = num_workers
         # A rows call's pieces share one padded length only if it is not split.
         o.keep_calls_whole = collator is not None
+        self.options = o
         self.sched = new CScheduler(o)
         self.measure_lengths = max_batch_length is not None or priority_by_length
         self.priority_by_length = priority_by_length
@@ -165,6 +167,23 @@ cdef class Engine:
         self.threads = []
         self.start_lock = threading.Lock()
         _live_engines.add(self)
+
+    def reset_after_fork(self):
+        """In the child of a fork: the workers did not come along, and the
+        scheduler's state (its lock perhaps held, calls of the parent's
+        threads queued) belongs to the parent. Start afresh: a new scheduler,
+        workers started on the next call. The old scheduler and the calls in
+        it are left alone (leaked): no thread of this process waits on them."""
+        self.sched = new CScheduler(self.options)
+        if self.closed:
+            self.sched.shutdown()
+        self.threads = []
+        self.started = False
+        self.start_lock = threading.Lock()
+        self.timers = {}
+        self.running = set()
+        self.in_flight = 0
+        self.finished_box = None
 
     def __dealloc__(self):
         if self.sched != NULL:
@@ -760,3 +779,14 @@ cdef _post(dict by_loop):
 def _shutdown_all_at_exit():
     for engine in list(_live_engines):
         engine.shutdown(wait=True, timeout=1.0)
+
+
+def _reset_all_after_fork():
+    for engine in list(_live_engines):
+        engine.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    # gunicorn --preload, multiprocessing with fork: processors made before the
+    # fork work in the child, with workers of its own.
+    os.register_at_fork(after_in_child=_reset_all_after_fork)
