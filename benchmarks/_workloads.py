@@ -5,7 +5,8 @@
 Prints exactly one JSON object on the last line of stdout:
     {"workload": ..., "ok": bool, "errors": [...], "metrics": {...}, "info": {...}}
 and exits 1 when a correctness check failed.  Driven by benchmarks/compare.py;
-stdlib only, so it runs unchanged against this project and `batched` 0.1.5.
+stdlib only (the inference workloads import numpy, which both venvs hold, and
+infer16_torch torch), so it runs unchanged against this project and `batched` 0.1.5.
 Not meant to be imported: the measured `import batched` happens inside each
 workload (or, for import_time, in fresh child interpreters).
 """
@@ -42,6 +43,15 @@ CONFIG: dict[str, dict[str, Any]] = {
     "aio_idle_cpu": {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0},
     "aio_cancel10k": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 10000},
     "aio_floor2000": {"batch_size": 64, "tasks": 2000, "rounds": 10},
+    # inference (batched.inference.dynamically): single-row requests of random length, padded per
+    # batch. batch_size 16 = the number of threads, so a batch can fill: with 32, both implementations
+    # only ever send on the 5 ms timeout and measure the timeout, not the batcher (~3,000 items/s each).
+    "infer16_np": {"batch_size": 16, "timeout_ms": 5.0, "threads": 16, "seconds": 2.0, "min_len": 16,
+                   "max_len": 512, "pool": 64, "backend": "numpy"},
+    "infer16_torch": {"batch_size": 16, "timeout_ms": 5.0, "threads": 16, "seconds": 2.0, "min_len": 16,
+                      "max_len": 512, "pool": 64, "backend": "torch"},
+    # the padding step alone: 64 rows, two int64 features, right padding
+    "pad64": {"rows": 64, "min_len": 16, "max_len": 512, "samples": 300},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "threads32": {"seconds": 0.5},
@@ -56,6 +66,9 @@ QUICK: dict[str, dict[str, Any]] = {
     "aio_idle_latency0": {"calls": 60},
     "aio_idle_cpu": {"idle_s": 0.5},
     "aio_floor2000": {"rounds": 3},
+    "infer16_np": {"seconds": 0.5},
+    "infer16_torch": {"seconds": 0.5},
+    "pad64": {"samples": 60},
 }
 
 
@@ -117,13 +130,15 @@ def w_list100k(cfg: dict, out: dict) -> None:
     out["info"]["calls"] = len(times)
 
 
-def w_threads32(cfg: dict, out: dict) -> None:
-    f = _identity(cfg)
-    nthreads, seconds = int(cfg["threads"]), float(cfg["seconds"])
-    f(0)
+def _closed_loop(f: Any, nthreads: int, seconds: float, request: Any, out: dict) -> None:
+    """`nthreads` threads call `f` in a closed loop for `seconds`. `request(tid, i)` gives the
+    i-th call's argument and its expected result (compared with ==, after `.tolist()` if the
+    result has it). Fills items/s, p50/p99 latency and the average batch size; every result
+    that is not the expected one is an error."""
     barrier = threading.Barrier(nthreads + 1)
     lats: list[list[float]] = [[] for _ in range(nthreads)]
     mismatches = [0] * nthreads
+    examples: list[str] = []
     errors: list[str] = []
     deadline = 0.0
 
@@ -132,12 +147,15 @@ def w_threads32(cfg: dict, out: dict) -> None:
         barrier.wait()
         try:
             while clock() < deadline:
-                x = (tid << 32) | i
+                arg, expected = request(tid, i)
                 t0 = clock()
-                r = f(x)
+                r = f(arg)
                 mine.append(clock() - t0)
-                if r != x:
+                got = r.tolist() if hasattr(r, "tolist") else r
+                if got != expected:
                     mismatches[tid] += 1
+                    if len(examples) < 3:
+                        examples.append(f"thread {tid} call {i}: got {got!r}, expected {expected!r}")
                 i += 1
         except BaseException as exc:  # noqa: BLE001
             errors.append(f"thread {tid}: {type(exc).__name__}: {exc}")
@@ -167,9 +185,21 @@ def w_threads32(cfg: dict, out: dict) -> None:
     out["info"]["calls"] = calls
     out["errors"].extend(errors)
     if sum(mismatches):
-        out["errors"].append(f"threads32: {sum(mismatches)} of {calls} calls returned another caller's result")
+        out["errors"].append(f"{sum(mismatches)} of {calls} calls returned another caller's (or a wrong) "
+                             "result: " + "; ".join(examples))
     if calls == 0:
-        out["errors"].append("threads32: no call completed")
+        out["errors"].append("no call completed")
+
+
+def w_threads32(cfg: dict, out: dict) -> None:
+    f = _identity(cfg)
+    f(0)
+
+    def request(tid: int, i: int) -> tuple[int, int]:
+        x = (tid << 32) | i
+        return x, x
+
+    _closed_loop(f, int(cfg["threads"]), float(cfg["seconds"]), request, out)
 
 
 w_threads32_t1 = w_threads32
@@ -444,6 +474,161 @@ def w_aio_cancel10k(cfg: dict, out: dict) -> None:
     out["info"]["warnings"] = complaints[:5]
     if sorted(x for x in seen if x % 2 == 0) != kept:
         out["errors"].append("the batch function did not see every kept item exactly once")
+
+
+
+
+def _infer16(cfg: dict, out: dict) -> None:
+    """16 threads in a closed loop, each calling a model with one row of random length
+    ({"input_ids", "attention_mask"}, int64 [1, L]); every result is checked against its input."""
+    import numpy as np
+
+    from batched import inference
+
+    torch = None
+    if cfg["backend"] == "torch":
+        import torch
+
+        out["info"]["torch"] = torch.__version__
+        out["info"]["torch_threads"] = torch.get_num_threads()
+    nthreads, seconds, pool = int(cfg["threads"]), float(cfg["seconds"]), int(cfg["pool"])
+    lo, hi = int(cfg["min_len"]), int(cfg["max_len"])
+
+    def model(features: dict[str, Any]) -> Any:
+        ids, mask = features["input_ids"], features["attention_mask"]
+        n = int(ids.shape[0])
+        if n > _largest_batch[0]:
+            _largest_batch[0] = n
+        # one value per row that depends on every token of the row and on the padding being right
+        return (ids * mask).sum(1) + mask.sum(1)
+
+    f = inference.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]),
+                              pad_tokens={"input_ids": 0}, padding_side="right")(model)
+    _processors.append(f)
+
+    # Requests generated before timing: ids[0, 0] carries the thread id and the request's number.
+    rng = np.random.default_rng(16)
+    reqs: list[list[tuple[dict[str, Any], int]]] = []
+    for tid in range(nthreads):
+        mine = []
+        for i in range(pool):
+            length = int(rng.integers(lo, hi + 1))
+            ids = rng.integers(1, 30_000, size=(1, length), dtype=np.int64)
+            ids[0, 0] = tid * 1_000_000 + i
+            mask = np.ones((1, length), dtype=np.int64)
+            expected = int(ids.sum()) + length
+            if torch is not None:
+                ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+            mine.append(({"input_ids": ids, "attention_mask": mask}, expected))
+        reqs.append(mine)
+    for feats, expected in reqs[0][:4]:  # warm-up (starts the worker); checked too
+        got = f(feats).tolist()
+        if got != [expected]:
+            out["errors"].append(f"warm-up call returned {got!r}, expected [{expected}]")
+            return
+
+    def request(tid: int, i: int) -> tuple[dict[str, Any], list[int]]:
+        feats, expected = reqs[tid][i % pool]
+        return feats, [expected]
+
+    _closed_loop(f, nthreads, seconds, request, out)
+
+
+w_infer16_np = _infer16
+w_infer16_torch = _infer16
+
+
+def _time_us(fns: list[Any], samples: int) -> list[float]:
+    """Median µs per call of each fn, sampled alternately (fn0, fn1, fn0, ...) after a warm-up;
+    each sample repeats the call enough times to last >= 0.2 ms."""
+    clock = time.perf_counter
+    reps = []
+    for fn in fns:
+        for _ in range(20):
+            fn()
+        n = 1
+        while True:
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            if clock() - t0 >= 2e-4:
+                break
+            n *= 2
+        reps.append(n)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(samples):
+        for fn, n, mine in zip(fns, reps, times):
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            mine.append((clock() - t0) / n)
+    return [statistics.median(t) * 1e6 for t in times]
+
+
+def w_pad64(cfg: dict, out: dict) -> None:
+    """The padding step alone: 64 single-row requests of random length, two int64 features,
+    padded into one batch by each implementation's own code, against a memcpy of the same bytes."""
+    import numpy as np
+
+    rng = np.random.default_rng(64)
+    nrows, lo, hi = int(cfg["rows"]), int(cfg["min_len"]), int(cfg["max_len"])
+    lengths = [int(x) for x in rng.integers(lo, hi + 1, nrows)]
+    ids = [rng.integers(1, 30000, n, dtype=np.int64) for n in lengths]
+    masks = [np.ones(n, dtype=np.int64) for n in lengths]
+    pad_tokens = {"input_ids": 0}
+
+    def reference(side: str) -> dict[str, Any]:
+        width = max(lengths)
+        res = {}
+        for key, rows in (("input_ids", ids), ("attention_mask", masks)):
+            a = np.full((nrows, width), pad_tokens.get(key, 0), dtype=np.int64)
+            for i, row in enumerate(rows):
+                if side == "right":
+                    a[i, :len(row)] = row
+                else:
+                    a[i, width - len(row):] = row
+            res[key] = a
+        return res
+
+    try:
+        from batched._padding import Padder
+
+        impl = "ours"
+    except ImportError:
+        from batched.inference.helper import stack_features
+
+        impl = "0.1.5"
+
+    def make(side: str) -> Any:
+        if impl == "ours":
+            p = Padder("bench", pad_tokens, side)
+            reqs = [p.request({"input_ids": a[None], "attention_mask": m[None]}) for a, m in zip(ids, masks)]
+            spans = [(r, 0, 1) for r in reqs]
+            return lambda: p.collate(spans)
+        rows = [{"input_ids": a, "attention_mask": m} for a, m in zip(ids, masks)]
+        return lambda: stack_features(rows, pad_tokens, side)
+
+    for side in ("right", "left"):  # correctness first, both sides
+        got, want = make(side)(), reference(side)
+        for key, a in want.items():
+            b = np.asarray(got.get(key)) if isinstance(got, dict) and key in got else None
+            if b is None or b.shape != a.shape or b.dtype != a.dtype or not np.array_equal(a, b):
+                desc = "missing" if b is None else f"{b.dtype}{list(b.shape)}"
+                out["errors"].append(f"{side} padding of {key!r}: {desc} differs from the numpy reference "
+                                     f"int64{list(a.shape)}")
+    if out["errors"]:
+        return
+    pad = make("right")
+    src = np.concatenate(ids + masks)  # the bytes of the rows, contiguous
+    dst = np.empty_like(src)
+    big = np.ones(2 * nrows * max(lengths), dtype=np.int64)  # as many bytes as the padded output
+    big_dst = np.empty_like(big)
+    pad_us, memcpy_us, memcpy_out_us = _time_us(
+        [pad, lambda: np.copyto(dst, src), lambda: np.copyto(big_dst, big)], int(cfg["samples"]))
+    m = out["metrics"]
+    m["pad_us"], m["memcpy_us"], m["pad_vs_memcpy"] = pad_us, memcpy_us, pad_us / memcpy_us
+    m["memcpy_out_us"] = memcpy_out_us
+    out["info"].update(impl=impl, row_bytes=int(src.nbytes), padded_bytes=int(big.nbytes), max_len=max(lengths))
 
 
 def main() -> int:

@@ -1,13 +1,14 @@
-"""Side-by-side benchmark of the threaded and asyncio APIs: this project vs `batched` 0.1.5 from PyPI.
+"""Side-by-side benchmark of the threaded, asyncio and inference APIs: this project vs `batched` 0.1.5 from PyPI.
 
 Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib only):
 
     python benchmarks/compare.py                  # full run: 5 interleaved repeats (~3 min + first build)
     python benchmarks/compare.py --quick          # CI-sized smoke run: 1 repeat, short workloads
     python benchmarks/compare.py --repeats 9      # more repeats
-    python benchmarks/compare.py --with-torch     # also time `import batched` with torch==2.13.0 importable
+    python benchmarks/compare.py --with-torch     # also the torch workloads (import time, infer16_torch)
     python benchmarks/compare.py --ours-python .venv/bin/python   # use an interpreter where ours is installed
     python benchmarks/compare.py --only threads32,idle_cpu       # a subset of the workloads
+    python benchmarks/compare.py --only infer16_np,pad64        # the inference workloads (numpy)
 
 Set-up is automatic.  Each implementation lives in its own venv under benchmarks/.venvs/:
     ours/    python -m venv + `pip install <repo root> numpy` (scikit-build-core build; retried with
@@ -16,8 +17,10 @@ Set-up is automatic.  Each implementation lives in its own venv under benchmarks
     v0.1.5/  `pip install batched==0.1.5 numpy`.
 numpy is installed in both because real users have it and 0.1.5 imports it at import time when
 present.  With --with-torch, `torch==2.13.0` (a CPU wheel) is installed once into
-benchmarks/.venvs/torch-2.13.0/ and put on PYTHONPATH of both implementations for the import-time
-workload only, so no other workload (and no later run without the flag) sees torch.
+benchmarks/.venvs/torch-2.13.0/ and put on PYTHONPATH of both implementations for the torch
+workloads only (import_time+torch and infer16_torch), so no other workload (and no later run without
+the flag) sees torch.  infer16_torch runs only with --with-torch, or when named in --only (torch is
+then installed on demand).
 
 Every measurement runs in a fresh subprocess of the right venv (benchmarks/_workloads.py), so the
 two packages never share a process; runs are interleaved (ours, 0.1.5, ours, 0.1.5, ...) and the
@@ -55,8 +58,10 @@ TORCH_DIR = VENVS / "torch-2.13.0"
 IMPLS = ("ours", "0.1.5")
 
 WORKLOADS = ["list100k", "threads32", "threads32_t1", "aio_tasks2000", "acall_tasks2000", "aio_idle_latency0",
-             "aio_idle_cpu", "aio_cancel10k", "aio_floor2000", "idle_latency0", "idle_latency5", "idle_cpu", "idle_cpu0", "import_time"]
+             "aio_idle_cpu", "aio_cancel10k", "aio_floor2000", "idle_latency0", "idle_latency5", "idle_cpu", "idle_cpu0",
+             "infer16_np", "infer16_torch", "pad64", "import_time"]
 # import_time+torch is the import_time workload run with torch importable (only with --with-torch).
+TORCH_WORKLOADS = {"infer16_torch", "import_time+torch"}  # run with torch on PYTHONPATH
 CONFIG_TEXT = {
     "list100k": "1 thread, 1 call of 100,000 ints; batch_size=64, timeout_ms=1",
     "threads32": "32 threads, single-item calls; batch_size=32, timeout_ms=5",
@@ -71,6 +76,11 @@ CONFIG_TEXT = {
     "idle_latency5": "lone calls 2 ms apart; batch_size=32, timeout_ms=5",
     "idle_cpu": "2 s idle after one call; timeout_ms=5",
     "idle_cpu0": "2 s idle after one call; timeout_ms=0",
+    "infer16_np": "inference.dynamically; 16 threads, closed loop, 1 row {input_ids, attention_mask} int64 [1, L], "
+                  "L in 16..512, numpy; every result checked; batch_size=16, timeout_ms=5",
+    "infer16_torch": "as infer16_np with CPU torch 2.13.0 tensors; batch_size=16, timeout_ms=5",
+    "pad64": "padding alone: 64 rows, L in 16..512, 2 int64 features, right; ours Padder.collate, 0.1.5 "
+             "stack_features; memcpy = np.copyto of the rows' bytes, same process",
     "import_time": "`import batched`, fresh interpreter, numpy installed",
     "import_time+torch": "`import batched`, fresh interpreter, torch 2.13.0 installed",
 }
@@ -129,6 +139,18 @@ METRICS = [
     Metric("idle_latency5", "p99_us", "p99 latency", _us),
     Metric("idle_cpu", "cpu_pct", "CPU while idle", lambda v: f"{v:.2f} % of a core", "< 0.5 %", lambda o, r: o < 0.5),
     Metric("idle_cpu0", "cpu_pct", "CPU while idle", lambda v: f"{v:.2f} % of a core", "< 0.5 %", lambda o, r: o < 0.5),
+    Metric("infer16_np", "items_per_s", "items/s", _rate, "≥ 10× 0.1.5", lambda o, r: o >= 10 * r),
+    Metric("infer16_np", "p50_us", "p50 latency", _us, "< 0.1.5", lambda o, r: o < r),
+    Metric("infer16_np", "p99_us", "p99 latency", _us),
+    Metric("infer16_np", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
+    Metric("infer16_torch", "items_per_s", "items/s", _rate, "≥ 10× 0.1.5", lambda o, r: o >= 10 * r),
+    Metric("infer16_torch", "p50_us", "p50 latency", _us, "< 0.1.5", lambda o, r: o < r),
+    Metric("infer16_torch", "p99_us", "p99 latency", _us),
+    Metric("infer16_torch", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
+    Metric("pad64", "pad_us", "pad one batch", _us, "≥ 20× faster than 0.1.5", lambda o, r: 20 * o <= r),
+    Metric("pad64", "memcpy_us", "memcpy of the rows' bytes", _us),
+    Metric("pad64", "pad_vs_memcpy", "pad / memcpy", lambda v: f"{v:.1f}×", "≤ 3× (ours)", lambda o, r: o <= 3),
+    Metric("pad64", "memcpy_out_us", "memcpy of the padded output's bytes", _us),
     Metric("import_time", "import_ms", "import time", lambda v: f"{v:.1f} ms", "< 20 ms", lambda o, r: o < 20),
     Metric("import_time", "numpy_imported", "imports numpy", _yes, "no", lambda o, r: not o, max),
     Metric("import_time", "torch_imported", "imports torch", _yes, "no", lambda o, r: not o, max),
@@ -367,7 +389,8 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="CI-sized smoke run: short workloads, 1 repeat")
-    ap.add_argument("--with-torch", action="store_true", help=f"also time the import with {TORCH_SPEC} importable")
+    ap.add_argument("--with-torch", action="store_true",
+                    help=f"also the torch workloads (import time, infer16_torch) with {TORCH_SPEC} importable")
     ap.add_argument("--ours-python", metavar="PATH", help="interpreter where this project is already installed")
     ap.add_argument("--rebuild", action="store_true", help="reinstall ours into its venv even if up to date")
     ap.add_argument("--only", metavar="W1,W2", help=f"subset of: {','.join(WORKLOADS)}")
@@ -375,15 +398,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "compare.json", help="where to save the JSON results")
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
-    workloads = WORKLOADS if not args.only else [w.strip() for w in args.only.split(",") if w.strip()]
+    if args.only:
+        workloads = [w.strip() for w in args.only.split(",") if w.strip()]  # named torch workloads run
+    else:
+        workloads = [w for w in WORKLOADS if args.with_torch or w not in TORCH_WORKLOADS]
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
     pys = {"ours": ensure_ours(args), "0.1.5": ensure_ref()}
-    torch_path = None
     if args.with_torch and "import_time" in workloads:
-        torch_path = ensure_torch(pys["0.1.5"])
         workloads = workloads + ["import_time+torch"]
+    torch_path = ensure_torch(pys["0.1.5"]) if TORCH_WORKLOADS & set(workloads) else None
     versions = {impl: probe(py)[0] for impl, py in pys.items()}
     for impl, py in pys.items():
         log(f"{impl}: batched {versions[impl]} via {py}")
@@ -395,7 +420,7 @@ def main() -> int:
     for rep in range(1, repeats + 1):
         for w in workloads:
             for impl in IMPLS:  # interleaved: ours, 0.1.5, ours, 0.1.5, ...
-                res = run_one(pys[impl], w, args.quick, torch_path if w == "import_time+torch" else None)
+                res = run_one(pys[impl], w, args.quick, torch_path if w in TORCH_WORKLOADS else None)
                 res.update(impl=impl, repeat=rep)
                 runs.append(res)
                 shown = ", ".join(f"{k}={v:,.4g}" for k, v in res["metrics"].items())
@@ -409,7 +434,7 @@ def main() -> int:
     table = to_markdown(rows, {(r["workload"], r["impl"]) for r in failures})
     checked = [r for r in rows if r["met"] is not None]
     missed = [r for r in checked if not r["met"]]
-    header = (f"## batched: this project vs 0.1.5 (threaded and asyncio APIs)\n\n"
+    header = (f"## batched: this project vs 0.1.5 (threaded, asyncio and inference APIs)\n\n"
               f"Medians of {repeats} interleaved repeat(s){' (--quick)' if args.quick else ''}; "
               f"ours = {versions['ours']}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
               f"{platform.machine()}.\n")
