@@ -105,7 +105,6 @@ cdef int _kind_of(object value) except -2:
 cdef class _Array:
     """What padding needs to know of one array or tensor."""
     cdef object obj         # the array itself (a contiguous copy if the caller's was not)
-    cdef int kind
     cdef object dtype
     cdef object device      # torch only
     cdef bint on_host
@@ -133,7 +132,6 @@ cdef _Array _read_array(object value, int kind, bint batched):
     cdef _Array a = _Array.__new__(_Array)
     cdef Py_buffer view
     cdef Py_ssize_t d
-    a.kind = kind
     if kind == NUMPY:
         a.dtype = value.dtype
         if a.dtype.hasobject:
@@ -179,6 +177,11 @@ cdef _Array _read_array(object value, int kind, bint batched):
     return a
 
 
+cdef str _rows_text(object dtype, tuple trailing):
+    """What a feature's rows are, for error messages: "dtype int64, rows of shape [L, 3]"."""
+    return f"dtype {dtype}, rows of shape [{', '.join(['L', *map(str, trailing)])}]"
+
+
 cdef str _describe(object value):
     shape = getattr(value, "shape", None)
     if shape is not None:
@@ -219,8 +222,7 @@ cdef class _Spec:
     cdef object torch_dtype    # for staging numpy features onto a torch device
 
     cdef str describe(self):
-        return f"dtype {self.dtype}, rows of shape [L, {', '.join(map(str, self.trailing))}]" if self.trailing \
-            else f"dtype {self.dtype}, rows of shape [L]"
+        return _rows_text(self.dtype, self.trailing)
 
 
 cdef class _Schema:
@@ -244,8 +246,6 @@ cdef class Padder:
     cdef public bint stage_to_device   # for tests: stage host rows even when device is the CPU
     cdef readonly bint spread_kwargs
     cdef _Schema schema                # None until a first call has been read
-    cdef list specs                    # schema.specs
-    cdef int kind                      # schema.kind
     cdef object lock
 
     def __init__(self, str name, pad_tokens, str padding_side, *, device=None,
@@ -287,8 +287,6 @@ cdef class Padder:
             # The first call fixes the features, once it has been read without error.
             schema = self.make_schema(features)
             rows = self.read(schema, features)
-            self.specs = schema.specs
-            self.kind = schema.kind
             self.schema = schema
             return rows
 
@@ -400,11 +398,8 @@ cdef class Padder:
                 f"earlier calls gave {'torch tensors' if schema.kind == TORCH else 'numpy arrays'}: "
                 f"every call must use the same kind")
         if a.dtype != spec.dtype or shape[skip + 1:] != spec.trailing:
-            trailing = shape[skip + 1:]
-            here = (f"dtype {a.dtype}, rows of shape [L, {', '.join(map(str, trailing))}]" if trailing
-                    else f"dtype {a.dtype}, rows of shape [L]")
             raise ValueError(
-                f"{self.name}: {where} has {here}, but earlier calls gave {spec.describe()}: rows "
+                f"{self.name}: {where} has {_rows_text(a.dtype, shape[skip + 1:])}, but earlier calls gave {spec.describe()}: rows "
                 f"padded into one batch must share dtype and trailing shape")
         if kind == TORCH and a.device != schema.input_device:
             raise ValueError(
@@ -511,8 +506,8 @@ cdef class Padder:
         cdef bint on_host = (<Rows>spans[0][0]).on_host
         out = {}
         cdef Py_ssize_t i
-        for i in range(len(self.specs)):
-            spec = self.specs[i]
+        for i in range(len(self.schema.specs)):
+            spec = self.schema.specs[i]
             if not on_host:
                 out[(<_Spec>spec).key] = self.pad_on_device(spec, i, spans, n, padded)
             elif self.device is not None and (self.stage_to_device or self.device.type != "cpu"):
@@ -536,11 +531,11 @@ cdef class Padder:
         cdef int64_t max_length = self.padded_length(longest)
         shape = (padded, max_length) + spec.trailing
         cdef char* dst
-        if self.kind == NUMPY and self.device is None:
+        if self.schema.kind == NUMPY and self.device is None:
             out = _numpy().empty(shape, dtype=spec.dtype)
             dst = <char*><uintptr_t>out.__array_interface__["data"][0]
         else:
-            dtype = spec.dtype if self.kind == TORCH else spec.torch_dtype
+            dtype = spec.dtype if self.schema.kind == TORCH else spec.torch_dtype
             out = _torch_mod().empty(shape, dtype=dtype)
             dst = <char*><uintptr_t>out.data_ptr()
         cdef const char* pad = spec.pad_bytes
@@ -555,7 +550,6 @@ cdef class Padder:
         """Device tensors: the torch op pads them where they are (one launch)."""
         cdef _FeatureRows fr
         cdef int64_t longest = 0
-        cdef size_t b
         blocks = []
         for span in spans:
             fr = <_FeatureRows>(<Rows>span[0]).features[feature]
@@ -593,7 +587,7 @@ cdef class Padder:
                         memcpy(dst + segments[k].offset + r * row_bytes,
                                rows[segments[k].first_row + r].data, row_bytes)
         flat = host.to(self.device, non_blocking=pinned)
-        dtype = spec.dtype if self.kind == TORCH else spec.torch_dtype
+        dtype = spec.dtype if self.schema.kind == TORCH else spec.torch_dtype
         blocks = []
         for k in range(segments.size()):
             row_bytes = <size_t>segments[k].length * step

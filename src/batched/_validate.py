@@ -40,6 +40,12 @@ def milliseconds(name: str, value: Any) -> float:
 MAX_MS = 1e9  # the C++ core keeps durations in ns; this keeps them far from overflow
 
 
+def at_decoration(batch_size: Any, timeout_ms: Any) -> None:
+    """The checks every ``dynamically`` runs when it decorates, not at the first call."""
+    positive_int("batch_size", batch_size)
+    milliseconds("timeout_ms", timeout_ms)
+
+
 def common_options(
     processor: Any,
     func: Any,

@@ -160,9 +160,7 @@ def dynamically(
     Usable bare (``@dynamically``) or with arguments. On a method, each instance
     gets its own processor. See ``BatchProcessor`` for the parameters.
     """
-    # Check the options now, at decoration, not at the first call.
-    _validate.positive_int("batch_size", batch_size)
-    _validate.milliseconds("timeout_ms", timeout_ms)
+    _validate.at_decoration(batch_size, timeout_ms)
 
     def make_processor(f: Callable[..., Any]) -> BatchProcessor:
         return BatchProcessor(

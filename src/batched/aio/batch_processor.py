@@ -256,8 +256,7 @@ def dynamically(
     Usable bare or with arguments, on functions and on methods (one processor
     per instance). See ``AsyncBatchProcessor``.
     """
-    _validate.positive_int("batch_size", batch_size)
-    _validate.milliseconds("timeout_ms", timeout_ms)
+    _validate.at_decoration(batch_size, timeout_ms)
 
     def make_processor(f: Callable[..., Any]) -> AsyncBatchProcessor:
         return AsyncBatchProcessor(

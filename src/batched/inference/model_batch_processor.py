@@ -26,7 +26,26 @@ if TYPE_CHECKING:
 _asyncio = None
 
 
-class ModelBatchProcessor(BatchProcessor):
+class PaddingOptions:
+    """The padding options of an inference processor, read from its padder
+    (mixed into both inference processors)."""
+
+    _padder: Padder
+
+    @property
+    def pad_tokens(self) -> Any:
+        return self._padder.pad_tokens
+
+    @property
+    def padding_side(self) -> str:
+        return "left" if self._padder.pad_left else "right"
+
+    @property
+    def spread_kwargs(self) -> bool:
+        return self._padder.spread_kwargs  # type: ignore[no-any-return]
+
+
+class ModelBatchProcessor(PaddingOptions, BatchProcessor):
     """Batches the calls of many threads into calls of a model.
 
     ``_func`` takes a dict of padded features ``{name: [rows, max length, ...]}``
@@ -107,17 +126,6 @@ class ModelBatchProcessor(BatchProcessor):
         call = self._engine.submit_rows_async(rows, _asyncio.get_running_loop())
         return self._padder.join(await await_record(call, _asyncio))
 
-    @property
-    def pad_tokens(self) -> dict[str, Any]:
-        return self._padder.pad_tokens
-
-    @property
-    def padding_side(self) -> str:
-        return "left" if self._padder.pad_left else "right"
-
-    @property
-    def spread_kwargs(self) -> bool:
-        return self._padder.spread_kwargs  # type: ignore[no-any-return]
 
 
 def features_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Feature:
@@ -228,9 +236,7 @@ def dynamically(
         pad_to_multiple_of=pad_to_multiple_of,
         batch_size_buckets=batch_size_buckets,
     )
-    # Check the options now, at decoration, not at the first call.
-    _validate.positive_int("batch_size", batch_size)
-    _validate.milliseconds("timeout_ms", timeout_ms)
+    _validate.at_decoration(batch_size, timeout_ms)
     make_padder(None, batch_size, **options)  # type: ignore[arg-type]
 
     def make_processor(f: Callable[..., Any]) -> ModelBatchProcessor:

@@ -11,7 +11,7 @@ from batched import _validate
 from batched.aio.batch_processor import AsyncBatchProcessor
 from batched.batch_processor import await_record
 from batched.decorator import dynamic_batch
-from batched.inference.model_batch_processor import engine_options, features_of, make_padder
+from batched.inference.model_batch_processor import PaddingOptions, engine_options, features_of, make_padder
 from batched.types import PriorityStrategy
 
 TYPE_CHECKING = False
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from batched.types import AsyncCache
 
 
-class AsyncModelBatchProcessor(AsyncBatchProcessor):
+class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor):
     """Batches the awaited calls of many tasks into calls of a model.
 
     ``await processor(features)`` (or ``processor(**features)``) gives this
@@ -97,18 +97,6 @@ class AsyncModelBatchProcessor(AsyncBatchProcessor):
             await self.cache.set(features, result)
         return result
 
-    @property
-    def pad_tokens(self) -> Any:
-        return self._padder.pad_tokens
-
-    @property
-    def padding_side(self) -> str:
-        return "left" if self._padder.pad_left else "right"
-
-    @property
-    def spread_kwargs(self) -> bool:
-        return self._padder.spread_kwargs  # type: ignore[no-any-return]
-
 
 def dynamically(
     func: Optional[Callable[..., Any]] = None,
@@ -143,8 +131,7 @@ def dynamically(
         pad_to_multiple_of=pad_to_multiple_of,
         batch_size_buckets=batch_size_buckets,
     )
-    _validate.positive_int("batch_size", batch_size)
-    _validate.milliseconds("timeout_ms", timeout_ms)
+    _validate.at_decoration(batch_size, timeout_ms)
     make_padder(None, batch_size, **padding)
 
     def make_processor(f: Callable[..., Any]) -> AsyncModelBatchProcessor:
