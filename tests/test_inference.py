@@ -194,6 +194,35 @@ def test_results_are_views_of_the_batch_output() -> None:
     proc.shutdown()
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_batch_memory_is_reused_only_once_nothing_refers_to_it(backend: str) -> None:
+    """Padded batches live on reused buffers (no page faults per batch), but a
+    buffer is never reused while an array of an earlier batch, or a view of
+    it, is still held: here the model keeps every other batch's input."""
+    to_array: Callable[[np.ndarray], Any] = np.asarray
+    if backend == "torch":
+        torch = _torch()
+        to_array = torch.from_numpy
+    kept: list[tuple[Any, np.ndarray]] = []
+    addresses: list[int] = []
+
+    def model(features: dict[str, Any]) -> Any:
+        x = features["x"]
+        addresses.append(x.data_ptr() if backend == "torch" else x.__array_interface__["data"][0])
+        if len(addresses) % 2:
+            kept.append((x[:, 1:], np.array(x[:, 1:].tolist())))  # a view, and a copy of what it showed
+        return x[:, 0] * 0 + 1
+
+    proc = ModelBatchProcessor(model, timeout_ms=0)
+    for i in range(40):
+        assert proc({"x": to_array(np.full((2, 8 + i % 3), i, np.int64))}).tolist() == [1, 1]
+    for view, copy in kept:
+        np.testing.assert_array_equal(np.array(view.tolist()), copy)
+    # batches whose arrays were dropped gave their memory to later ones
+    assert len(set(addresses[1::2])) < len(addresses[1::2])
+    proc.shutdown()
+
+
 def test_bucketed_batch_sizes_and_padded_lengths(submit: ModelFrontEnd) -> None:
     shapes: list[tuple[int, ...]] = []
 
