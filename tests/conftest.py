@@ -64,7 +64,7 @@ def submit(request: pytest.FixtureRequest) -> Iterator[FrontEnd]:
     if request.param == "thread":
         pool = ThreadPoolExecutor(max_workers=256)
         yield FrontEnd("thread", BatchProcessor, lambda proc, items: pool.submit(proc, items))
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # a caller stuck by a bug must not hang teardown
         return
     lt = _LoopThread()
     if request.param == "asyncio":
@@ -134,3 +134,26 @@ def _collect() -> Iterator[None]:
 def worker_threads(part: str) -> list[threading.Thread]:
     """Live worker threads of processors whose function name contains ``part``."""
     return [t for t in threading.enumerate() if t.name.startswith("batched:") and part in t.name]
+
+
+def run_threads(n: int, target: Any, limit: float = TIMEOUT * 4) -> None:
+    """Runs ``target(k)`` on n threads started together; re-raises the first
+    failure; fails if a thread is still running after ``limit`` seconds."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def body(k: int) -> None:
+        try:
+            start.wait(TIMEOUT)
+            target(k)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(limit)
+        assert not t.is_alive(), "a caller hung"
+    if errors:
+        raise errors[0]

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT
+from conftest import run_threads
 
 from batched import BatchProcessor
 
@@ -18,27 +17,6 @@ from batched import BatchProcessor
 def tagged(items: list[tuple[int, int]]) -> list[tuple[int, int, str]]:
     # The result names its input, so a caller can check it got its own.
     return [(caller, i, f"{caller}:{i}") for caller, i in items]
-
-
-def run_threads(n: int, target: Any) -> None:
-    errors: list[BaseException] = []
-    start = threading.Barrier(n)
-
-    def body(k: int) -> None:
-        try:
-            start.wait(TIMEOUT)
-            target(k)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=body, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT * 4)
-        assert not t.is_alive(), "a caller hung"
-    if errors:
-        raise errors[0]
 
 
 @pytest.mark.parametrize("num_workers", [1, 3])

@@ -36,7 +36,7 @@ def submit(request: pytest.FixtureRequest) -> Iterator[ModelFrontEnd]:
     if request.param == "thread":
         pool = ThreadPoolExecutor(max_workers=64)
         yield ModelFrontEnd("thread", ModelBatchProcessor, lambda p, a, k: pool.submit(p, *a, **k))
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # a caller stuck by a bug must not hang teardown
         return
     lt = _LoopThread()
     if request.param == "acall":

@@ -152,7 +152,6 @@ cdef class Engine:
     cdef int push(self, _Call call) except -1
     cdef int check_push(self, CPushStatus status, _Call call) except -1
     cdef start_workers(self)
-    cdef size_t spans_done
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1
     cdef int hand_out(self, CBatch& batch, object outs, object error,
                       CPendingNotifications& to_notify) except -1
@@ -165,3 +164,4 @@ cdef class Engine:
                        CPendingNotifications* to_notify)
     cdef int finish(self, _Call call, dict by_loop, CPendingNotifications* to_notify) except -1
     cdef int cancel_call(self, _Call call) except -1
+    cdef int refuse_reentry(self) except -1

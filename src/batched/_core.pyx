@@ -20,6 +20,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
 
 import atexit
+import contextvars
 import os
 import threading
 import weakref
@@ -30,11 +31,21 @@ from batched.errors import QueueFullError, ShutdownError
 cdef extern from "Python.h":
     bint PyExceptionInstance_Check(object o)
 
+cdef extern from *:
+    """
+    // The engine whose worker this thread is (NULL on any other thread).
+    static thread_local void* batched_worker_engine = nullptr;
+    """
+    void* batched_worker_engine
+
 cdef unsigned long _main_thread_ident = threading.main_thread().ident
 # Engines alive, shut down at interpreter exit so no worker outlives Python.
 _live_engines = weakref.WeakSet()
 # How often a caller on the main thread looks for Ctrl-C while it waits.
 cdef int _SIGNAL_CHECK_MS = 100
+# The batch (a _BatchBox) an async batch function is running in, for the
+# tasks of that batch: a call of its own processor from there is refused.
+_running_batch = contextvars.ContextVar("batched_running_batch", default=None)
 
 
 cdef class _Call:
@@ -297,6 +308,7 @@ cdef class Engine:
         cdef CPushStatus status
         cdef bint done = False
         cdef bint on_main = PyThread_get_thread_ident() == _main_thread_ident
+        self.refuse_reentry()
         c.completion = new CCompletion()
         if not self.started:
             self.start_workers()
@@ -331,6 +343,7 @@ cdef class Engine:
         return self.submit(self.new_rows_call(request), loop)
 
     cdef _Call submit(self, _Call c, object loop):
+        self.refuse_reentry()
         c.loop = loop
         c.future = loop.create_future()
         c.engine = self
@@ -342,6 +355,21 @@ cdef class Engine:
                     or self.sched.size_approx() >= <size_t>self.batch_size):
                 self.drive(loop)
         return c
+
+    cdef int refuse_reentry(self) except -1:
+        """A call from inside one of this engine's own batches (its worker
+        thread, or the tasks of an async batch) would wait for the batch that
+        makes it: fail at once rather than hang."""
+        cdef _BatchBox box
+        if batched_worker_engine != <void*>self:
+            if not self.event_loop_driver:
+                return 0
+            box = _running_batch.get()
+            if box is None or box.engine is not self or box.ended:
+                return 0
+        raise RuntimeError(
+            f"batch function {self.name!r} called its own processor from inside a batch: "
+            f"that call would wait for the batch that makes it; call the function directly")
 
     # ---- the event-loop driver (async batch functions) ----
     #
@@ -466,9 +494,11 @@ cdef class Engine:
             self.started = True
 
     def worker_main(self):
+        global batched_worker_engine
         cdef CBatch batch
         cdef CPendingNotifications to_notify
         cdef bint ok
+        batched_worker_engine = <void*>self
         while True:
             with nogil:
                 # Wake the callers of the last batch only now, without the GIL,
@@ -507,13 +537,14 @@ cdef class Engine:
 
     cdef int hand_out(self, CBatch& batch, object outs, object error,
                       CPendingNotifications& to_notify) except -1:
-        """Puts each result (or ``error``) in its call's slots; finishes calls."""
-        cdef Py_ssize_t i = 0, k
+        """Puts each result (or ``error``) in its call's slots; finishes calls.
+        A span handed out gets count 0 (no span of a batch is empty), so
+        fail_rest knows which are left: the batch itself keeps the progress."""
+        cdef Py_ssize_t i = 0, k, count
         cdef size_t s
         cdef CSpan* span
         cdef _Call c
         cdef dict by_loop = None
-        self.spans_done = 0
         for s in range(batch.spans.size()):
             span = &batch.spans[s]
             c = <_Call>span.entry.owner
@@ -528,8 +559,9 @@ cdef class Engine:
                     if PyExceptionInstance_Check(r):
                         c.fail(r, span.begin + k)
             i += span.count
-            self.spans_done = s + 1
-            by_loop = self.complete(c, span.count, by_loop, &to_notify)
+            count = span.count
+            span.count = 0
+            by_loop = self.complete(c, count, by_loop, &to_notify)
         if by_loop is not None:
             _post(by_loop)
         return 0
@@ -561,12 +593,16 @@ cdef class Engine:
         cdef CSpan* span
         cdef _Call c
         cdef dict by_loop = None
-        for s in range(self.spans_done, batch.spans.size()):
+        cdef Py_ssize_t count
+        for s in range(batch.spans.size()):
             span = &batch.spans[s]
+            if span.count == 0:
+                continue  # handed out already
             c = <_Call>span.entry.owner
+            count = span.count
+            span.count = 0
             c.fail(error, span.begin)
-            by_loop = self.complete(c, span.count, by_loop, &to_notify)
-        self.spans_done = batch.spans.size()
+            by_loop = self.complete(c, count, by_loop, &to_notify)
         if by_loop is not None:
             _post(by_loop)
         return 0
@@ -729,6 +765,7 @@ async def _run_on_loop(Engine engine, _BatchBox box):
     """Runs one batch of an async batch function on its loop."""
     out = None
     error = None
+    _running_batch.set(box)  # this task's context, and that of tasks it starts
     try:
         inputs = engine.batch_inputs_of(box)
         box.t0 = monotonic_ns()
@@ -736,8 +773,11 @@ async def _run_on_loop(Engine engine, _BatchBox box):
     except BaseException as e:  # delivered to the callers; the driver goes on
         error = e
     engine.end_async_batch(box, out, error, box.loop)
-    if error is not None and not isinstance(error, Exception):
-        raise error  # CancelledError etc.: the task itself was stopped
+    if error is not None and not isinstance(error, (Exception, KeyboardInterrupt, SystemExit)):
+        # CancelledError, GeneratorExit: the task itself was stopped. A
+        # KeyboardInterrupt/SystemExit of the function went to its callers
+        # (wrapped); raised from the task, it would stop the loop.
+        raise error
 
 
 cdef uint32_t _item_length(object item) except? 0xFFFFFFFF:
@@ -782,6 +822,8 @@ def _shutdown_all_at_exit():
 
 
 def _reset_all_after_fork():
+    global batched_worker_engine
+    batched_worker_engine = NULL  # a worker that forked: the child's thread is no worker
     for engine in list(_live_engines):
         engine.reset_after_fork()
 
