@@ -1,0 +1,177 @@
+# cython: language_level=3
+# distutils: language = c++
+"""Test support only: the C++ batching policy (csrc/batched/policy.h) on explicit time.
+
+``PolicyModel`` wraps one ``batched::BatchPolicy`` and the entries queued in
+it, so property tests (tests/test_policy_properties.py) can drive the real
+policy with a simulated clock: every time is an argument, nothing sleeps and
+no thread is involved. The library itself never imports this module.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint32_t
+from libcpp.optional cimport optional
+from libcpp.vector cimport vector
+
+from batched._core cimport CBatch, CBatchOptions, CEntry, CSpan, kNeverNs
+
+
+cdef extern from "batched/entry.h" namespace "batched" nogil:
+    cdef enum class CDispatchReason "batched::DispatchReason":
+        kFull "batched::DispatchReason::kFull"
+        kTimeout "batched::DispatchReason::kTimeout"
+        kBudget "batched::DispatchReason::kBudget"
+        kBacklog "batched::DispatchReason::kBacklog"
+
+    const int64_t kNotFinished "batched::Batch::kNotFinished"
+    const char* reason_name "batched::to_string" (CDispatchReason r)
+
+
+cdef extern from "batched/policy.h" namespace "batched" nogil:
+    cdef cppclass CBatchPolicy "batched::BatchPolicy":
+        CBatchPolicy(const CBatchOptions& options) except +
+        void add(CEntry* e) except +
+        uint32_t remove(CEntry* e)
+        optional[CDispatchReason] ready(int64_t now, int64_t busy_until)
+        int64_t next_deadline()
+        void pop(int64_t now, CDispatchReason reason, CBatch& out) except +
+        size_t size()
+
+
+#: Batch::kNotFinished: the ``busy_until`` of a worker that was idle.
+IDLE = kNotFinished
+#: batched::kNever: ``next_deadline()`` when nothing is queued.
+NEVER = kNeverNs
+
+
+cdef CDispatchReason _reason_of(str name) except *:
+    if name == "full":
+        return CDispatchReason.kFull
+    if name == "timeout":
+        return CDispatchReason.kTimeout
+    if name == "budget":
+        return CDispatchReason.kBudget
+    if name == "backlog":
+        return CDispatchReason.kBacklog
+    raise ValueError(f"unknown dispatch reason {name!r}")
+
+
+cdef class _ModelEntry:
+    """One call queued in the model: its Entry and the lengths it points to."""
+    cdef CEntry entry
+    cdef vector[uint32_t] lengths
+    cdef readonly object call_id
+    cdef bint queued  # in the policy (not yet fully dispatched nor removed)
+
+
+cdef class PolicyModel:
+    """A ``batched::BatchPolicy`` whose entries the model owns (one per call id).
+
+    Entries are Python objects held in ``self.calls`` until the model dies, so
+    the addresses the policy links together stay valid.
+    """
+    cdef CBatchPolicy* policy
+    cdef dict calls
+    cdef readonly object max_batch_size
+    cdef readonly object max_batch_length
+    cdef readonly object timeout_us
+    cdef readonly object max_age_us
+    cdef readonly bint keep_calls_whole
+
+    def __cinit__(self, size_t max_batch_size, int64_t timeout_us, unsigned long long max_batch_length=0,
+                  int64_t max_age_us=100000, bint keep_calls_whole=False):
+        cdef CBatchOptions o
+        o.max_batch_size = max_batch_size
+        o.timeout_us = timeout_us
+        o.max_batch_length = max_batch_length
+        o.max_age_us = max_age_us
+        o.keep_calls_whole = keep_calls_whole
+        if max_batch_size == 0:
+            raise ValueError("max_batch_size must be at least 1")
+        if timeout_us < 0 or max_age_us < 0:
+            raise ValueError("timeout_us and max_age_us must not be negative")
+        self.policy = new CBatchPolicy(o)
+        self.calls = {}
+        self.max_batch_size = max_batch_size
+        self.max_batch_length = max_batch_length
+        self.timeout_us = timeout_us
+        self.max_age_us = max_age_us
+        self.keep_calls_whole = keep_calls_whole
+
+    def __dealloc__(self):
+        del self.policy
+        self.policy = NULL
+
+    def add(self, call_id, uint32_t count, int32_t priority, lengths, int64_t now_ns):
+        """Queues a call of ``count`` items at ``now_ns``; ``lengths`` is None
+        (each item of length 1) or one length per item."""
+        if call_id in self.calls:
+            raise ValueError(f"call {call_id!r} was added already")
+        if count == 0:
+            raise ValueError("a call has at least one item")
+        cdef _ModelEntry m = _ModelEntry.__new__(_ModelEntry)
+        m.call_id = call_id
+        m.entry.owner = <void*>m
+        m.entry.count = count
+        m.entry.priority = priority
+        m.entry.enqueue_ns = now_ns
+        if lengths is not None:
+            if len(lengths) != count:
+                raise ValueError(f"{count} items but {len(lengths)} lengths")
+            for l in lengths:
+                m.lengths.push_back(l)
+            m.entry.lengths = m.lengths.data()
+        self.calls[call_id] = m
+        self.policy.add(&m.entry)
+        m.queued = True
+
+    def ready(self, int64_t now_ns, busy_until_ns=None):
+        """Why a batch should leave at ``now_ns`` ("full", "budget", "backlog",
+        "timeout"), or None. ``busy_until_ns``: when the asking worker's last
+        batch returned; None (or IDLE) for an idle worker."""
+        cdef int64_t busy = kNotFinished if busy_until_ns is None else <int64_t>busy_until_ns
+        cdef optional[CDispatchReason] r = self.policy.ready(now_ns, busy)
+        if not r.has_value():
+            return None
+        return reason_name(r.value()).decode()
+
+    def pop(self, int64_t now_ns, str reason="timeout"):
+        """Forms the next batch: a list of (call_id, begin, count) spans."""
+        cdef CBatch out
+        cdef size_t s
+        cdef CSpan* span
+        cdef _ModelEntry m
+        self.policy.pop(now_ns, _reason_of(reason), out)
+        spans = []
+        for s in range(out.spans.size()):
+            span = &out.spans[s]
+            m = <_ModelEntry>span.entry.owner
+            if m.entry.taken == m.entry.count:
+                m.queued = False
+            spans.append((m.call_id, span.begin, span.count))
+        return spans
+
+    def remove(self, call_id):
+        """Cancels a call: takes its undispatched items out of the queue and
+        returns how many (0 if none were left), as Scheduler::cancel does."""
+        cdef _ModelEntry m = self.calls[call_id]
+        if not m.queued:
+            return 0
+        m.queued = False
+        cdef uint32_t removed = self.policy.remove(&m.entry)
+        m.entry.taken = m.entry.count
+        return removed
+
+    def taken(self, call_id):
+        """Items of the call dispatched so far (all of them once removed)."""
+        return (<_ModelEntry>self.calls[call_id]).entry.taken
+
+    def next_deadline(self):
+        """When the timeout rule fires next, in ns; NEVER if nothing is queued."""
+        return self.policy.next_deadline()
+
+    def size(self):
+        """Items queued."""
+        return self.policy.size()
+
+    def __len__(self):
+        return self.policy.size()
