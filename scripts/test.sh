@@ -2,7 +2,8 @@
 # The README's test command. On a fresh machine it does all the set-up:
 #   1. builds and installs the package into .venv (scikit-build-core + Cython),
 #      with numpy, torch 2.13.0 and ninja for the inference tests,
-#   2. runs the Python tests against the installed package,
+#   2. runs the Python tests against the installed package, and mypy --strict
+#      on the package and on examples/typed_usage.py (which it also runs),
 #   3. builds the C++ tests and runs them with ctest, plain and under
 #      ThreadSanitizer and AddressSanitizer+UBSan;
 #   4. installs the C++ package to a temporary prefix and builds and runs
@@ -25,6 +26,14 @@ echo "== installing torch==2.13.0 and ninja into .venv"
 echo "== python tests"
 # Run from tests/ so that `import batched` is the installed package, not src/.
 (cd tests && ../.venv/bin/python -m pytest -c ../pyproject.toml --rootdir .. -q "$@")
+
+echo "== mypy (strict): the package, then examples/typed_usage.py against the installed package"
+# src/batched with the .pyi stubs of its compiled modules ([tool.mypy] files);
+# the example from examples/, so that mypy finds the installed batched (which
+# it reads only if the wheel ships py.typed), and runs it.
+.venv/bin/python -m mypy
+(cd examples && ../.venv/bin/python -m mypy --config-file ../pyproject.toml --cache-dir ../build/mypy-example typed_usage.py \
+   && ../.venv/bin/python typed_usage.py)
 
 jobs=$(nproc 2>/dev/null || echo 2)
 for sanitizer in none thread address; do

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import sys
 import threading
@@ -50,6 +51,22 @@ SOAK = os.environ.get("BATCHED_SOAK") == "1"
 TRACED_BOUND = 64 * 1024  # bytes of Python memory between 10% and 100%
 RSS_BOUND = 4 * 1024 * 1024  # bytes of resident memory between 10% and 100%
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _logs_go_out_not_into_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Failed batches are logged with their exception. pytest's log capture
+    keeps every record (and so the exception's frames and the items they
+    refer to) until the test ends; a real handler writes records out and
+    drops them. Log through one of those here, on a logger pytest does not
+    know of, so the logging path is measured too."""
+    import batched._log
+
+    with open(os.devnull, "w") as sink:
+        isolated = logging.Logger("batched")  # not in logging's registry: pytest attaches nothing
+        isolated.addHandler(logging.StreamHandler(sink))
+        monkeypatch.setattr(batched._log, "_logger", isolated)
+        yield
 
 
 def rss() -> int:

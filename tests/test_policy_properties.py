@@ -258,7 +258,7 @@ class Driver:
         elif self.sc.budget and length > self.sc.budget:
             expect = "budget"
         elif busy != IDLE and oldest <= busy:
-            expect = "backlog"
+            expect = "drain"
         elif now >= oldest + self.timeout_ns:
             expect = "timeout"
         else:
@@ -383,7 +383,7 @@ def aging_bound_ns(sc: Scenario, b: Book) -> int:
     X's arrival; with a budget, at most sum(r_i) pops. That count is
     ``prefix_pops``.
     Timing with one worker that runs each batch for D: at a + max_age the
-    worker is either busy (it returns within D and pops at once, by the backlog
+    worker is either busy (it returns within D and pops at once, by the drain
     rule, since the head was queued before it returned) or free (then it pops
     by the head's deadline, at most a + timeout). After that pop, it pops again
     each time it returns, every D. So X's last item leaves by
@@ -473,7 +473,7 @@ def test_model_on_explicit_time() -> None:
     assert m.ready(4_999_999) is None
     assert m.next_deadline() == 5_000_000
     assert m.ready(5_000_000) == "timeout"
-    assert m.ready(10, busy_until_ns=0) == "backlog"
+    assert m.ready(10, busy_until_ns=0) == "drain"
     m.add("b", 6, 1, [1, 2, 3, 4, 5, 6], 10)
     assert m.ready(10) == "full"
     assert m.pop(10, "full") == [("a", 0, 3), ("b", 0, 1)]

@@ -28,7 +28,7 @@ def test_full_batch_leaves_without_waiting_for_the_timeout(submit) -> None:
     proc = submit.make(identity, batch_size=4, timeout_ms=LONG_MS)
     futures = [submit(proc, i) for i in range(4)]
     assert [f.result(TIMEOUT) for f in futures] == [0, 1, 2, 3]
-    assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "backlog": 0}
+    assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "drain": 0}
     proc.shutdown()
 
 
@@ -53,7 +53,7 @@ def test_back_to_back_lone_calls_each_wait_the_timeout(submit) -> None:
         start = time.monotonic()
         assert submit(proc, i).result(TIMEOUT) == i
         assert time.monotonic() - start >= 0.0199
-    assert proc.stats.batches_by_reason["backlog"] == 0
+    assert proc.stats.batches_by_reason["drain"] == 0
     proc.shutdown()
 
 
@@ -110,7 +110,7 @@ def test_backlog_does_not_wait_for_a_long_timeout(submit) -> None:
     gate.open()
     assert [f.result(TIMEOUT) for f in futures] == list(range(64))
     assert late.result(TIMEOUT) == "late"  # would take a minute if it waited the timeout
-    assert proc.stats.batches_by_reason["backlog"] == 1
+    assert proc.stats.batches_by_reason["drain"] == 1
     proc.shutdown()
 
 

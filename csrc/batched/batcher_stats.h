@@ -31,10 +31,13 @@ struct BatcherStats {
   // of the non-zero entries). Size max_batch_size + 1.
   std::vector<std::uint64_t> batch_size_histogram;
   // Indexed by DispatchReason; to_string(reason) gives Python's dict keys
-  // ("full", "timeout", "budget", "backlog").
+  // ("full", "timeout", "budget", "drain").
   std::array<std::uint64_t, kDispatchReasonCount> batches_by_reason{};
-  std::uint64_t failed_batches = 0;  // the batch function threw or returned a wrong size
-  std::uint64_t rejected_items = 0;  // refused with QueueFullError
+  std::uint64_t failed_batches = 0;   // the batch function threw or returned a wrong size
+  std::uint64_t failed_items = 0;     // items of those batches
+  std::uint64_t rejected_items = 0;   // refused with QueueFullError
+  std::uint64_t cancelled_items = 0;  // taken out of the queue before dispatch
+  double oldest_wait_ms = 0.0;        // age of the oldest queued item (0: none queued)
 
   std::uint64_t batches_for(DispatchReason r) const noexcept {
     return batches_by_reason[static_cast<std::size_t>(r)];
@@ -56,7 +59,10 @@ struct BatcherStats {
     out.batch_size_histogram = s.batch_sizes;
     out.batches_by_reason = s.batches_by_reason;
     out.failed_batches = s.failed_batches;
+    out.failed_items = s.failed_items;
     out.rejected_items = s.rejected_items;
+    out.cancelled_items = s.cancelled_items;
+    out.oldest_wait_ms = static_cast<double>(s.oldest_wait_ns) / 1e6;
     return out;
   }
 

@@ -52,7 +52,7 @@ enum class DispatchReason : std::uint8_t {
   kFull = 0,     // batch size reached
   kTimeout = 1,  // the oldest item waited timeout_us
   kBudget = 2,   // max_batch_length reached
-  kBacklog = 3,  // items waited while every worker was busy (SPEC 2.2)
+  kDrain = 3,    // a worker came back and drains what queued while all were busy (SPEC 2.2)
 };
 inline constexpr std::size_t kDispatchReasonCount = 4;
 
@@ -61,7 +61,7 @@ inline const char* to_string(DispatchReason r) noexcept {
     case DispatchReason::kFull: return "full";
     case DispatchReason::kTimeout: return "timeout";
     case DispatchReason::kBudget: return "budget";
-    case DispatchReason::kBacklog: return "backlog";
+    case DispatchReason::kDrain: return "drain";
   }
   return "unknown";
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -18,11 +19,20 @@ class LatencyHistogram {
   static constexpr std::size_t kBuckets = 64 * kSub;
 
   void record(std::int64_t ns, std::uint64_t times = 1) noexcept {
-    counts_[bucket_of(ns < 0 ? 0 : static_cast<std::uint64_t>(ns))] += times;
+    const std::uint64_t v = ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
+    counts_[bucket_of(v)] += times;
     total_ += times;
+    sum_ns_ += static_cast<double>(v) * static_cast<double>(times);
   }
 
   std::uint64_t count() const noexcept { return total_; }
+  // The sum of the recorded durations in ns (for exporters' _sum series).
+  double sum_ns() const noexcept { return sum_ns_; }
+
+  // Bucket b (0 <= b < kBuckets) holds count_at(b) durations in
+  // [lower_bound(b), upper_bound(b)) ns; for exporters that re-bucket.
+  std::uint64_t count_at(std::size_t b) const noexcept { return counts_[b]; }
+  static double upper_bound(std::size_t b) noexcept { return lower_bound(b + 1); }
 
   // The q-quantile (0 < q <= 1) in ns, as the middle of its bucket; 0 if empty.
   double quantile(double q) const noexcept {
@@ -49,12 +59,13 @@ class LatencyHistogram {
     if (b < kSub) return static_cast<double>(b);
     const std::size_t group = b / kSub;  // >= 1
     const std::size_t sub = b % kSub;
-    const double base = static_cast<double>(std::uint64_t{1} << (group + kSubBits - 1));
+    const double base = std::ldexp(1.0, static_cast<int>(group + kSubBits - 1));  // 2^66 at the top: no shift
     return base + base * static_cast<double>(sub) / kSub;
   }
 
   std::array<std::uint64_t, kBuckets> counts_{};
   std::uint64_t total_ = 0;
+  double sum_ns_ = 0.0;
 };
 
 }  // namespace batched

@@ -4,7 +4,7 @@
 //  * ready(now) says whether a batch should leave now, and why:
 //      full     - at least max_batch_size items are queued;
 //      budget   - max_batch_length > 0 and the queued lengths exceed it;
-//      backlog  - the caller is a worker that became free at `busy_until`,
+//      drain    - the caller is a worker that became free at `busy_until`,
 //                 and the oldest item was queued by then: it waited while the
 //                 workers were busy, so it leaves at once (SPEC 2.2);
 //      timeout  - the oldest queued item has waited timeout_us (0: at once).
@@ -70,9 +70,14 @@ class BatchPolicy {
     if (queued_items_ == 0) return std::nullopt;
     if (queued_items_ >= max_batch_size_) return DispatchReason::kFull;
     if (budget_ != 0 && queued_length_ > budget_) return DispatchReason::kBudget;
-    if (fifo_head_->enqueue_ns <= busy_until) return DispatchReason::kBacklog;
+    if (fifo_head_->enqueue_ns <= busy_until) return DispatchReason::kDrain;
     if (now >= next_deadline()) return DispatchReason::kTimeout;
     return std::nullopt;
+  }
+
+  // When the oldest queued item was pushed; kNever if nothing is queued.
+  TimePoint oldest_enqueue_ns() const noexcept {
+    return fifo_head_ == nullptr ? kNever : fifo_head_->enqueue_ns;
   }
 
   TimePoint next_deadline() const noexcept {

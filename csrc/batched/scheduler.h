@@ -101,6 +101,8 @@ class Scheduler {
     const std::uint32_t removed = policy_.remove(e);
     e->taken = e->count;  // nothing of it is queued any more
     queued_.fetch_sub(removed, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> stats_lock(stats_mu_);
+    stats_.cancelled_items += removed;
     return removed;
   }
 
@@ -142,7 +144,7 @@ class Scheduler {
 
   // Moves a ready batch into `out` without blocking; false if none is ready.
   // Like wait_pop, if `out` holds a batch passed to finish_batch, items queued
-  // before it returned count as backlog. For the event-loop driver.
+  // before it returned count as a drain. For the event-loop driver.
   // Thread-safe.
   bool try_pop(Batch& out) {
     const TimePoint busy_until = out.finished_ns;
@@ -166,14 +168,17 @@ class Scheduler {
   }
 
   // Records that a batch taken by wait_pop/try_pop has finished running (its
-  // function took run_ns) and stamps it with the time, for wait_pop's backlog
+  // function took run_ns) and stamps it with the time, for wait_pop's drain
   // rule. Thread-safe.
   void finish_batch(Batch& batch, std::int64_t run_ns, bool failed) {
     batch.finished_ns = clock_.now();
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.total_processed += batch.size;
     stats_.total_batches += 1;
-    stats_.failed_batches += failed ? 1 : 0;
+    if (failed) {
+      stats_.failed_batches += 1;
+      stats_.failed_items += batch.size;
+    }
     stats_.total_run_ns += run_ns;
     stats_.batch_latency.record(run_ns);
   }
@@ -214,10 +219,16 @@ class Scheduler {
   // Racy observer: items pushed and not yet dispatched. Thread-safe.
   std::size_t size_approx() const noexcept { return queued_.load(std::memory_order_relaxed); }
 
-  // A consistent copy of the statistics. Thread-safe; copies about 9 KiB.
+  // A consistent copy of the statistics. Takes the worker mutex briefly (to
+  // find the oldest queued item) and the stats mutex. Thread-safe; copies
+  // about 9 KiB.
   BatchStats stats() const {
-    std::lock_guard<std::mutex> lock(stats_mu_);
+    std::lock_guard<std::mutex> lock(mu_);
+    absorb_inbox();  // the oldest item may not have reached the policy yet
+    const TimePoint oldest = policy_.oldest_enqueue_ns();
+    std::lock_guard<std::mutex> stats_lock(stats_mu_);
     BatchStats s = stats_;
+    s.oldest_wait_ns = oldest == kNever ? 0 : std::max<std::int64_t>(0, clock_.now() - oldest);
     s.queued_items = size_approx();
     s.rejected_items = rejected_.load(std::memory_order_relaxed);
     return s;
@@ -260,8 +271,9 @@ class Scheduler {
     cv_.notify_one();  // after unlocking, so the woken worker does not block on mu_
   }
 
-  // Requires mu_.
-  void absorb_inbox() {
+  // Requires mu_. Const because moving entries from the inbox to the policy
+  // changes no observable state: both hold the queued items.
+  void absorb_inbox() const {
     for (Entry* e = inbox_.take_all(); e != nullptr;) {
       Entry* next = e->inbox_next;
       e->inbox_next = nullptr;
@@ -284,7 +296,7 @@ class Scheduler {
   const BatchOptions options_;
   const Clock clock_;
 
-  MpscInbox<Entry, &Entry::inbox_next> inbox_;
+  mutable MpscInbox<Entry, &Entry::inbox_next> inbox_;  // mutable: see absorb_inbox
   alignas(64) std::atomic<std::uint64_t> gate_{0};     // pushes in progress | kClosedBit
   alignas(64) std::atomic<std::size_t> queued_{0};     // pushed, not yet dispatched
   std::atomic<std::uint64_t> rejected_{0};
@@ -295,7 +307,7 @@ class Scheduler {
   std::condition_variable cv_;
   bool wake_ = false;
   bool closed_ = false;
-  BatchPolicy policy_;
+  mutable BatchPolicy policy_;  // mutable: see absorb_inbox
 
   mutable std::mutex stats_mu_;  // guards stats_; taken after mu_ when both are held
   BatchStats stats_;

@@ -14,6 +14,10 @@ __version__ = "0.2.0"
 
 _LAZY_SUBMODULES = ("aio", "inference", "types", "utils")
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # type checkers see the lazy submodules as attributes
+    from batched import aio, inference, types, utils
+
 
 def __getattr__(name: str) -> object:
     if name in _LAZY_SUBMODULES:

@@ -45,7 +45,13 @@ cdef extern from "batched/entry.h" namespace "batched" nogil:
 cdef extern from "batched/histogram.h" namespace "batched" nogil:
     cdef cppclass CLatencyHistogram "batched::LatencyHistogram":
         uint64_t count()
+        double sum_ns()
         double quantile(double q)
+        uint64_t count_at(size_t b)
+        @staticmethod
+        double upper_bound(size_t b)
+
+    const size_t kHistogramBuckets "batched::LatencyHistogram::kBuckets"
 
 
 cdef extern from "batched/stats.h" namespace "batched" nogil:
@@ -55,7 +61,10 @@ cdef extern from "batched/stats.h" namespace "batched" nogil:
         uint64_t total_processed
         uint64_t total_batches
         uint64_t failed_batches
+        uint64_t failed_items
         uint64_t rejected_items
+        uint64_t cancelled_items
+        int64_t oldest_wait_ns
         int64_t total_run_ns
         uint64_t batches_by_reason[4]
         CLatencyHistogram queue_wait
@@ -153,6 +162,7 @@ cdef class Engine:
     cdef int check_push(self, CPushStatus status, _Call call) except -1
     cdef start_workers(self)
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1
+    cdef int finish_batch(self, CBatch& batch, int64_t run_ns, object error) except -1
     cdef int hand_out(self, CBatch& batch, object outs, object error,
                       CPendingNotifications& to_notify) except -1
     cdef int drive(self, object loop) except -1

@@ -26,6 +26,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sized
 
+from batched._log import logger
 from batched.errors import QueueFullError, ShutdownError
 
 cdef extern from "Python.h":
@@ -195,6 +196,7 @@ cdef class Engine:
         self.running = set()
         self.in_flight = 0
         self.finished_box = None
+        logger().debug("%r: state reset in the child of a fork", self.name)
 
     def __dealloc__(self):
         if self.sched != NULL:
@@ -282,6 +284,8 @@ cdef class Engine:
         if status == kPushOk:
             return 0
         Py_DECREF(c)  # the push did not take it
+        logger().debug("%r refused a call of %d items (%s)", self.name, c.entry.count,
+                       "queue full" if status == kPushQueueFull else "shut down")
         if status == kPushQueueFull and c.entry.count > self.max_queue_size:
             raise QueueFullError(
                 f"a call of {c.entry.count} items can never fit in batch processor "
@@ -385,7 +389,7 @@ cdef class Engine:
         while self.in_flight < self.num_workers:
             box = _BatchBox.__new__(_BatchBox)
             if self.finished_box is not None:
-                # the batch that just returned: its stamp drives the backlog rule
+                # the batch that just returned: its stamp drives the drain rule
                 box.batch.finished_ns = (<_BatchBox>self.finished_box).batch.finished_ns
                 self.finished_box = None
             if not self.sched.try_pop(box.batch):
@@ -448,7 +452,7 @@ cdef class Engine:
                 out = self.read_output(out, box.batch)
             except BaseException as e:
                 error = e
-        self.sched.finish_batch(box.batch, t1 - t0, error is not None)
+        self.finish_batch(box.batch, t1 - t0, error)
         try:
             self.hand_out(box.batch, out, error, none_to_notify)
         except BaseException as e:
@@ -492,6 +496,7 @@ cdef class Engine:
                 t.start()
                 self.threads.append(t)
             self.started = True
+            logger().debug("%r started %d worker thread(s)", self.name, self.num_workers)
 
     def worker_main(self):
         global batched_worker_engine
@@ -530,9 +535,17 @@ cdef class Engine:
         except BaseException as e:  # the worker survives whatever happens here
             error = e
             t1 = monotonic_ns()
-        self.sched.finish_batch(batch, t1 - t0, error is not None)
+        self.finish_batch(batch, t1 - t0, error)
 
         self.hand_out(batch, outs, error, to_notify)
+        return 0
+
+    cdef int finish_batch(self, CBatch& batch, int64_t run_ns, object error) except -1:
+        """Counts a batch that has run (both drivers); logs its failure."""
+        self.sched.finish_batch(batch, run_ns, error is not None)
+        if error is not None:
+            logger().warning("batch function of %r failed on a batch of %d items: %s: %s",
+                             self.name, batch.size, type(error).__name__, error, exc_info=error)
         return 0
 
     cdef int hand_out(self, CBatch& batch, object outs, object error,
@@ -691,6 +704,8 @@ cdef class Engine:
             self.sched.shutdown()
             left = self.sched.drain()
         if left.size():
+            logger().info("%r shut down with %d call(s) still queued: they fail with ShutdownError",
+                          self.name, left.size())
             error = ShutdownError(
                 f"batch processor {self.name!r} was shut down before these items were processed")
             for e in left:
@@ -716,13 +731,20 @@ cdef class Engine:
         """The stats of a processor that has done nothing yet."""
         return {
             "queue_size": 0, "total_processed": 0, "total_batches": 0, "failed_batches": 0,
-            "rejected_items": 0, "total_run_s": 0.0, "queue_wait_ms": (0.0, 0.0, 0.0),
+            "failed_items": 0, "rejected_items": 0, "cancelled_items": 0, "oldest_wait_ms": 0.0,
+            "total_run_s": 0.0, "queue_wait_ms": (0.0, 0.0, 0.0),
             "batch_latency_ms": (0.0, 0.0, 0.0), "batch_size_histogram": {},
             "batches_by_reason": {dispatch_reason_name(r).decode(): 0 for r in range(kDispatchReasonCount)},
         }
 
-    def stats(self):
-        """A consistent snapshot of the scheduler's statistics, as a dict."""
+    def stats(self, latency_bounds_s=None):
+        """A consistent snapshot of the scheduler's statistics, as a dict.
+
+        With ``latency_bounds_s`` (ascending upper bounds in seconds), also
+        "queue_wait" and "batch_latency" as (cumulative counts per bound,
+        sum in seconds, count): the histograms for exporters. A duration
+        counts under the first bound at or above its bucket's upper end, so a
+        count may land one bound late (buckets are 1/8 of a power of two)."""
         cdef CBatchStats s = self.sched.stats()
         sizes = {}
         for n in range(s.batch_sizes.size()):
@@ -731,18 +753,51 @@ cdef class Engine:
         reasons = {}
         for r in range(kDispatchReasonCount):
             reasons[dispatch_reason_name(r).decode()] = s.batches_by_reason[r]
-        return {
+        out = {
             "queue_size": s.queued_items,
             "total_processed": s.total_processed,
             "total_batches": s.total_batches,
             "failed_batches": s.failed_batches,
+            "failed_items": s.failed_items,
             "rejected_items": s.rejected_items,
+            "cancelled_items": s.cancelled_items,
+            "oldest_wait_ms": s.oldest_wait_ns / 1e6,
             "total_run_s": s.total_run_ns / 1e9,
             "queue_wait_ms": tuple(s.queue_wait.quantile(q) / 1e6 for q in (0.5, 0.95, 0.99)),
             "batch_latency_ms": tuple(s.batch_latency.quantile(q) / 1e6 for q in (0.5, 0.95, 0.99)),
             "batch_size_histogram": sizes,
             "batches_by_reason": reasons,
         }
+        if latency_bounds_s is not None:
+            out["queue_wait"] = _rebucket(s.queue_wait, latency_bounds_s)
+            out["batch_latency"] = _rebucket(s.batch_latency, latency_bounds_s)
+        return out
+
+
+def histogram_bounds_s():
+    """The upper bounds (seconds) of the core's latency histogram buckets:
+    stats() at these bounds keeps everything the histograms know."""
+    global _histogram_bounds_s
+    if _histogram_bounds_s is None:
+        _histogram_bounds_s = tuple(CLatencyHistogram.upper_bound(b) / 1e9 for b in range(kHistogramBuckets))
+    return _histogram_bounds_s
+
+_histogram_bounds_s = None
+
+
+cdef tuple _rebucket(CLatencyHistogram& h, bounds_s):
+    """(cumulative counts at each bound, sum in seconds, count) of ``h``."""
+    cdef size_t b = 0
+    cdef uint64_t seen = 0
+    cdef double bound_s
+    counts = []
+    for bound in bounds_s:
+        bound_s = bound
+        while b < kHistogramBuckets and CLatencyHistogram.upper_bound(b) / 1e9 <= bound_s:
+            seen += h.count_at(b)
+            b += 1
+        counts.append(seen)
+    return counts, h.sum_ns() / 1e9, h.count()
 
 
 cdef class _BatchBox:

@@ -20,7 +20,8 @@ module is already loaded, which it is when the caller has made one.
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.ref cimport Py_REFCNT
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport int64_t, uint32_t, uintptr_t
+from cpython cimport array as carray
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy
 from libcpp.vector cimport vector
 
@@ -257,6 +258,8 @@ cdef class Padder:
     cdef object lock
     cdef list arenas                   # uint8 arrays that numpy outputs are views of, for reuse
     cdef object arenas_lock
+    cdef uint64_t real_steps           # steps of the callers' rows in collated batches (first feature)
+    cdef uint64_t padded_steps         # steps of those batches once padded
 
     def __init__(self, str name, pad_tokens, str padding_side, *, device=None,
                  pad_to_multiple_of=None, batch_size_buckets=None, bint spread_kwargs=False,
@@ -503,6 +506,16 @@ cdef class Padder:
                 return b
         return n
 
+    def padding_efficiency(self):
+        """Steps of the callers' rows / steps of the padded batches (first
+        feature), over every batch collated since the last reset; None before
+        the first."""
+        return self.real_steps / self.padded_steps if self.padded_steps else None
+
+    def reset_counts(self):
+        self.real_steps = 0
+        self.padded_steps = 0
+
     cdef int64_t padded_length(self, int64_t longest):
         if self.pad_to_multiple_of is None:
             return longest
@@ -514,12 +527,26 @@ cdef class Padder:
         a dict of arrays [rows, max length, ...]: numpy if the calls gave numpy
         (and no ``device``), else torch on the target device."""
         cdef Py_ssize_t n = 0
+        cdef Py_ssize_t i, first, count
+        cdef uint64_t real = 0
+        cdef uint32_t longest = 0, length
+        cdef carray.array lengths
         for span in spans:
-            n += <Py_ssize_t>span[2]
+            lengths = (<Rows>span[0]).lengths
+            first = span[1]
+            count = span[2]
+            n += count
+            for i in range(first, first + count):
+                length = lengths.data.as_uints[i]
+                real += length
+                if length > longest:
+                    longest = length
         cdef Py_ssize_t padded = self.padded_rows(n)
+        # with the GIL held: counts of concurrent workers' batches do not mix
+        self.real_steps += real
+        self.padded_steps += <uint64_t>padded * <uint64_t>self.padded_length(longest)
         cdef bint on_host = (<Rows>spans[0][0]).on_host
         out = {}
-        cdef Py_ssize_t i
         for i in range(len(self.schema.specs)):
             spec = self.schema.specs[i]
             if not on_host:

@@ -72,12 +72,21 @@ class BatchProcessorStats:
     batch_latency_ms: Percentiles = field(default_factory=Percentiles)
     #: batch size -> batches dispatched with that size
     batch_size_histogram: dict[int, int] = field(default_factory=dict)
-    #: why batches left the queue: full, timeout, budget, backlog -> batches
+    #: why batches left the queue: full, timeout, budget, drain -> batches
     batches_by_reason: dict[str, int] = field(default_factory=dict)
     #: batches whose function raised or returned a wrong result
     failed_batches: int = 0
+    #: items of those batches (their callers got the batch's error)
+    failed_items: int = 0
     #: items refused with QueueFullError
     rejected_items: int = 0
+    #: items taken out of the queue because their caller was cancelled
+    cancelled_items: int = 0
+    #: how long the oldest item still queued has waited (0.0: none queued)
+    oldest_wait_ms: float = 0.0
+    #: inference processors: real rows' steps / steps of the padded batches
+    #: (1.0: no padding at all); None for other processors or before a batch
+    padding_efficiency: Optional[float] = None
 
     def update(self, batch_size: int, processing_time: float) -> None:
         """Adds one batch (0.1.5 API; processors keep their counts in the core)."""
@@ -91,7 +100,12 @@ class BatchProcessorStats:
         return replace(self, queue_size=queue_size, cache_stats=cache_stats)
 
     @classmethod
-    def _from_core(cls, s: dict[str, Any], cache_stats: Optional[CacheStats] = None) -> BatchProcessorStats:
+    def _from_core(
+        cls,
+        s: dict[str, Any],
+        cache_stats: Optional[CacheStats] = None,
+        padding_efficiency: Optional[float] = None,
+    ) -> BatchProcessorStats:
         batches = s["total_batches"]
         return cls(
             queue_size=s["queue_size"],
@@ -105,5 +119,9 @@ class BatchProcessorStats:
             batch_size_histogram=s["batch_size_histogram"],
             batches_by_reason=s["batches_by_reason"],
             failed_batches=s["failed_batches"],
+            failed_items=s["failed_items"],
             rejected_items=s["rejected_items"],
+            cancelled_items=s["cancelled_items"],
+            oldest_wait_ms=s["oldest_wait_ms"],
+            padding_efficiency=padding_efficiency,
         )

@@ -20,7 +20,7 @@ cdef extern from "batched/entry.h" namespace "batched" nogil:
         kFull "batched::DispatchReason::kFull"
         kTimeout "batched::DispatchReason::kTimeout"
         kBudget "batched::DispatchReason::kBudget"
-        kBacklog "batched::DispatchReason::kBacklog"
+        kDrain "batched::DispatchReason::kDrain"
 
     const int64_t kNotFinished "batched::Batch::kNotFinished"
     const char* reason_name "batched::to_string" (CDispatchReason r)
@@ -50,8 +50,8 @@ cdef CDispatchReason _reason_of(str name) except *:
         return CDispatchReason.kTimeout
     if name == "budget":
         return CDispatchReason.kBudget
-    if name == "backlog":
-        return CDispatchReason.kBacklog
+    if name == "drain":
+        return CDispatchReason.kDrain
     raise ValueError(f"unknown dispatch reason {name!r}")
 
 
@@ -125,7 +125,7 @@ cdef class PolicyModel:
         m.queued = True
 
     def ready(self, int64_t now_ns, busy_until_ns=None):
-        """Why a batch should leave at ``now_ns`` ("full", "budget", "backlog",
+        """Why a batch should leave at ``now_ns`` ("full", "budget", "drain",
         "timeout"), or None. ``busy_until_ns``: when the asking worker's last
         batch returned; None (or IDLE) for an idle worker."""
         cdef int64_t busy = kNotFinished if busy_until_ns is None else <int64_t>busy_until_ns

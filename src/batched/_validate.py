@@ -20,7 +20,7 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return value  # type: ignore[no-any-return]
 
 
 def optional_positive_int(name: str, value: Any) -> Optional[int]:

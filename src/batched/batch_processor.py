@@ -10,17 +10,27 @@ from batched._core import Engine
 from batched.decorator import dynamic_batch
 
 # typing is not imported at run time: it alone would double the import time.
+# Type checkers see typing.Generic, overloads and type variables; at run time
+# Generic is a stand-in and the type variables are None.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional, Union
+    from collections.abc import Sequence
+    from typing import Any, Callable, Generic, Optional, Union, overload
+
+    from typing_extensions import Unpack
 
     from batched._stats import BatchProcessorStats
-    from batched.types import BatchFunc, T, U
+    from batched._typing import Decorator, ItemsFn, ItemsMethod, Options, PerInstance, S
+    from batched.types import T, U
+else:
+    from batched.decorator import RuntimeGeneric as Generic
+
+    T = U = None
 
 _asyncio = None  # imported on the first acall: asyncio is slow to import
 
 
-class BatchProcessor:
+class BatchProcessor(Generic[T, U]):
     """Batches the calls of many threads into calls of ``batch_func``.
 
     ``batch_func`` takes a list of items and returns one result per item. Each
@@ -29,12 +39,22 @@ class BatchProcessor:
     Batching runs in the C++ core; ``num_workers`` threads call ``batch_func``.
     """
 
-    # BatchProcessor[T, U] in annotations, without typing.Generic.
-    __class_getitem__ = classmethod(GenericAlias)
+    if not TYPE_CHECKING:
+        # BatchProcessor[T, U] in annotations, without typing.Generic.
+        __class_getitem__ = classmethod(GenericAlias)
+
+    # Set by _validate.common_options.
+    batch_func: Callable[..., Any]
+    batch_size: int
+    timeout_ms: float
+    small_batch_threshold: int
+    max_queue_size: Optional[int]
+    num_workers: int
+    aging_ms: float
 
     def __init__(
         self,
-        _func: BatchFunc[T, U],
+        _func: ItemsFn[T, U],
         batch_size: int = 32,
         timeout_ms: float = 5.0,
         small_batch_threshold: int = 8,
@@ -63,10 +83,24 @@ class BatchProcessor:
         """Front-end specific options of the engine (see make_engine)."""
         return {}
 
+    if TYPE_CHECKING:
+        # A list is always several items (as at run time), so list[T] goes first.
+        @overload
+        def __call__(self, items: list[T]) -> list[U]: ...
+        @overload
+        def __call__(self, items: T) -> U: ...
+
     def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """Processes one item (returns its result) or a list (returns a list, same order)."""
-        return self._engine.call(items)
+        return self._engine.call(items)  # type: ignore[no-any-return]
 
+
+    if TYPE_CHECKING:
+
+        @overload
+        async def acall(self, item: list[T]) -> list[U]: ...
+        @overload
+        async def acall(self, item: T) -> U: ...
 
     async def acall(self, item: Union[T, list[T]]) -> Union[U, list[U]]:
         """Like calling the processor, but awaits the results on the running event loop.
@@ -77,14 +111,21 @@ class BatchProcessor:
         global _asyncio
         if _asyncio is None:
             import asyncio as _asyncio  # noqa: PLC0415
-        return await await_call(self._engine, item, _asyncio)
+        return await await_call(self._engine, item, _asyncio)  # type: ignore[no-any-return]
 
     @property
     def stats(self) -> BatchProcessorStats:
         """A consistent snapshot of the statistics (cheap: no lock shared with callers)."""
         from batched._stats import BatchProcessorStats  # noqa: PLC0415 - dataclasses is slow to import
 
-        return BatchProcessorStats._from_core(self._engine.stats())
+        return BatchProcessorStats._from_core(self._snapshot(), padding_efficiency=self._padding_efficiency())
+
+    def _snapshot(self, latency_bounds_s: Optional[Sequence[float]] = None) -> dict[str, Any]:
+        """The core's statistics as a dict (see Engine.stats); for stats and exporters."""
+        return self._engine.stats(latency_bounds_s)
+
+    def _padding_efficiency(self) -> Optional[float]:
+        return None  # inference processors: see PaddingOptions
 
     def clear_stats(self) -> None:
         """Sets the statistics back to zero."""
@@ -144,8 +185,40 @@ async def await_record(call: Any, asyncio: Any) -> Any:
         raise
 
 
+if TYPE_CHECKING:
+    # Bare (@dynamically) on a function or a method, or with options
+    # (@dynamically(batch_size=64)): a decorator for either.
+    @overload
+    def dynamically(
+        func: ItemsFn[T, U],
+        /,
+        batch_size: int = 32,
+        timeout_ms: float = 5.0,
+        small_batch_threshold: int = 8,
+        **options: Unpack[Options],
+    ) -> BatchProcessor[T, U]: ...
+    @overload
+    def dynamically(
+        func: ItemsMethod[S, T, U],
+        /,
+        batch_size: int = 32,
+        timeout_ms: float = 5.0,
+        small_batch_threshold: int = 8,
+        **options: Unpack[Options],
+    ) -> PerInstance[S, BatchProcessor[T, U]]: ...
+    @overload
+    def dynamically(
+        func: None = None,
+        /,
+        batch_size: int = 32,
+        timeout_ms: float = 5.0,
+        small_batch_threshold: int = 8,
+        **options: Unpack[Options],
+    ) -> Decorator: ...
+
+
 def dynamically(
-    func: Optional[BatchFunc[T, U]] = None,
+    func: Optional[Callable[..., Any]] = None,
     /,
     batch_size: int = 32,
     timeout_ms: float = 5.0,
@@ -162,7 +235,7 @@ def dynamically(
     """
     _validate.at_decoration(batch_size, timeout_ms)
 
-    def make_processor(f: Callable[..., Any]) -> BatchProcessor:
+    def make_processor(f: Callable[..., Any]) -> BatchProcessor[Any, Any]:
         return BatchProcessor(
             f,
             batch_size,

@@ -272,6 +272,9 @@ def _warn_once(reason: str) -> None:
     if _warned:
         return
     _warned = True
+    from batched._log import logger  # noqa: PLC0415
+
+    logger().warning("torch_ops: native pad_stack op unavailable (%s); using the pure-torch fallback", reason)
     warnings.warn(
         f"batched.torch_ops: the native pad_stack op could not be built ({reason}); "
         "using the slower pure-torch fallback. Run `python -m batched.torch_ops -v` for details.",

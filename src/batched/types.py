@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # numpy and torch are never imported by batched itself at imp
 
 T = TypeVar("T")
 U = TypeVar("U")
+_Key = TypeVar("_Key", contravariant=True)  # AsyncCache only takes keys
 
 BatchFunc = Callable[[list[T]], list[U]]
 NDArrayOrTensor = TypeVar("NDArrayOrTensor", "np.ndarray", "torch.Tensor")
@@ -35,12 +36,12 @@ class PriorityStrategy(int, Enum):
 
 
 @runtime_checkable
-class AsyncCache(Protocol, Generic[T, U]):
+class AsyncCache(Protocol, Generic[_Key, U]):
     """What an aio processor's ``cache`` must provide."""
 
-    async def get(self, key: T) -> Optional[U]: ...
+    async def get(self, key: _Key) -> Optional[U]: ...
 
-    async def set(self, key: T, value: U) -> None: ...
+    async def set(self, key: _Key, value: U) -> None: ...
 
     async def clear(self) -> None: ...
 

@@ -70,6 +70,24 @@ TEST(histogram_quantiles_within_bucket_precision) {
   CHECK(near(h.quantile(0.99), 990000));
   h.record(5, 3);
   CHECK_EQ(h.count(), 1003u);
+  CHECK_EQ(h.sum_ns(), 500500.0 * 1000 + 15);
+}
+
+TEST(histogram_buckets_cover_every_recorded_value) {
+  LatencyHistogram h;
+  const std::int64_t values[] = {0, 7, 8, 1000, 123456, 5000000000};
+  for (std::int64_t v : values) h.record(v);
+  std::uint64_t seen = 0;
+  for (std::size_t b = 0; b < LatencyHistogram::kBuckets; ++b) {
+    for (std::int64_t v : values) {
+      // each value lies in exactly the bucket that counts it
+      const bool inside = (b == 0 ? 0.0 : LatencyHistogram::upper_bound(b - 1)) <= static_cast<double>(v) &&
+                          static_cast<double>(v) < LatencyHistogram::upper_bound(b);
+      if (inside) CHECK(h.count_at(b) >= 1u);
+    }
+    seen += h.count_at(b);
+  }
+  CHECK_EQ(seen, 6u);
 }
 
 TEST_MAIN()

@@ -73,7 +73,7 @@ TEST(items_that_waited_for_a_busy_worker_leave_when_it_returns) {
   Entry a = make(1, 0, 10);
   p.add(&a);
   CHECK(!p.ready(20, Batch::kNotFinished).has_value());  // an idle worker waits the timeout
-  CHECK(p.ready(20, 15) == DispatchReason::kBacklog);      // queued at 10, worker busy until 15
+  CHECK(p.ready(20, 15) == DispatchReason::kDrain);      // queued at 10, worker busy until 15
   CHECK(!p.ready(20, 9).has_value());                      // queued after the batch returned: not backlog
 }
 

@@ -234,8 +234,35 @@ TEST(cancel_removes_only_undispatched_items) {
   CHECK_EQ(out.size, 1u);
   CHECK(out.spans[0].entry == &c);
   CHECK_EQ(s.cancel(&c), 0u);  // already dispatched
+  CHECK_EQ(s.stats().cancelled_items, 4u);  // 2 of b, 2 of a
   s.shutdown();
   CHECK(s.drain().empty());
+}
+
+TEST(stats_report_the_oldest_wait_failures_and_histogram_sums) {
+  FakeClock clock;
+  Scheduler<FakeClock> s(opts(2, 10000), clock);
+  CHECK_EQ(s.stats().oldest_wait_ns, 0);  // nothing queued
+  Entry a = make(1), b = make(1), c = make(1);
+  CHECK(s.try_push(&a) == PushStatus::kOk);
+  clock.advance_us(300);
+  CHECK(s.try_push(&b) == PushStatus::kOk);
+  clock.advance_us(200);
+  // Still in the inbox (no worker looked yet): the snapshot finds it anyway.
+  CHECK_EQ(s.stats().oldest_wait_ns, 500000);
+  Batch out;
+  CHECK(s.try_pop(out));  // full: a and b
+  CHECK(s.try_push(&c) == PushStatus::kOk);
+  clock.advance_us(40);
+  CHECK_EQ(s.stats().oldest_wait_ns, 40000);  // c, the only one left
+  s.finish_batch(out, 7000, /*failed=*/true);
+  const BatchStats st = s.stats();
+  CHECK_EQ(st.failed_batches, 1u);
+  CHECK_EQ(st.failed_items, 2u);
+  CHECK_EQ(st.queue_wait.sum_ns(), 500000.0 + 200000.0);  // a waited 500 us, b 200 us
+  CHECK_EQ(st.batch_latency.sum_ns(), 7000.0);
+  s.shutdown();
+  CHECK_EQ(s.drain().size(), 1u);
 }
 
 TEST(budget_dispatch_through_the_scheduler) {

@@ -23,21 +23,29 @@ import weakref
 from types import GenericAlias
 
 from batched import _validate
-from batched._core import Engine
+from batched._core import Engine, histogram_bounds_s
 from batched.batch_processor import await_call, make_engine
 from batched.decorator import _is_coroutine_function, dynamic_batch
 from batched.types import AsyncCache, BatchProcessorStats, PriorityStrategy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional, Union
+    from collections.abc import Sequence
+    from typing import Any, Callable, Generic, Optional, Union, overload
 
-    from batched.types import BatchFunc, T, U
+    from typing_extensions import Unpack
+
+    from batched._typing import AsyncDecorator, AsyncItemsFn, AsyncItemsMethod, AsyncOptions, PerInstance, S
+    from batched.types import T, U
+else:
+    from batched.decorator import RuntimeGeneric as Generic
+
+    T = U = None  # type variables: for type checkers only
 
 _warned_batch_item_cls = False
 
 
-class AsyncBatchProcessor:
+class AsyncBatchProcessor(Generic[T, U]):
     """Batches the awaited calls of many tasks into calls of ``func``.
 
     ``func`` takes a list of items and returns (or, if async, returns when
@@ -45,11 +53,22 @@ class AsyncBatchProcessor:
     result; ``await processor([a, b])`` a list in the same order.
     """
 
-    __class_getitem__ = classmethod(GenericAlias)
+    if not TYPE_CHECKING:
+        __class_getitem__ = classmethod(GenericAlias)
+
+    # Set by _validate.common_options.
+    batch_func: Callable[..., Any]
+    batch_size: int
+    timeout_ms: float
+    small_batch_threshold: int
+    max_queue_size: Optional[int]
+    num_workers: int
+    aging_ms: float
+    cache: Optional[AsyncCache[T, U]]
 
     def __init__(
         self,
-        func: BatchFunc[T, U],
+        func: AsyncItemsFn[T, U],
         *,
         batch_size: int = 32,
         timeout_ms: float = 5.0,
@@ -121,7 +140,7 @@ class AsyncBatchProcessor:
             return self._engine
         last_loop, last_engine = self._last  # one read: a consistent pair
         if last_loop() is loop:  # the common case: one loop, asked again
-            return last_engine  # type: ignore[no-any-return]
+            return last_engine  # type: ignore[return-value]
         with self._lookup_lock:  # callers on several threads' loops
             key = weakref.ref(loop)
             engine = self._loop_engines.get(key)
@@ -139,18 +158,26 @@ class AsyncBatchProcessor:
         for key, engine in list(self._loop_engines.items()):
             loop = key()
             if loop is None or loop.is_closed():
-                self._retired = [_merge_stats([*self._retired, engine.stats()])]
+                # at the finest bounds, so exporters' histograms keep its counts
+                self._retired = [_merge_stats([*self._retired, engine.stats(histogram_bounds_s())])]
                 engine.shutdown(False)
                 del self._loop_engines[key]
 
     def _engines(self) -> list[Engine]:
         return self._engines_ref()()
 
+    if TYPE_CHECKING:
+        # A list is always several items (as at run time), so list[T] goes first.
+        @overload
+        async def __call__(self, items: list[T]) -> list[U]: ...
+        @overload
+        async def __call__(self, items: T) -> U: ...
+
     async def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """The result of one item, or the list of results of a list of items."""
         if self.cache is None:
-            return await await_call(self._engine_for(asyncio.get_running_loop()), items, asyncio)
-        return await self._call_through_cache(items, asyncio.get_running_loop())
+            return await await_call(self._engine_for(asyncio.get_running_loop()), items, asyncio)  # type: ignore[no-any-return]
+        return await self._call_through_cache(items, asyncio.get_running_loop())  # type: ignore[no-any-return]
 
     async def _call_through_cache(self, items: Any, loop: asyncio.AbstractEventLoop) -> Any:
         # Cached items never enter the queue; the others are batched, then cached.
@@ -177,8 +204,15 @@ class AsyncBatchProcessor:
         several loops, counts and histograms are summed over the loops' queues
         and each percentile is the largest of theirs."""
         cache_stats = self.cache.stats() if self.cache is not None else None
-        parts = self._retired + [e.stats() for e in self._engines()]
-        return BatchProcessorStats._from_core(_merge_stats(parts), cache_stats)
+        return BatchProcessorStats._from_core(self._snapshot(), cache_stats, self._padding_efficiency())
+
+    def _snapshot(self, latency_bounds_s: Optional[Sequence[float]] = None) -> dict[str, Any]:
+        """The merged statistics of every loop's queue, as a dict (see Engine.stats)."""
+        retired = [_at_bounds(r, latency_bounds_s) for r in self._retired]
+        return _merge_stats(retired + [e.stats(latency_bounds_s) for e in self._engines()])
+
+    def _padding_efficiency(self) -> Optional[float]:
+        return None  # inference processors: see PaddingOptions
 
     def clear_stats(self) -> None:
         """Sets the statistics back to zero (0.1.5 API)."""
@@ -206,14 +240,44 @@ def _shutdown_all(engines: Callable[[], list[Engine]], wait: bool) -> None:
         engine.shutdown(wait)
 
 
+def _at_bounds(stats: dict[str, Any], bounds_s: Optional[Sequence[float]]) -> dict[str, Any]:
+    """A retired snapshot (histograms at the core's own bucket bounds) with
+    its histograms at ``bounds_s``, or none if None."""
+    out = dict(stats)
+    fine = histogram_bounds_s()
+    for key in ("queue_wait", "batch_latency"):
+        counts, total_s, count = out.pop(key)
+        if bounds_s is not None:
+            # the cumulative count at the last core bound within each bound, as Engine.stats counts
+            at, i, seen = [], 0, 0
+            for bound in bounds_s:
+                while i < len(fine) and fine[i] <= bound:
+                    seen = counts[i]
+                    i += 1
+                at.append(seen)
+            out[key] = (at, total_s, count)
+    return out
+
+
 def _merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if not parts:
         return Engine.empty_stats()
     if len(parts) == 1:
         return parts[0]
     merged = dict(parts[0])
-    for key in ("queue_size", "total_processed", "total_batches", "failed_batches", "rejected_items", "total_run_s"):
+    for key in ("queue_size", "total_processed", "total_batches", "failed_batches", "failed_items",
+                "rejected_items", "cancelled_items", "total_run_s"):
         merged[key] = sum(p[key] for p in parts)
+    merged["oldest_wait_ms"] = max(p["oldest_wait_ms"] for p in parts)
+    for key in ("queue_wait", "batch_latency"):  # exporters' histograms, when asked for
+        # (closed loops' retired snapshots have none: their counts leave these)
+        hists = [p[key] for p in parts if key in p]
+        if hists:
+            merged[key] = (
+                [sum(counts) for counts in zip(*(h[0] for h in hists))],
+                sum(h[1] for h in hists),
+                sum(h[2] for h in hists),
+            )
     for key in ("queue_wait_ms", "batch_latency_ms"):
         merged[key] = tuple(max(p[key][i] for p in parts) for i in range(3))
     for key in ("batch_size_histogram", "batches_by_reason"):
@@ -236,8 +300,21 @@ def _warn_batch_item_cls_once() -> None:
         )
 
 
+if TYPE_CHECKING:
+    # Bare (@aio.dynamically) on a function or a method, plain or async def,
+    # or with options (@aio.dynamically(batch_size=64)): a decorator for either.
+    @overload
+    def dynamically(func: AsyncItemsFn[T, U], /, **options: Unpack[AsyncOptions]) -> AsyncBatchProcessor[T, U]: ...
+    @overload
+    def dynamically(
+        func: AsyncItemsMethod[S, T, U], /, **options: Unpack[AsyncOptions]
+    ) -> PerInstance[S, AsyncBatchProcessor[T, U]]: ...
+    @overload
+    def dynamically(func: None = None, /, **options: Unpack[AsyncOptions]) -> AsyncDecorator: ...
+
+
 def dynamically(
-    func: Optional[BatchFunc[T, U]] = None,
+    func: Optional[Callable[..., Any]] = None,
     /,
     *,
     batch_size: int = 32,
@@ -245,7 +322,7 @@ def dynamically(
     small_batch_threshold: int = 8,
     max_batch_length: Optional[int] = None,
     priority_strategy: PriorityStrategy = PriorityStrategy.NONE,
-    cache: Optional[AsyncCache[T, U]] = None,
+    cache: Optional[AsyncCache[Any, Any]] = None,
     batch_item_cls: Any = None,
     max_queue_size: Optional[int] = None,
     num_workers: int = 1,
@@ -258,7 +335,7 @@ def dynamically(
     """
     _validate.at_decoration(batch_size, timeout_ms)
 
-    def make_processor(f: Callable[..., Any]) -> AsyncBatchProcessor:
+    def make_processor(f: Callable[..., Any]) -> AsyncBatchProcessor[Any, Any]:
         return AsyncBatchProcessor(
             f,
             batch_size=batch_size,

@@ -19,11 +19,29 @@ from batched.decorator import _is_coroutine_function, dynamic_batch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable, Optional, Union
+    from typing import Any, Callable, Iterable, Optional, Union, overload
 
+    from typing_extensions import Unpack
+
+    from typing import Literal
+
+    from batched._typing import (
+        Features,
+        MethodLike,
+        ModelDecorator,
+        ModelFn,
+        ModelMethod,
+        ModelOptions,
+        PerInstance,
+        R,
+        S,
+        SpreadModelDecorator,
+    )
     from batched.types import Feature
+else:
+    R = Features = None  # for type checkers only
 
-_asyncio = None
+_asyncio: Any = None
 
 
 class PaddingOptions:
@@ -42,10 +60,18 @@ class PaddingOptions:
 
     @property
     def spread_kwargs(self) -> bool:
-        return self._padder.spread_kwargs  # type: ignore[no-any-return]
+        return self._padder.spread_kwargs
+
+    def _padding_efficiency(self) -> Optional[float]:
+        return self._padder.padding_efficiency()
+
+    def clear_stats(self) -> None:
+        """Sets the statistics back to zero, padding efficiency included."""
+        self._padder.reset_counts()
+        super().clear_stats()  # type: ignore[misc]
 
 
-class ModelBatchProcessor(PaddingOptions, BatchProcessor):
+class ModelBatchProcessor(PaddingOptions, BatchProcessor[Features, R]):
     """Batches the calls of many threads into calls of a model.
 
     ``_func`` takes a dict of padded features ``{name: [rows, max length, ...]}``
@@ -69,7 +95,7 @@ class ModelBatchProcessor(PaddingOptions, BatchProcessor):
 
     def __init__(
         self,
-        _func: Callable[..., Any],
+        _func: Callable[..., R],
         batch_size: int = 32,
         timeout_ms: float = 5.0,
         small_batch_threshold: int = 8,
@@ -99,7 +125,7 @@ class ModelBatchProcessor(PaddingOptions, BatchProcessor):
         )
         self.max_batch_length = _validate.optional_positive_int("max_batch_length", max_batch_length)
         super().__init__(
-            _func,
+            _func,  # type: ignore[arg-type]  # a model function, called through the padder
             batch_size,
             timeout_ms,
             small_batch_threshold,
@@ -111,20 +137,34 @@ class ModelBatchProcessor(PaddingOptions, BatchProcessor):
     def _engine_options(self) -> dict[str, Any]:
         return {**engine_options(self, self._padder), "max_batch_length": self.max_batch_length}
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    if TYPE_CHECKING:
+        # model(features) or model(**features) -> this call's rows of the output (R).
+        @overload  # type: ignore[override]
+        def __call__(self, features: Features, /) -> R: ...
+        @overload
+        def __call__(self, **features: Feature) -> R: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Runs the model on these features (a dict, or keyword arguments) and
         returns this call's rows of its output, in the output's structure."""
         rows = self._padder.request(features_of(args, kwargs))
-        return self._padder.join(self._engine.call_rows(rows))
+        return self._padder.join(self._engine.call_rows(rows))  # type: ignore[no-any-return]
 
-    async def acall(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    if TYPE_CHECKING:
+
+        @overload  # type: ignore[override]
+        async def acall(self, features: Features, /) -> R: ...
+        @overload
+        async def acall(self, **features: Feature) -> R: ...
+
+    async def acall(self, *args: Any, **kwargs: Any) -> R:
         """Like calling the processor, but awaits the output on the running event loop."""
         global _asyncio
         if _asyncio is None:
             import asyncio as _asyncio  # noqa: PLC0415
         rows = self._padder.request(features_of(args, kwargs))
         call = self._engine.submit_rows_async(rows, _asyncio.get_running_loop())
-        return self._padder.join(await await_record(call, _asyncio))
+        return self._padder.join(await await_record(call, _asyncio))  # type: ignore[no-any-return]
 
 
 
@@ -203,6 +243,37 @@ def engine_options(processor: Any, padder: Padder) -> dict[str, Any]:
     return {"fn": fn, "collator": padder}
 
 
+if TYPE_CHECKING:
+    # Bare (@inference.dynamically) on a function or a method, or with options:
+    # a decorator for either. R is the model's output. The function takes the
+    # padded features as one dict; with spread_kwargs, as keyword arguments (a
+    # method is then told by its first parameter, named self).
+    @overload
+    def dynamically(
+        func: ModelFn[R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptions]
+    ) -> ModelBatchProcessor[R]: ...
+    @overload
+    def dynamically(
+        func: ModelMethod[S, R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptions]
+    ) -> PerInstance[S, ModelBatchProcessor[R]]: ...
+    @overload
+    def dynamically(
+        func: MethodLike[S, R], /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptions]
+    ) -> PerInstance[S, ModelBatchProcessor[R]]: ...
+    @overload
+    def dynamically(
+        func: Callable[..., R], /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptions]
+    ) -> ModelBatchProcessor[R]: ...
+    @overload
+    def dynamically(
+        func: None = None, /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptions]
+    ) -> ModelDecorator: ...
+    @overload
+    def dynamically(
+        func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptions]
+    ) -> SpreadModelDecorator: ...
+
+
 def dynamically(
     func: Optional[Callable[..., Any]] = None,
     /,
@@ -237,9 +308,9 @@ def dynamically(
         batch_size_buckets=batch_size_buckets,
     )
     _validate.at_decoration(batch_size, timeout_ms)
-    make_padder(None, batch_size, **options)  # type: ignore[arg-type]
+    make_padder(None, batch_size, **options)
 
-    def make_processor(f: Callable[..., Any]) -> ModelBatchProcessor:
+    def make_processor(f: Callable[..., Any]) -> ModelBatchProcessor[Any]:
         return ModelBatchProcessor(
             f,
             batch_size,

@@ -16,13 +16,31 @@ from batched.types import PriorityStrategy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-    from typing import Any, Callable, Optional, Union
+    from collections.abc import Awaitable, Iterable, Mapping
+    from typing import Any, Callable, Optional, Union, overload
 
-    from batched.types import AsyncCache
+    from typing_extensions import Unpack
+
+    from typing import Literal
+
+    from batched._typing import (
+        AsyncModelDecorator,
+        AsyncModelOptions,
+        AsyncSpreadModelDecorator,
+        Features,
+        MethodLike,
+        ModelFn,
+        ModelMethod,
+        PerInstance,
+        R,
+        S,
+    )
+    from batched.types import AsyncCache, Feature
+else:
+    R = Features = None  # for type checkers only
 
 
-class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor):
+class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R]):
     """Batches the awaited calls of many tasks into calls of a model.
 
     ``await processor(features)`` (or ``processor(**features)``) gives this
@@ -31,6 +49,25 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor):
     ``max_batch_length`` counts row lengths (of the first feature). With a
     ``cache``, a call's whole feature dict is the key.
     """
+
+    if TYPE_CHECKING:
+        # An async def model gives R = what it returns when awaited.
+        @overload
+        def __init__(
+            self: AsyncModelBatchProcessor[R],
+            _func: Callable[..., Awaitable[R]],
+            *,
+            spread_kwargs: bool = False,
+            **options: Unpack[AsyncModelOptions],
+        ) -> None: ...
+        @overload
+        def __init__(
+            self: AsyncModelBatchProcessor[R],
+            _func: Callable[..., R],
+            *,
+            spread_kwargs: bool = False,
+            **options: Unpack[AsyncModelOptions],
+        ) -> None: ...
 
     def __init__(
         self,
@@ -82,7 +119,14 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor):
     def _engine_options(self) -> dict[str, Any]:
         return engine_options(self, self._padder)
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    if TYPE_CHECKING:
+        # await model(features) or await model(**features) -> this call's rows of the output (R).
+        @overload  # type: ignore[override]
+        async def __call__(self, features: Features, /) -> R: ...
+        @overload
+        async def __call__(self, **features: Feature) -> R: ...
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> R:
         """This call's rows of the model's output for these features."""
         features = features_of(args, kwargs)
         if self.cache is not None:
@@ -95,7 +139,57 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor):
         result = self._padder.join(await await_record(call, asyncio))
         if self.cache is not None:
             await self.cache.set(features, result)
-        return result
+        return result  # type: ignore[no-any-return]
+
+
+if TYPE_CHECKING:
+    # Bare (@aio.inference.dynamically) on a function or a method, plain or
+    # async def, or with options: a decorator for either. R is the model's
+    # output (awaited, for an async def). See batched.inference.dynamically.
+    @overload
+    def dynamically(
+        func: ModelFn[Awaitable[R]], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+    ) -> AsyncModelBatchProcessor[R]: ...
+    @overload
+    def dynamically(
+        func: ModelFn[R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+    ) -> AsyncModelBatchProcessor[R]: ...
+    @overload
+    def dynamically(
+        func: ModelMethod[S, Awaitable[R]],
+        /,
+        *,
+        spread_kwargs: Literal[False] = False,
+        **options: Unpack[AsyncModelOptions],
+    ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+    @overload
+    def dynamically(
+        func: ModelMethod[S, R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+    ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+    @overload
+    def dynamically(  # type: ignore[overload-overlap]
+        func: MethodLike[S, Awaitable[R]], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+    ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+    @overload
+    def dynamically(
+        func: MethodLike[S, R], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+    ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+    @overload
+    def dynamically(
+        func: Callable[..., Awaitable[R]], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+    ) -> AsyncModelBatchProcessor[R]: ...
+    @overload
+    def dynamically(
+        func: Callable[..., R], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+    ) -> AsyncModelBatchProcessor[R]: ...
+    @overload
+    def dynamically(
+        func: None = None, /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+    ) -> AsyncModelDecorator: ...
+    @overload
+    def dynamically(
+        func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+    ) -> AsyncSpreadModelDecorator: ...
 
 
 def dynamically(
@@ -134,7 +228,7 @@ def dynamically(
     _validate.at_decoration(batch_size, timeout_ms)
     make_padder(None, batch_size, **padding)
 
-    def make_processor(f: Callable[..., Any]) -> AsyncModelBatchProcessor:
+    def make_processor(f: Callable[..., Any]) -> AsyncModelBatchProcessor[Any]:
         return AsyncModelBatchProcessor(
             f,
             batch_size=batch_size,

@@ -1,0 +1,207 @@
+"""Types for type checkers: what the ``dynamically`` decorators return.
+
+The public modules import this only under ``if TYPE_CHECKING:``, so
+``import batched`` never loads it (nor typing). Importing it at run time works
+(for ``typing.get_type_hints``), at the cost of importing typing.
+
+The decorators return, for a function, a processor generic in the item and
+result types (``BatchProcessor[T, U]``: ``proc(item) -> U``,
+``proc([items]) -> list[U]``), and for a method (its first parameter is
+``self``), a descriptor, ``PerInstance[S, BatchProcessor[T, U]]``, whose
+``instance.method`` is that instance's processor. ``U`` is what indexing the
+function's return value gives (``Results``): the element type of a list,
+``Tensor`` for a tensor, ``Any`` for an ndarray. Inference processors are
+generic in the model's output type ``R``: each caller gets its own rows of
+it, in the same structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Optional, Protocol, TypedDict, TypeVar, Union, overload
+
+from batched.types import T, U
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from batched.aio.batch_processor import AsyncBatchProcessor
+    from batched.aio.inference.model_batch_processor import AsyncModelBatchProcessor
+    from batched.batch_processor import BatchProcessor
+    from batched.inference.model_batch_processor import ModelBatchProcessor
+    from batched.types import AsyncCache, PriorityStrategy
+
+#: A model's output (inference front ends).
+R = TypeVar("R")
+#: The class a method is decorated on.
+S = TypeVar("S")
+S_contra = TypeVar("S_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+P_co = TypeVar("P_co", covariant=True)
+
+#: What a caller of an inference processor hands in: ``{name: array, tensor or list of rows}``.
+Features = Mapping[str, Any]
+#: What a model function gets: ``{name: padded array or tensor}``.
+PaddedFeatures = dict[str, Any]
+
+U_co = TypeVar("U_co", covariant=True)
+
+
+class Results(Protocol[U_co]):
+    """What a batch function returns: one result per item, by index (a list, a
+    tuple, an ndarray, a tensor...). ``U_co`` is what indexing gives: the
+    element type of a list, ``Tensor`` for a tensor, ``Any`` for an ndarray."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> U_co: ...
+
+
+#: A batch function: a list of items -> one result per item.
+ItemsFn = Callable[[list[T]], Results[U]]
+#: The same, on a method: (self, a list of items) -> one result per item.
+ItemsMethod = Callable[[S, list[T]], Results[U]]
+#: An aio batch function: plain or ``async def``.
+AsyncItemsFn = Callable[[list[T]], Union[Results[U], Awaitable[Results[U]]]]
+AsyncItemsMethod = Callable[[S, list[T]], Union[Results[U], Awaitable[Results[U]]]]
+#: A model function (without ``spread_kwargs``): the padded features -> its output.
+ModelFn = Callable[[PaddedFeatures], R]
+ModelMethod = Callable[[S, PaddedFeatures], R]
+
+
+class MethodLike(Protocol[S_contra, R_co]):
+    """A function whose first parameter is named ``self``, as ``is_method`` decides
+    (a model method, whatever its other parameters: with ``spread_kwargs`` they
+    are the features)."""
+
+    def __call__(_, self: S_contra, *args: Any, **kwargs: Any) -> R_co: ...
+
+
+class PerInstance(Protocol[S_contra, P_co]):
+    """A decorated method: ``instance.method`` is the instance's own processor
+    (``P_co``), made on first access; ``Class.method`` is the descriptor."""
+
+    @overload
+    def __get__(self, instance: None, owner: Optional[type[Any]] = None, /) -> Self: ...
+    @overload
+    def __get__(self, instance: S_contra, owner: Optional[type[Any]] = None, /) -> P_co: ...
+    def __call__(self, instance: S_contra, /, *args: Any, **kwargs: Any) -> Any:
+        """``Class.method(instance, ...)``: the same as ``instance.method(...)``."""
+
+
+# ---- the options of each ``dynamically`` (keyword arguments)
+
+
+class Options(TypedDict, total=False):
+    """``batched.dynamically``'s keyword-only options."""
+
+    max_queue_size: Optional[int]
+    num_workers: int
+    aging_ms: float
+
+
+class AllOptions(Options, total=False):
+    batch_size: int
+    timeout_ms: float
+    small_batch_threshold: int
+
+
+class AsyncOptions(AllOptions, total=False):
+    """``batched.aio.dynamically``'s options."""
+
+    max_batch_length: Optional[int]
+    priority_strategy: PriorityStrategy
+    cache: Optional[AsyncCache[Any, Any]]
+    batch_item_cls: Any
+
+
+class PadOptions(TypedDict, total=False):
+    pad_tokens: Union[Mapping[str, Any], int, float, None]
+    pad_token: Union[Mapping[str, Any], int, float, None]
+    padding_side: str
+    device: Any
+    pad_to_multiple_of: Optional[int]
+    batch_size_buckets: Optional[Iterable[int]]
+    max_batch_length: Optional[int]
+
+
+class ModelOptions(AllOptions, PadOptions, total=False):
+    """``batched.inference.dynamically``'s options."""
+
+
+class AsyncModelOptions(AsyncOptions, PadOptions, total=False):
+    """``batched.aio.inference.dynamically``'s options."""
+
+
+# ---- what ``dynamically(**options)`` returns: a decorator
+
+
+class Decorator(Protocol):
+    """``batched.dynamically(...)``: decorates a function or a method."""
+
+    @overload
+    def __call__(self, func: ItemsFn[T, U], /) -> BatchProcessor[T, U]: ...
+    @overload
+    def __call__(self, func: ItemsMethod[S, T, U], /) -> PerInstance[S, BatchProcessor[T, U]]: ...
+
+
+class AsyncDecorator(Protocol):
+    """``batched.aio.dynamically(...)``: decorates a function or a method, plain or ``async def``."""
+
+    @overload
+    def __call__(self, func: AsyncItemsFn[T, U], /) -> AsyncBatchProcessor[T, U]: ...
+    @overload
+    def __call__(self, func: AsyncItemsMethod[S, T, U], /) -> PerInstance[S, AsyncBatchProcessor[T, U]]: ...
+
+
+class ModelDecorator(Protocol):
+    """``batched.inference.dynamically(...)``: decorates a model function or
+    method that takes the padded features as one dict."""
+
+    @overload
+    def __call__(self, func: ModelFn[R], /) -> ModelBatchProcessor[R]: ...
+    @overload
+    def __call__(self, func: ModelMethod[S, R], /) -> PerInstance[S, ModelBatchProcessor[R]]: ...
+
+
+class SpreadModelDecorator(Protocol):
+    """``batched.inference.dynamically(spread_kwargs=True, ...)``: the features
+    are keyword arguments; a method is told by its first parameter, ``self``."""
+
+    @overload
+    def __call__(self, func: MethodLike[S, R], /) -> PerInstance[S, ModelBatchProcessor[R]]: ...
+    @overload
+    def __call__(self, func: Callable[..., R], /) -> ModelBatchProcessor[R]: ...
+
+
+# The async ones: an ``async def`` model gives R = what it returns when awaited.
+# (With ``Any`` in the function's signature mypy cannot tell the async and the
+# plain variants apart and R is Any.)
+
+
+class AsyncModelDecorator(Protocol):
+    """``batched.aio.inference.dynamically(...)``: decorates a model function or
+    method, plain or ``async def``, that takes the padded features as one dict."""
+
+    @overload
+    def __call__(self, func: ModelFn[Awaitable[R]], /) -> AsyncModelBatchProcessor[R]: ...
+    @overload
+    def __call__(self, func: ModelFn[R], /) -> AsyncModelBatchProcessor[R]: ...
+    @overload
+    def __call__(self, func: ModelMethod[S, Awaitable[R]], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+    @overload
+    def __call__(self, func: ModelMethod[S, R], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+
+
+class AsyncSpreadModelDecorator(Protocol):
+    """``batched.aio.inference.dynamically(spread_kwargs=True, ...)``."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, func: MethodLike[S, Awaitable[R]], /
+    ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+    @overload
+    def __call__(self, func: MethodLike[S, R], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+    @overload
+    def __call__(self, func: Callable[..., Awaitable[R]], /) -> AsyncModelBatchProcessor[R]: ...
+    @overload
+    def __call__(self, func: Callable[..., R], /) -> AsyncModelBatchProcessor[R]: ...
