@@ -303,7 +303,9 @@ def test_disk_cache_round_trip_or_clear_import_error(tmp_path: Any) -> None:
         with pytest.raises(ImportError, match="pip install diskcache"):
             AsyncDiskCache(str(tmp_path))
         return
-    cache = AsyncDiskCache(str(tmp_path))
+    # 0.1.5's constructor: cache_dir, max_threads, collect_stats, expiration_seconds
+    directory = tmp_path / "nested" / "cache"
+    cache = AsyncDiskCache(cache_dir=str(directory), max_threads=2, collect_stats=True)
 
     async def main() -> None:
         assert await cache.get("k") is None
@@ -313,7 +315,37 @@ def test_disk_cache_round_trip_or_clear_import_error(tmp_path: Any) -> None:
         assert await cache.get("k") is None
 
     run(main())
+    assert directory.is_dir()  # created, and really used
     assert (cache.stats().gets, cache.stats().hits, cache.stats().sets) == (3, 1, 1)
+    cache.clear_stats()
+    assert cache.stats().gets == 0
+
+    # entries are on disk: another cache on the same directory sees them
+    async def put(c: Any) -> None:
+        await c.set(("a", 1), "one")
+
+    run(put(cache))
+    other = AsyncDiskCache(cache_dir=str(directory))
+
+    async def read() -> Any:
+        return await other.get(("a", 1))
+
+    assert run(read()) == "one"
+    assert other.stats().gets == 0  # collect_stats is off by default, as in 0.1.5
+
+    expiring = AsyncDiskCache(cache_dir=str(tmp_path / "exp"), expiration_seconds=0.05)
+
+    async def expire() -> None:
+        await expiring.set("x", 1)
+        assert await expiring.get("x") == 1
+        await asyncio.sleep(0.2)
+        assert await expiring.get("x") is None
+
+    run(expire())
+    with pytest.raises(ValueError, match="max_threads must be at least 1"):
+        AsyncDiskCache(cache_dir=str(directory), max_threads=0)
+    with pytest.raises(ValueError, match="expiration_seconds must be positive"):
+        AsyncDiskCache(cache_dir=str(directory), expiration_seconds=0)
 
 
 def test_options_are_checked() -> None:

@@ -35,38 +35,86 @@ def batch_iter(seq: Sequence[T], batch_size: int) -> Generator[Sequence[T], None
 
 
 class AsyncDiskCache:
-    """An ``AsyncCache`` on disk, backed by the optional ``diskcache`` package.
+    """An ``AsyncCache`` on disk, backed by the optional ``diskcache`` package
+    (the constructor of batched 0.1.5's).
 
-    Keys are the items themselves (pickled by diskcache); ``stats()`` counts
-    gets, hits and sets with their times.
+    Entries live in ``cache_dir`` (created if missing) and are shared with
+    other processes using the same directory. Reads and writes run on a
+    thread pool of at most ``max_threads`` threads, so the event loop never
+    waits on the disk. ``expiration_seconds``: entries expire that long after
+    they were set (None: never). ``collect_stats``: ``stats()`` counts gets,
+    hits and sets with their times (off by default, as in 0.1.5). Other
+    keyword arguments go to ``diskcache.Cache`` (e.g. ``size_limit``). Keys
+    are the items themselves, pickled by diskcache; override ``_get_key`` to
+    derive them.
     """
 
-    def __init__(self, directory: Optional[str] = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        cache_dir: str = "~/.cache/batched",
+        *,
+        max_threads: int = 16,
+        collect_stats: bool = False,
+        expiration_seconds: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
         with ensure_import("diskcache"):
             import diskcache  # noqa: PLC0415
 
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        from pathlib import Path  # noqa: PLC0415
+
         from batched._stats import CacheStats  # noqa: PLC0415
 
-        self._cache = diskcache.Cache(directory, **settings)
+        if isinstance(max_threads, bool) or max_threads < 1:
+            raise ValueError(f"max_threads must be at least 1, got {max_threads!r}")
+        if expiration_seconds is not None and not expiration_seconds > 0:
+            raise ValueError(f"expiration_seconds must be positive or None, got {expiration_seconds!r}")
+        path = Path(cache_dir).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(str(path), **{"statistics": False, **kwargs})
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="batched-diskcache")
         self._stats = CacheStats()
+        self._collect_stats = collect_stats
+        self._expiration_seconds = expiration_seconds
+
+    async def _on_pool(self, fn: Any, *args: Any) -> Any:
+        import asyncio  # noqa: PLC0415
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def get(self, key: Any) -> Any:
         import time  # noqa: PLC0415
 
         start = time.perf_counter()
-        value = self._cache.get(key)
-        self._stats.update_get(hit=value is not None, time_taken=time.perf_counter() - start)
+        value = await self._on_pool(self._cache.get, self._get_key(key))
+        if self._collect_stats:
+            self._stats.update_get(hit=value is not None, time_taken=time.perf_counter() - start)
         return value
 
     async def set(self, key: Any, value: Any) -> None:
         import time  # noqa: PLC0415
 
         start = time.perf_counter()
-        self._cache.set(key, value)
-        self._stats.update_set(time_taken=time.perf_counter() - start)
+        await self._on_pool(self._set, self._get_key(key), value)
+        if self._collect_stats:
+            self._stats.update_set(time_taken=time.perf_counter() - start)
+
+    def _set(self, key: Any, value: Any) -> None:
+        self._cache.set(key, value, expire=self._expiration_seconds)
 
     async def clear(self) -> None:
-        self._cache.clear()
+        await self._on_pool(self._cache.clear)
+
+    def clear_stats(self) -> None:
+        """Sets the statistics back to zero."""
+        from batched._stats import CacheStats  # noqa: PLC0415
+
+        self._stats = CacheStats()
 
     def stats(self) -> Any:
         return self._stats
+
+    def _get_key(self, key: Any) -> Any:
+        """The disk key of an item (the item itself); subclasses may override it."""
+        return key
