@@ -1,14 +1,21 @@
 """One benchmark measurement, run in a fresh interpreter of one implementation's venv.
 
-    <venv>/bin/python benchmarks/_workloads.py WORKLOAD [--quick]
+    <venv>/bin/python benchmarks/_workloads.py WORKLOAD [--quick] [--impl none] [--seed N]
 
 Prints exactly one JSON object on the last line of stdout:
     {"workload": ..., "ok": bool, "errors": [...], "metrics": {...}, "info": {...}}
 and exits 1 when a correctness check failed.  Driven by benchmarks/compare.py;
 stdlib only (the inference workloads import numpy, which both venvs hold, and
 infer16_torch torch), so it runs unchanged against this project and `batched` 0.1.5.
-Not meant to be imported: the measured `import batched` happens inside each
-workload (or, for import_time, in fresh child interpreters).
+`--impl none` runs the workloads of NONE_WORKLOADS without any batcher (each
+caller runs the batch function on its own items) and never imports `batched`.
+compare.py imports this module only for its tables (CONFIG, QUICK, NONE_WORKLOADS,
+gpu_capacity); importing it imports neither `batched` nor numpy: the measured
+`import batched` happens inside each workload (or, for import_time, in fresh
+child interpreters).
+
+Every batch function records the size of each batch it is called with (_sizes), so the
+batch-size histogram (info["batch_hist"]) is measured the same way for every system.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import faulthandler
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -53,6 +61,33 @@ CONFIG: dict[str, dict[str, Any]] = {
     # the padding step alone: 64 rows, two int64 features, right padding
     "pad64": {"rows": 64, "min_len": 16, "max_len": 512, "samples": 300},
 }
+
+# Modeled GPU: a batch of n items costs launch_ms + n * per_item_ms on one device that runs
+# one batch at a time (a one-thread executor, FIFO), with the GIL released (time.sleep) while
+# it "computes". 8 ms + 0.1 ms/item: 1 item 8.1 ms, 32 items 11.2 ms, 64 items 14.4 ms, the
+# shape of a small transformer on a GPU (64 items in less than twice the time of 1).
+# Open loop: Poisson arrivals at `load` x the device's capacity with full batches
+# (batch_size / cost(batch_size) = 2,857 items/s), one asyncio task per request
+# through batched.aio (a plain `def` model function, FastAPI-style), or, for the
+# system "none", one device call per request. Latency runs from each request's
+# scheduled arrival, so a late driver cannot hide queueing (no coordinated omission).
+GPU_MODEL: dict[str, Any] = {"launch_ms": 8.0, "per_item_ms": 0.1, "batch_size": 32, "timeout_ms": 5.0,
+                             "warmup_s": 1.0, "seconds": 4.0, "drain_s": 2.0}
+GPU_LOADS = (3, 25, 50, 75, 90, 110)  # percent of the capacity; 90: "near saturation"; 3: below the capacity of "none"
+GPU_TARGET_LOAD = 90
+for _pct in GPU_LOADS:
+    CONFIG[f"gpu{_pct}"] = dict(GPU_MODEL, load=_pct / 100.0)
+
+
+def gpu_capacity(cfg: dict[str, Any]) -> float:
+    """Items/s of the modeled device when every batch is full."""
+    b = int(cfg["batch_size"])
+    return b / ((float(cfg["launch_ms"]) + b * float(cfg["per_item_ms"])) / 1e3)
+
+
+# The workloads that also run with no batcher (--impl none).
+NONE_WORKLOADS = {"list100k", "threads32", "threads32_t1", "aio_tasks2000", "acall_tasks2000", "infer16_np",
+                  "infer16_torch"} | {f"gpu{p}" for p in GPU_LOADS}
 QUICK: dict[str, dict[str, Any]] = {
     "threads32": {"seconds": 0.5},
     "threads32_t1": {"seconds": 0.5},
@@ -69,7 +104,9 @@ QUICK: dict[str, dict[str, Any]] = {
     "infer16_np": {"seconds": 0.5},
     "infer16_torch": {"seconds": 0.5},
     "pad64": {"samples": 60},
+    **{f"gpu{p}": {"warmup_s": 0.3, "seconds": 1.0, "drain_s": 1.0} for p in GPU_LOADS},
 }
+IMPL = "batched"  # or "none" (--impl none): no batcher
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -83,22 +120,48 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-_largest_batch = [0]
+_sizes: list[int] = []  # the size of every batch a batch function saw (list.append is atomic under the GIL)
 _processors: list[Any] = []  # shut down after the result is printed, so a hang there cannot hide it
 
 
 def _checked_identity(items: list[int]) -> list[int]:
-    """The identity batch function; remembers the largest batch it saw."""
-    if len(items) > _largest_batch[0]:
-        _largest_batch[0] = len(items)
+    """The identity batch function; records the batch's size."""
+    _sizes.append(len(items))
     return list(items)
 
 
-def _identity(cfg: dict[str, Any]) -> Any:
-    import batched
+def _batch_stats(mark: int, out: dict, end: int | None = None) -> None:
+    """avg_batch and the batch-size histogram of the batches recorded since `mark`."""
+    sizes = _sizes[mark:end]
+    hist: dict[str, int] = {}
+    for n in sizes:
+        hist[str(n)] = hist.get(str(n), 0) + 1
+    out["metrics"]["avg_batch"] = sum(sizes) / len(sizes) if sizes else 0.0
+    out["info"]["batch_hist"] = dict(sorted(hist.items(), key=lambda kv: int(kv[0])))
 
+
+class _Direct:
+    """The system "none": no batcher; each caller runs the batch function on its own items."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def __call__(self, items: Any) -> Any:
+        if isinstance(items, list):
+            return self._fn(items)
+        return self._fn([items])[0]
+
+    async def acall(self, items: Any) -> Any:
+        return self(items)
+
+
+def _identity(cfg: dict[str, Any]) -> Any:
     def identity(items: list[int]) -> list[int]:
         return _checked_identity(items)
+
+    if IMPL == "none":
+        return _Direct(identity)
+    import batched
 
     f = batched.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(identity)
     _processors.append(f)
@@ -163,7 +226,7 @@ def _closed_loop(f: Any, nthreads: int, seconds: float, request: Any, out: dict)
     threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(nthreads)]
     for t in threads:
         t.start()
-    before = f.stats
+    mark = len(_sizes)
     deadline = time.perf_counter() + seconds
     start = time.perf_counter()
     barrier.wait()
@@ -173,15 +236,13 @@ def _closed_loop(f: Any, nthreads: int, seconds: float, request: Any, out: dict)
             errors.append("a client thread did not finish within 60 s of the deadline (hang?)")
             break
     elapsed = time.perf_counter() - start
-    after = f.stats
     all_lats = [x for per in lats for x in per]
     calls = len(all_lats)
-    batches = after.total_batches - before.total_batches
     m = out["metrics"]
     m["items_per_s"] = calls / elapsed
     m["p50_us"] = percentile(all_lats, 50) * 1e6
     m["p99_us"] = percentile(all_lats, 99) * 1e6
-    m["avg_batch"] = (after.total_processed - before.total_processed) / batches if batches else 0.0
+    _batch_stats(mark, out)
     out["info"]["calls"] = calls
     out["errors"].extend(errors)
     if sum(mismatches):
@@ -281,11 +342,18 @@ def w_import_time(cfg: dict, out: dict) -> None:
 
 
 def _aio_identity(cfg: dict[str, Any]) -> Any:
-    """An async identity batch function under batched.aio (both versions have it)."""
-    from batched import aio
+    """An async identity batch function under batched.aio (both versions have it);
+    with --impl none, awaited per request with the caller's own item."""
 
     async def identity(items: list[int]) -> list[int]:
         return _checked_identity(items)
+
+    if IMPL == "none":
+        async def direct(items: Any) -> Any:
+            return await identity(items) if isinstance(items, list) else (await identity([items]))[0]
+
+        return direct
+    from batched import aio
 
     f = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(identity)
     _processors.append(f)
@@ -306,9 +374,12 @@ def _concurrent_tasks(call: Any, cfg: dict, out: dict) -> None:
         lats.append(time.perf_counter() - t0)
         bad[0] += r != i
 
+    marks = [0]
+
     async def main() -> float:
         await asyncio.gather(*(one(i) for i in range(64)))  # warm-up
         lats.clear()
+        marks[0] = len(_sizes)
         t0 = time.perf_counter()
         for r in range(rounds):
             await asyncio.gather(*(one(r * tasks + i) for i in range(tasks)))
@@ -318,6 +389,7 @@ def _concurrent_tasks(call: Any, cfg: dict, out: dict) -> None:
     out["metrics"]["items_per_s"] = tasks * rounds / elapsed
     out["metrics"]["p50_us"] = percentile(lats, 50) * 1e6
     out["metrics"]["p99_us"] = percentile(lats, 99) * 1e6
+    _batch_stats(marks[0], out)
     if bad[0]:
         out["errors"].append(f"{bad[0]} awaits returned another task's result")
 
@@ -483,8 +555,6 @@ def _infer16(cfg: dict, out: dict) -> None:
     ({"input_ids", "attention_mask"}, int64 [1, L]); every result is checked against its input."""
     import numpy as np
 
-    from batched import inference
-
     torch = None
     if cfg["backend"] == "torch":
         import torch
@@ -496,15 +566,18 @@ def _infer16(cfg: dict, out: dict) -> None:
 
     def model(features: dict[str, Any]) -> Any:
         ids, mask = features["input_ids"], features["attention_mask"]
-        n = int(ids.shape[0])
-        if n > _largest_batch[0]:
-            _largest_batch[0] = n
+        _sizes.append(int(ids.shape[0]))
         # one value per row that depends on every token of the row and on the padding being right
         return (ids * mask).sum(1) + mask.sum(1)
 
-    f = inference.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]),
-                              pad_tokens={"input_ids": 0}, padding_side="right")(model)
-    _processors.append(f)
+    if IMPL == "none":  # each thread calls the model with its own row: no padding, batches of 1
+        f = model
+    else:
+        from batched import inference
+
+        f = inference.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]),
+                                  pad_tokens={"input_ids": 0}, padding_side="right")(model)
+        _processors.append(f)
 
     # Requests generated before timing: ids[0, 0] carries the thread id and the request's number.
     rng = np.random.default_rng(16)
@@ -631,17 +704,121 @@ def w_pad64(cfg: dict, out: dict) -> None:
     out["info"].update(impl=impl, row_bytes=int(src.nbytes), padded_bytes=int(big.nbytes), max_len=max(lengths))
 
 
+def w_gpu(cfg: dict, out: dict) -> None:
+    """The modeled GPU (see GPU_MODEL) driven open loop at cfg["load"] x its capacity."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    launch, per = float(cfg["launch_ms"]) / 1e3, float(cfg["per_item_ms"]) / 1e3
+    cap = gpu_capacity(cfg)
+    rate = float(cfg["load"]) * cap
+    warm, secs, drain = float(cfg["warmup_s"]), float(cfg["seconds"]), float(cfg["drain_s"])
+    device = ThreadPoolExecutor(1, thread_name_prefix="device")  # one batch at a time, in submission order
+
+    def kernel(items: list[int]) -> list[int]:
+        _sizes.append(len(items))
+        time.sleep(launch + per * len(items))  # the GIL is released while the device computes
+        return list(items)
+
+    def model(items: list[int]) -> list[int]:
+        """The user's (sync) model function: returns when the device has run the batch."""
+        return device.submit(kernel, items).result()
+
+    if IMPL == "none":
+        async def call(i: int) -> int:  # one device call per request
+            return (await asyncio.wrap_future(device.submit(kernel, [i])))[0]
+    else:
+        from batched import aio
+
+        call = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(model)
+        _processors.append(call)
+
+    rng = random.Random(int(cfg.get("seed", 0)) * 1000 + int(round(float(cfg["load"]) * 100)))
+    arrivals: list[float] = []  # seconds from the start; the same sequence for every system (same seed)
+    t = rng.expovariate(rate)
+    while t < warm + secs:
+        arrivals.append(t)
+        t += rng.expovariate(rate)
+    n = len(arrivals)
+    done_at = [float("nan")] * n
+    bad = [0]
+    clock = time.perf_counter
+    t0 = 0.0
+    marks = [0, 0]
+
+    async def request(i: int) -> None:
+        r = await call(i)
+        done_at[i] = clock() - t0
+        if r != i:
+            bad[0] += 1
+
+    async def main() -> float:
+        nonlocal t0
+        for i in range(3):  # start the worker and the device thread
+            if await call(-1 - i) != -1 - i:
+                out["errors"].append("warm-up call returned a wrong result")
+        tasks = []
+        t0 = clock()
+        i = 0
+        while i < n:
+            now = clock() - t0
+            if not marks[0] and now >= warm:
+                marks[0] = len(_sizes)
+            while i < n and arrivals[i] <= now:
+                tasks.append(asyncio.ensure_future(request(i)))
+                i += 1
+            if i < n:
+                await asyncio.sleep(arrivals[i] - (clock() - t0))
+        await asyncio.sleep(max(0.0, warm + secs - (clock() - t0)))
+        marks[1] = len(_sizes)
+        _done, pending = await asyncio.wait(tasks, timeout=max(0.0, t0 + warm + secs + drain - clock()))
+        cutoff = clock() - t0
+        for task in pending:  # still queued after the drain time: censored (counted at their age)
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return cutoff
+
+    cutoff = asyncio.run(main())
+    device.shutdown(wait=True, cancel_futures=True)
+    measured = [i for i in range(n) if warm <= arrivals[i] < warm + secs]
+    lats = [(done_at[i] if done_at[i] == done_at[i] else cutoff) - arrivals[i] for i in measured]
+    unfinished = sum(1 for i in measured if done_at[i] != done_at[i])
+    m = out["metrics"]
+    m["offered_rps"] = rate
+    m["items_per_s"] = sum(1 for d in done_at if warm <= d < warm + secs) / secs
+    m["p50_us"] = percentile(lats, 50) * 1e6
+    m["p99_us"] = percentile(lats, 99) * 1e6
+    m["unfinished_pct"] = 100.0 * unfinished / max(1, len(measured))
+    _batch_stats(marks[0], out, marks[1])
+    out["info"].update(capacity_rps=cap, requests=n, measured=len(measured), unfinished=unfinished,
+                       load=float(cfg["load"]))
+    if bad[0]:
+        out["errors"].append(f"{bad[0]} requests got another request's result")
+
+
+for _pct in GPU_LOADS:
+    globals()[f"w_gpu{_pct}"] = w_gpu
+
+
 def main() -> int:
+    global IMPL
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=sorted(CONFIG))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--hang-dump-s", type=float, default=0, help="dump all thread stacks to stderr after N s")
+    ap.add_argument("--impl", choices=("batched", "none"), default="batched",
+                    help="none: no batcher (only the workloads of NONE_WORKLOADS)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random arrivals (gpu* workloads)")
     args = ap.parse_args()
+    IMPL = args.impl
+    if IMPL == "none" and args.workload not in NONE_WORKLOADS:
+        ap.error(f"{args.workload} has no 'none' variant")
     if args.hang_dump_s > 0:
         faulthandler.dump_traceback_later(args.hang_dump_s, exit=False)
     cfg = dict(CONFIG[args.workload])
     if args.quick:
         cfg.update(QUICK.get(args.workload, {}))
+    cfg["seed"] = args.seed
     out: dict = {"workload": args.workload, "config": cfg, "metrics": {}, "errors": [], "info": {}}
     try:
         globals()["w_" + args.workload](cfg, out)
@@ -649,8 +826,9 @@ def main() -> int:
         import traceback
 
         out["errors"].append(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}")
-    if "batch_size" in cfg and _largest_batch[0] > int(cfg["batch_size"]):
-        out["errors"].append(f"a batch of {_largest_batch[0]} items exceeded batch_size={cfg['batch_size']}")
+    largest = max(_sizes, default=0)
+    if IMPL != "none" and "batch_size" in cfg and largest > int(cfg["batch_size"]):
+        out["errors"].append(f"a batch of {largest} items exceeded batch_size={cfg['batch_size']}")
     if "batched" in sys.modules:
         mod = sys.modules["batched"]
         out["info"]["batched_file"] = getattr(mod, "__file__", None)
