@@ -294,7 +294,7 @@ def test_cached_items_never_enter_the_queue(kind: str) -> None:
     proc.shutdown()
 
 
-def test_disk_cache_round_trip_or_clear_import_error(tmp_path: Any) -> None:
+def test_disk_cache_round_trip_or_clear_import_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from batched.utils import AsyncDiskCache
 
     try:
@@ -342,6 +342,16 @@ def test_disk_cache_round_trip_or_clear_import_error(tmp_path: Any) -> None:
         assert await expiring.get("x") is None
 
     run(expire())
+    # a relative directory is resolved once: a later chdir does not move it
+    monkeypatch.chdir(tmp_path)
+    relative = AsyncDiskCache("rel-cache")
+    monkeypatch.chdir(directory)
+
+    async def round_trip() -> Any:
+        await relative.set("r", 5)
+        return await relative.get("r")
+
+    assert run(round_trip()) == 5 and (tmp_path / "rel-cache").is_dir()
     with pytest.raises(ValueError, match="max_threads must be at least 1"):
         AsyncDiskCache(cache_dir=str(directory), max_threads=0)
     with pytest.raises(ValueError, match="expiration_seconds must be positive"):

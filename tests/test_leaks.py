@@ -65,7 +65,7 @@ def _logs_go_out_not_into_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     with open(os.devnull, "w") as sink:
         isolated = logging.Logger("batched")  # not in logging's registry: pytest attaches nothing
         isolated.addHandler(logging.StreamHandler(sink))
-        monkeypatch.setattr(batched._log, "_logger", isolated)
+        monkeypatch.setattr(batched._log, "_guarded", batched._log._Guarded(isolated))
         yield
 
 

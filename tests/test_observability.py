@@ -244,3 +244,82 @@ def test_exporter_refuses_bad_input() -> None:
         PrometheusCollector([], latency_buckets_s=[0.1, 0.05])
     with pytest.raises(ValueError, match="2 names for 1 processors"):
         PrometheusCollector([batched.BatchProcessor(lambda xs: xs)], names=["a", "b"])
+
+
+class _RaisingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise RuntimeError("a broken logging filter")
+
+
+@pytest.mark.parametrize("kind", ["thread", "aio-sync", "aio-async"])
+def test_a_raising_log_filter_changes_nothing_for_callers(kind: str) -> None:
+    log = logging.getLogger("batched")
+    broken = _RaisingFilter()
+    log.addFilter(broken)
+    try:
+        def fn(xs: list[int]) -> list[int]:
+            if 0 in xs:
+                raise ValueError("zero")
+            return [x + 1 for x in xs]
+
+        if kind == "thread":
+            proc: Any = batched.BatchProcessor(fn, batch_size=4, timeout_ms=0)
+            with pytest.raises(ValueError, match="zero"):  # its own error, not the filter's
+                proc([0, 1])
+            assert proc([1, 2]) == [2, 3]  # and the processor goes on
+        else:
+            if kind == "aio-sync":
+                target: Any = fn
+            else:
+                async def target(xs: list[int]) -> list[int]:
+                    return fn(xs)
+            proc = aio.AsyncBatchProcessor(target, batch_size=4, timeout_ms=0)
+
+            async def main() -> None:
+                with pytest.raises(ValueError, match="zero"):
+                    await asyncio.wait_for(proc([0, 1]), TIMEOUT)
+                assert await asyncio.wait_for(proc([1, 2]), TIMEOUT) == [2, 3]
+
+            asyncio.run(main())
+        assert proc.stats.failed_batches == 1
+        proc.shutdown()
+    finally:
+        log.removeFilter(broken)
+
+
+def test_a_closed_loops_queue_leaves_the_gauges() -> None:
+    @aio.dynamically(batch_size=8, timeout_ms=LONG_MS)
+    async def fn(xs: list[int]) -> list[int]:
+        return xs
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(fn(1))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert fn.stats.queue_size == 1
+    loop.close()  # without cancelling the task: its item stays queued
+    del task
+
+    async def other() -> list[int]:
+        return await asyncio.gather(*(fn(i) for i in range(8)))  # a full batch: no wait
+
+    assert asyncio.run(other()) == list(range(8))  # a new loop: the closed one's queue is retired
+    s = fn.stats
+    assert (s.queue_size, s.oldest_wait_ms, s.total_processed) == (0, 0.0, 8)
+    fn.shutdown()
+
+
+def test_a_name_frees_up_when_its_processor_is_gone() -> None:
+    pytest.importorskip("prometheus_client")
+    import gc
+
+    from batched.metrics import PrometheusCollector
+
+    collector = PrometheusCollector()
+    first = batched.BatchProcessor(lambda xs: xs)
+    collector.add(first, name="model")
+    with pytest.raises(ValueError, match="exported already"):
+        collector.add(batched.BatchProcessor(lambda xs: xs), name="model")
+    first.shutdown()
+    del first
+    gc.collect()
+    collector.add(batched.BatchProcessor(lambda xs: xs), name="model")  # a reloaded model, same name

@@ -240,7 +240,8 @@ class Batcher {
   std::size_t size_approx() const noexcept { return sched_.size_approx(); }
 
   // A consistent snapshot of the statistics (the Python fields). Thread-safe;
-  // takes the stats mutex briefly, allocates the histogram.
+  // takes the worker and stats mutexes briefly, one after the other;
+  // allocates the histogram.
   BatcherStats stats() const {
     BatcherStats s = BatcherStats::from_core(sched_.stats());
     // A waiting submit's refused tries are not rejections: it got in later.

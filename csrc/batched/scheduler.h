@@ -219,13 +219,16 @@ class Scheduler {
   // Racy observer: items pushed and not yet dispatched. Thread-safe.
   std::size_t size_approx() const noexcept { return queued_.load(std::memory_order_relaxed); }
 
-  // A consistent copy of the statistics. Takes the worker mutex briefly (to
-  // find the oldest queued item) and the stats mutex. Thread-safe; copies
-  // about 9 KiB.
+  // A consistent copy of the statistics, and the age of the oldest queued
+  // item. Takes the worker mutex briefly (to find that item), then the stats
+  // mutex to copy about 9 KiB. Thread-safe.
   BatchStats stats() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    absorb_inbox();  // the oldest item may not have reached the policy yet
-    const TimePoint oldest = policy_.oldest_enqueue_ns();
+    TimePoint oldest;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      absorb_inbox();  // the oldest item may not have reached the policy yet
+      oldest = policy_.oldest_enqueue_ns();
+    }
     std::lock_guard<std::mutex> stats_lock(stats_mu_);
     BatchStats s = stats_;
     s.oldest_wait_ns = oldest == kNever ? 0 : std::max<std::int64_t>(0, clock_.now() - oldest);

@@ -196,7 +196,6 @@ cdef class Engine:
         self.running = set()
         self.in_flight = 0
         self.finished_box = None
-        logger().debug("%r: state reset in the child of a fork", self.name)
 
     def __dealloc__(self):
         if self.sched != NULL:

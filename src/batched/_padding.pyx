@@ -542,9 +542,6 @@ cdef class Padder:
                 if length > longest:
                     longest = length
         cdef Py_ssize_t padded = self.padded_rows(n)
-        # with the GIL held: counts of concurrent workers' batches do not mix
-        self.real_steps += real
-        self.padded_steps += <uint64_t>padded * <uint64_t>self.padded_length(longest)
         cdef bint on_host = (<Rows>spans[0][0]).on_host
         out = {}
         for i in range(len(self.schema.specs)):
@@ -555,6 +552,10 @@ cdef class Padder:
                 out[(<_Spec>spec).key] = self.stage(spec, i, spans, n, padded)
             else:
                 out[(<_Spec>spec).key] = self.pad_on_host(spec, i, spans, padded)
+        # Counted once the batch is padded, with the GIL held: concurrent
+        # workers' counts do not mix.
+        self.real_steps += real
+        self.padded_steps += <uint64_t>padded * <uint64_t>self.padded_length(longest)
         return out
 
     cdef object pad_on_host(self, _Spec spec, Py_ssize_t feature, list spans, Py_ssize_t padded):

@@ -89,6 +89,7 @@ class PrometheusCollector:
             func = getattr(processor, "batch_func", None) or getattr(processor, "_func", None)
             name = getattr(func, "__qualname__", None) or type(processor).__name__
         with self._lock:
+            self._processors = [(n, ref) for n, ref in self._processors if ref() is not None]
             if any(existing == name for existing, _ in self._processors):
                 raise ValueError(f"a processor named {name!r} is exported already: pass another name=")
             self._processors.append((name, weakref.ref(processor)))

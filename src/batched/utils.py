@@ -70,24 +70,28 @@ class AsyncDiskCache:
             raise ValueError(f"max_threads must be at least 1, got {max_threads!r}")
         if expiration_seconds is not None and not expiration_seconds > 0:
             raise ValueError(f"expiration_seconds must be positive or None, got {expiration_seconds!r}")
-        path = Path(cache_dir).expanduser()
+        # resolved: diskcache's threads open the database lazily, after any chdir
+        path = Path(cache_dir).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(str(path), **{"statistics": False, **kwargs})
-        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="batched-diskcache")
+        # one pool each, as in 0.1.5: slow writes do not hold up reads
+        self._get_pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="batched-diskcache-get")
+        self._set_pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="batched-diskcache-set")
         self._stats = CacheStats()
         self._collect_stats = collect_stats
         self._expiration_seconds = expiration_seconds
 
-    async def _on_pool(self, fn: Any, *args: Any) -> Any:
+    @staticmethod
+    async def _on_pool(pool: Any, fn: Any, *args: Any) -> Any:
         import asyncio  # noqa: PLC0415
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def get(self, key: Any) -> Any:
         import time  # noqa: PLC0415
 
         start = time.perf_counter()
-        value = await self._on_pool(self._cache.get, self._get_key(key))
+        value = await self._on_pool(self._get_pool, self._get, key)
         if self._collect_stats:
             self._stats.update_get(hit=value is not None, time_taken=time.perf_counter() - start)
         return value
@@ -96,15 +100,19 @@ class AsyncDiskCache:
         import time  # noqa: PLC0415
 
         start = time.perf_counter()
-        await self._on_pool(self._set, self._get_key(key), value)
+        await self._on_pool(self._set_pool, self._set, key, value)
         if self._collect_stats:
             self._stats.update_set(time_taken=time.perf_counter() - start)
 
+    # On the pool threads, as in 0.1.5 (subclasses may override these three).
+    def _get(self, key: Any) -> Any:
+        return self._cache.get(self._get_key(key))
+
     def _set(self, key: Any, value: Any) -> None:
-        self._cache.set(key, value, expire=self._expiration_seconds)
+        self._cache.set(self._get_key(key), value, expire=self._expiration_seconds)
 
     async def clear(self) -> None:
-        await self._on_pool(self._cache.clear)
+        await self._on_pool(self._set_pool, self._cache.clear)
 
     def clear_stats(self) -> None:
         """Sets the statistics back to zero."""

@@ -158,9 +158,10 @@ class AsyncBatchProcessor(Generic[T, U]):
         for key, engine in list(self._loop_engines.items()):
             loop = key()
             if loop is None or loop.is_closed():
-                # at the finest bounds, so exporters' histograms keep its counts
-                self._retired = [_merge_stats([*self._retired, engine.stats(histogram_bounds_s())])]
+                # Shut down first (its queue is empty then: no stale gauges);
+                # histograms at the finest bounds, so exporters keep its counts.
                 engine.shutdown(False)
+                self._retired = [_merge_stats([*self._retired, engine.stats(histogram_bounds_s())])]
                 del self._loop_engines[key]
 
     def _engines(self) -> list[Engine]:
@@ -208,8 +209,10 @@ class AsyncBatchProcessor(Generic[T, U]):
 
     def _snapshot(self, latency_bounds_s: Optional[Sequence[float]] = None) -> dict[str, Any]:
         """The merged statistics of every loop's queue, as a dict (see Engine.stats)."""
-        retired = [_at_bounds(r, latency_bounds_s) for r in self._retired]
-        return _merge_stats(retired + [e.stats(latency_bounds_s) for e in self._engines()])
+        with self._lookup_lock:  # a loop retired meanwhile would be counted twice, or not at all
+            retired = [_at_bounds(r, latency_bounds_s) for r in self._retired]
+            live = [e.stats(latency_bounds_s) for e in self._engines()]
+        return _merge_stats(retired + live)
 
     def _padding_efficiency(self) -> Optional[float]:
         return None  # inference processors: see PaddingOptions
