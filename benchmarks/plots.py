@@ -70,6 +70,13 @@ def subtitle(meta: dict) -> str:
             f"{' (--quick)' if meta.get('quick') else ''}")
 
 
+def save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_gpu(data: dict, out: Path) -> Path | None:
     runs, meta = data["runs"], data["meta"]
     gpu = meta.get("gpu") or {}
@@ -132,11 +139,7 @@ def plot_gpu(data: dict, out: Path) -> Path | None:
     fig.suptitle(f"Modeled GPU ({model['launch_ms']:g} ms + {model['per_item_ms']:g} ms/item, one batch at a time), "
                  f"batched.aio, batch_size={model['batch_size']}, timeout_ms={model['timeout_ms']:g}\n"
                  + subtitle(meta), fontsize=10)
-    fig.tight_layout()
-    path = out / "suite_gpu_latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out / "suite_gpu_latency.png")
 
 
 def plot_throughput(data: dict, out: Path) -> Path | None:
@@ -166,11 +169,7 @@ def plot_throughput(data: dict, out: Path) -> Path | None:
     ax.set_ylim(lo, hi * 30)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.set_title("Throughput per workload (items or requests/s on the bars)\n" + subtitle(meta), fontsize=10)
-    fig.tight_layout()
-    path = out / "suite_throughput.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out / "suite_throughput.png")
 
 
 def plot_hist(data: dict, out: Path) -> Path | None:
@@ -209,11 +208,7 @@ def plot_hist(data: dict, out: Path) -> Path | None:
     for ax in [a for row in axes for a in row][len(shown):]:
         ax.axis("off")
     fig.suptitle("Batch sizes seen by the batch function (no batching: always 1)\n" + subtitle(meta), fontsize=10)
-    fig.tight_layout()
-    path = out / "suite_batch_hist.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out / "suite_batch_hist.png")
 
 
 def main() -> int:

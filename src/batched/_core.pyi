@@ -9,7 +9,7 @@ returns.
 import asyncio
 import contextvars
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Optional
 
 from batched._padding import Padder, Rows
@@ -84,6 +84,9 @@ class _BatchBox:
 
 def histogram_bounds_s() -> tuple[float, ...]:
     """The upper bounds (seconds) of the core's latency histogram buckets."""
+
+def counts_at_bounds(cumulative: Sequence[int], bounds_s: Iterable[float]) -> list[int]:
+    """Cumulative counts at ``bounds_s`` from those at each of histogram_bounds_s()."""
 
 def _deliver(calls: list[_Call]) -> None: ...
 def _run_on_loop(engine: Engine, box: _BatchBox) -> Coroutine[Any, Any, None]: ...

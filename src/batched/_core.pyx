@@ -784,19 +784,31 @@ def histogram_bounds_s():
 _histogram_bounds_s = None
 
 
+def counts_at_bounds(cumulative, bounds_s):
+    """Cumulative counts at ``bounds_s`` (ascending, seconds), from the
+    cumulative counts at each of histogram_bounds_s(): a duration counts under
+    the first bound at or above the upper end of its core bucket."""
+    fine = histogram_bounds_s()
+    cdef Py_ssize_t i = 0, n = len(fine)
+    seen = 0
+    out = []
+    for bound in bounds_s:
+        while i < n and fine[i] <= bound:
+            seen = cumulative[i]
+            i += 1
+        out.append(seen)
+    return out
+
+
 cdef tuple _rebucket(CLatencyHistogram& h, bounds_s):
     """(cumulative counts at each bound, sum in seconds, count) of ``h``."""
-    cdef size_t b = 0
+    cdef size_t b
     cdef uint64_t seen = 0
-    cdef double bound_s
-    counts = []
-    for bound in bounds_s:
-        bound_s = bound
-        while b < kHistogramBuckets and CLatencyHistogram.upper_bound(b) / 1e9 <= bound_s:
-            seen += h.count_at(b)
-            b += 1
-        counts.append(seen)
-    return counts, h.sum_ns() / 1e9, h.count()
+    cumulative = []
+    for b in range(kHistogramBuckets):
+        seen += h.count_at(b)
+        cumulative.append(seen)
+    return counts_at_bounds(cumulative, bounds_s), h.sum_ns() / 1e9, h.count()
 
 
 cdef class _BatchBox:

@@ -7,7 +7,19 @@ import operator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
+
+
+class CommonOptions:
+    """The options every processor has, as attributes (set by common_options)."""
+
+    batch_func: Callable[..., Any]
+    batch_size: int
+    timeout_ms: float
+    small_batch_threshold: int
+    max_queue_size: Optional[int]
+    num_workers: int
+    aging_ms: float
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 from types import GenericAlias
 
 from batched import _validate
 from batched._core import Engine
-from batched.decorator import dynamic_batch
+from batched.decorator import decorator_options, dynamic_batch
 
 # typing is not imported at run time: it alone would double the import time.
 # Type checkers see typing.Generic, overloads and type variables; at run time
@@ -30,7 +31,7 @@ else:
 _asyncio = None  # imported on the first acall: asyncio is slow to import
 
 
-class BatchProcessor(Generic[T, U]):
+class BatchProcessor(_validate.CommonOptions, Generic[T, U]):
     """Batches the calls of many threads into calls of ``batch_func``.
 
     ``batch_func`` takes a list of items and returns one result per item. Each
@@ -43,14 +44,6 @@ class BatchProcessor(Generic[T, U]):
         # BatchProcessor[T, U] in annotations, without typing.Generic.
         __class_getitem__ = classmethod(GenericAlias)
 
-    # Set by _validate.common_options.
-    batch_func: Callable[..., Any]
-    batch_size: int
-    timeout_ms: float
-    small_batch_threshold: int
-    max_queue_size: Optional[int]
-    num_workers: int
-    aging_ms: float
 
     def __init__(
         self,
@@ -233,20 +226,9 @@ def dynamically(
     Usable bare (``@dynamically``) or with arguments. On a method, each instance
     gets its own processor. See ``BatchProcessor`` for the parameters.
     """
+    options = decorator_options(locals())
     _validate.at_decoration(batch_size, timeout_ms)
-
-    def make_processor(f: Callable[..., Any]) -> BatchProcessor[Any, Any]:
-        return BatchProcessor(
-            f,
-            batch_size,
-            timeout_ms,
-            small_batch_threshold,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-        )
-
-    return dynamic_batch(make_processor, func)
+    return dynamic_batch(functools.partial(BatchProcessor, **options), func)
 
 
 __all__ = ["BatchProcessor", "dynamically"]

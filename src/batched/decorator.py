@@ -107,6 +107,12 @@ class _PerInstance:
         return self.__get__(instance, type(instance))(*args, **kwargs)
 
 
+def decorator_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The options of a ``dynamically`` call, from its ``locals()`` taken
+    before anything else is bound: every parameter but ``func``."""
+    return {name: value for name, value in params.items() if name != "func"}
+
+
 def dynamic_batch(make_processor: MakeProcessor, func: Optional[Callable[..., Any]] = None) -> Any:
     def decorate(f: Callable[..., Any]) -> Any:
         wrapped = _PerInstance(f, make_processor) if is_method(f) else make_processor(f)

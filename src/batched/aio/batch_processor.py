@@ -17,15 +17,16 @@ batch function depends on its kind:
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import warnings
 import weakref
 from types import GenericAlias
 
 from batched import _validate
-from batched._core import Engine, histogram_bounds_s
+from batched._core import Engine, counts_at_bounds, histogram_bounds_s
 from batched.batch_processor import await_call, make_engine
-from batched.decorator import _is_coroutine_function, dynamic_batch
+from batched.decorator import _is_coroutine_function, decorator_options, dynamic_batch
 from batched.types import AsyncCache, BatchProcessorStats, PriorityStrategy
 
 TYPE_CHECKING = False
@@ -45,7 +46,7 @@ else:
 _warned_batch_item_cls = False
 
 
-class AsyncBatchProcessor(Generic[T, U]):
+class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
     """Batches the awaited calls of many tasks into calls of ``func``.
 
     ``func`` takes a list of items and returns (or, if async, returns when
@@ -56,14 +57,6 @@ class AsyncBatchProcessor(Generic[T, U]):
     if not TYPE_CHECKING:
         __class_getitem__ = classmethod(GenericAlias)
 
-    # Set by _validate.common_options.
-    batch_func: Callable[..., Any]
-    batch_size: int
-    timeout_ms: float
-    small_batch_threshold: int
-    max_queue_size: Optional[int]
-    num_workers: int
-    aging_ms: float
     cache: Optional[AsyncCache[T, U]]
 
     def __init__(
@@ -247,18 +240,10 @@ def _at_bounds(stats: dict[str, Any], bounds_s: Optional[Sequence[float]]) -> di
     """A retired snapshot (histograms at the core's own bucket bounds) with
     its histograms at ``bounds_s``, or none if None."""
     out = dict(stats)
-    fine = histogram_bounds_s()
     for key in ("queue_wait", "batch_latency"):
         counts, total_s, count = out.pop(key)
         if bounds_s is not None:
-            # the cumulative count at the last core bound within each bound, as Engine.stats counts
-            at, i, seen = [], 0, 0
-            for bound in bounds_s:
-                while i < len(fine) and fine[i] <= bound:
-                    seen = counts[i]
-                    i += 1
-                at.append(seen)
-            out[key] = (at, total_s, count)
+            out[key] = (counts_at_bounds(counts, bounds_s), total_s, count)
     return out
 
 
@@ -336,24 +321,9 @@ def dynamically(
     Usable bare or with arguments, on functions and on methods (one processor
     per instance). See ``AsyncBatchProcessor``.
     """
+    options = decorator_options(locals())
     _validate.at_decoration(batch_size, timeout_ms)
-
-    def make_processor(f: Callable[..., Any]) -> AsyncBatchProcessor[Any, Any]:
-        return AsyncBatchProcessor(
-            f,
-            batch_size=batch_size,
-            timeout_ms=timeout_ms,
-            small_batch_threshold=small_batch_threshold,
-            cache=cache,
-            max_batch_length=max_batch_length,
-            priority_strategy=priority_strategy,
-            batch_item_cls=batch_item_cls,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-        )
-
-    return dynamic_batch(make_processor, func)
+    return dynamic_batch(functools.partial(AsyncBatchProcessor, **options), func)
 
 
 __all__ = ["AsyncBatchProcessor", "dynamically"]

@@ -10,12 +10,13 @@ batched._padding for how.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from batched import _validate
 from batched._padding import Padder
 from batched.batch_processor import BatchProcessor, await_record
-from batched.decorator import _is_coroutine_function, dynamic_batch
+from batched.decorator import _is_coroutine_function, decorator_options, dynamic_batch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -112,17 +113,7 @@ class ModelBatchProcessor(PaddingOptions, BatchProcessor[Features, R]):
         num_workers: int = 1,
         aging_ms: float = 100.0,
     ) -> None:
-        self._padder = make_padder(
-            _func,
-            batch_size,
-            pad_tokens=pad_tokens,
-            pad_token=pad_token,
-            padding_side=padding_side,
-            spread_kwargs=spread_kwargs,
-            device=device,
-            pad_to_multiple_of=pad_to_multiple_of,
-            batch_size_buckets=batch_size_buckets,
-        )
+        self._padder = padder_of(_func, locals())
         self.max_batch_length = _validate.optional_positive_int("max_batch_length", max_batch_length)
         super().__init__(
             _func,  # type: ignore[arg-type]  # a model function, called through the padder
@@ -224,6 +215,17 @@ def make_padder(
     )
 
 
+PADDING_OPTIONS = (
+    "pad_tokens", "pad_token", "padding_side", "spread_kwargs", "device", "pad_to_multiple_of", "batch_size_buckets",
+)
+
+
+def padder_of(func: Any, options: Mapping[str, Any]) -> Padder:
+    """make_padder with the padding options (and batch_size) picked out of
+    ``options``: a processor's or a decorator's ``locals()``."""
+    return make_padder(func, options["batch_size"], **{name: options[name] for name in PADDING_OPTIONS})
+
+
 def engine_options(processor: Any, padder: Padder) -> dict[str, Any]:
     """The engine options of an inference processor: the padder as collator,
     and the function called with the padded features."""
@@ -298,32 +300,10 @@ def dynamically(
     Usable bare or with arguments, on functions and on methods (one processor
     per instance). See ``ModelBatchProcessor`` for the parameters.
     """
-    options = dict(
-        pad_tokens=pad_tokens,
-        pad_token=pad_token,
-        padding_side=padding_side,
-        spread_kwargs=spread_kwargs,
-        device=device,
-        pad_to_multiple_of=pad_to_multiple_of,
-        batch_size_buckets=batch_size_buckets,
-    )
+    options = decorator_options(locals())
     _validate.at_decoration(batch_size, timeout_ms)
-    make_padder(None, batch_size, **options)
-
-    def make_processor(f: Callable[..., Any]) -> ModelBatchProcessor[Any]:
-        return ModelBatchProcessor(
-            f,
-            batch_size,
-            timeout_ms,
-            small_batch_threshold,
-            max_batch_length=max_batch_length,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-            **options,
-        )
-
-    return dynamic_batch(make_processor, func)
+    padder_of(None, options)  # the padding options fail here, not at the first call
+    return dynamic_batch(functools.partial(ModelBatchProcessor, **options), func)
 
 
 __all__ = ["ModelBatchProcessor", "dynamically"]

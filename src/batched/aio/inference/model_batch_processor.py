@@ -6,12 +6,13 @@ the callers' event loops for an ``async def`` one)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from batched import _validate
 from batched.aio.batch_processor import AsyncBatchProcessor
 from batched.batch_processor import await_record
-from batched.decorator import dynamic_batch
-from batched.inference.model_batch_processor import PaddingOptions, engine_options, features_of, make_padder
+from batched.decorator import decorator_options, dynamic_batch
+from batched.inference.model_batch_processor import PaddingOptions, engine_options, features_of, padder_of
 from batched.types import PriorityStrategy
 
 TYPE_CHECKING = False
@@ -91,17 +92,7 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R])
         num_workers: int = 1,
         aging_ms: float = 100.0,
     ) -> None:
-        self._padder = make_padder(
-            _func,
-            batch_size,
-            pad_tokens=pad_tokens,
-            pad_token=pad_token,
-            padding_side=padding_side,
-            spread_kwargs=spread_kwargs,
-            device=device,
-            pad_to_multiple_of=pad_to_multiple_of,
-            batch_size_buckets=batch_size_buckets,
-        )
+        self._padder = padder_of(_func, locals())
         super().__init__(
             _func,
             batch_size=batch_size,
@@ -216,35 +207,10 @@ def dynamically(
 ) -> Any:
     """Batch the awaited calls of a model (a sync or async function) that takes
     a dict of padded arrays or tensors. See ``AsyncModelBatchProcessor``."""
-    padding = dict(
-        pad_tokens=pad_tokens,
-        pad_token=pad_token,
-        padding_side=padding_side,
-        spread_kwargs=spread_kwargs,
-        device=device,
-        pad_to_multiple_of=pad_to_multiple_of,
-        batch_size_buckets=batch_size_buckets,
-    )
+    options = decorator_options(locals())
     _validate.at_decoration(batch_size, timeout_ms)
-    make_padder(None, batch_size, **padding)
-
-    def make_processor(f: Callable[..., Any]) -> AsyncModelBatchProcessor[Any]:
-        return AsyncModelBatchProcessor(
-            f,
-            batch_size=batch_size,
-            timeout_ms=timeout_ms,
-            small_batch_threshold=small_batch_threshold,
-            cache=cache,
-            max_batch_length=max_batch_length,
-            priority_strategy=priority_strategy,
-            batch_item_cls=batch_item_cls,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-            **padding,
-        )
-
-    return dynamic_batch(make_processor, func)
+    padder_of(None, options)  # the padding options fail here, not at the first call
+    return dynamic_batch(functools.partial(AsyncModelBatchProcessor, **options), func)
 
 
 __all__ = ["AsyncModelBatchProcessor", "dynamically"]
