@@ -1,14 +1,24 @@
 """Shared fixtures: one behaviour suite, run against every front end.
 
-``submit(processor, items)`` hands a call to the processor through a front end
-and returns a concurrent.futures.Future of its result:
-  * "thread":  a blocking call on a pool thread (``processor(items)``);
-  * "asyncio": ``await processor.acall(items)`` on an event loop in another thread.
+``submit`` is a front end (uvloop's _testbase runs one suite on two loops the
+same way). ``submit.make(fn, **options)`` builds an item processor around a
+plain batch function ``fn(items)``; ``submit.make_model(fn, **options)`` a
+model processor around ``fn(features)``; ``submit(proc, *args, **kwargs)``
+hands it one call and returns a concurrent.futures.Future of the outcome:
+
+  * "thread":    BatchProcessor / ModelBatchProcessor, a blocking call on a pool thread;
+  * "acall":     the same processors, ``await proc.acall(...)`` on an event loop in another thread;
+  * "aio":       batched.aio's processors with the plain function (its worker threads);
+  * "aio-async": batched.aio's processors with the function as an ``async def``
+                 (the event-loop driver). It runs ``fn`` in a thread
+                 (asyncio.to_thread), as an async model wrapper would, so a
+                 function that blocks (a Gate) holds its batch, not the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import threading
 import time
@@ -19,6 +29,11 @@ from typing import Any
 import pytest
 
 TIMEOUT = 30.0  # seconds: far above any wait here; reaching it means a hang
+FRONT_ENDS = ("thread", "acall", "aio", "aio-async")
+#: the front ends whose callers await on an event loop (cancellation)
+ASYNCIO_FRONT_ENDS = ("acall", "aio", "aio-async")
+#: the front ends whose batch function runs on the processor's worker threads
+THREAD_DRIVER_FRONT_ENDS = ("thread", "acall", "aio")
 
 
 class _LoopThread:
@@ -36,55 +51,78 @@ class _LoopThread:
         self.loop.close()
 
 
+def as_async(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as an ``async def`` that runs it in a thread, under its name."""
+
+    async def run_in_thread(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    try:
+        functools.update_wrapper(run_in_thread, fn)
+    except AttributeError:  # a callable object: no __name__
+        pass
+    run_in_thread.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return run_in_thread
+
+
 class FrontEnd:
-    """How a test reaches a processor: ``make(fn, **options)`` builds one,
-    ``submit(proc, items)`` hands it a call and returns a concurrent Future."""
+    """One way of reaching a processor (see the module docstring)."""
 
-    def __init__(self, name: str, make: Callable[..., Any], submit: Callable[[Any, Any], Future[Any]]) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.make = make
-        self._submit = submit
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: _LoopThread | None = None
+        if name == "thread":
+            self._pool = ThreadPoolExecutor(max_workers=256)
+        else:
+            self._loop = _LoopThread()
 
-    def __call__(self, proc: Any, items: Any) -> Future[Any]:
-        return self._submit(proc, items)
+    @property
+    def asyncio(self) -> bool:
+        return self.name != "thread"
+
+    def _fn(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return as_async(fn) if self.name == "aio-async" else fn
+
+    def make(self, fn: Callable[..., Any], **options: Any) -> Any:
+        from batched import BatchProcessor
+        from batched.aio import AsyncBatchProcessor
+
+        cls = AsyncBatchProcessor if self.name.startswith("aio") else BatchProcessor
+        return cls(self._fn(fn), **options)
+
+    def make_model(self, fn: Callable[..., Any], **options: Any) -> Any:
+        from batched.aio.inference import AsyncModelBatchProcessor
+        from batched.inference import ModelBatchProcessor
+
+        cls = AsyncModelBatchProcessor if self.name.startswith("aio") else ModelBatchProcessor
+        return cls(self._fn(fn), **options)
+
+    def __call__(self, proc: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._pool is not None:
+            return self._pool.submit(proc, *args, **kwargs)
+        assert self._loop is not None
+        call = proc.acall if self.name == "acall" else proc
+
+        async def on_loop() -> Any:
+            return await call(*args, **kwargs)
+
+        return self._loop.submit(on_loop())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # a caller stuck by a bug must not hang teardown
+        if self._loop is not None:
+            self._loop.close()
 
 
-@pytest.fixture(params=["thread", "asyncio", "aio"])
+@pytest.fixture(params=FRONT_ENDS)
 def submit(request: pytest.FixtureRequest) -> Iterator[FrontEnd]:
-    """The behaviour suite runs once per front end:
-    * thread:  BatchProcessor, a blocking call on a pool thread;
-    * asyncio: BatchProcessor.acall on an event loop in another thread;
-    * aio:     batched.aio.AsyncBatchProcessor (the same plain batch function,
-      run by its worker threads), awaited on an event loop in another thread.
-    """
-    from batched import BatchProcessor
-    from batched.aio import AsyncBatchProcessor
-    from batched.types import PriorityStrategy
-
-    if request.param == "thread":
-        pool = ThreadPoolExecutor(max_workers=256)
-        yield FrontEnd("thread", BatchProcessor, lambda proc, items: pool.submit(proc, items))
-        pool.shutdown(wait=False, cancel_futures=True)  # a caller stuck by a bug must not hang teardown
-        return
-    lt = _LoopThread()
-    if request.param == "asyncio":
-
-        async def acall(proc: Any, items: Any) -> Any:
-            return await proc.acall(items)
-
-        yield FrontEnd("asyncio", BatchProcessor, lambda proc, items: lt.submit(acall(proc, items)))
-    else:
-
-        async def await_aio(proc: Any, items: Any) -> Any:
-            return await proc(items)
-
-        def make_aio(fn: Any, **options: Any) -> Any:
-            # PRIORITY: small calls first, as in the threaded API (aio's default,
-            # NONE, is arrival order, as in 0.1.5; test_aio covers it).
-            return AsyncBatchProcessor(fn, priority_strategy=PriorityStrategy.PRIORITY, **options)
-
-        yield FrontEnd("aio", make_aio, lambda proc, items: lt.submit(await_aio(proc, items)))
-    lt.close()
+    """The behaviour suite runs once per front end (a test narrows the list
+    with ``@pytest.mark.parametrize("submit", ASYNCIO_FRONT_ENDS, indirect=True)``)."""
+    front = FrontEnd(request.param)
+    yield front
+    front.close()
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:

@@ -20,7 +20,7 @@ LONG_MS = 60_000.0
 
 def make_fn(kind: str, body: Any, record: list | None = None) -> Any:
     """The same batch function as ``def`` (run on worker threads) or ``async def`` (on the loop)."""
-    if kind == "sync":
+    if kind == "aio":
 
         def fn(items: list[Any]) -> Any:
             if record is not None:
@@ -38,7 +38,7 @@ def make_fn(kind: str, body: Any, record: list | None = None) -> Any:
     return fn
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["aio", "aio-async"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -72,7 +72,7 @@ def test_decorator_bare_kwargs_and_methods(kind: str) -> None:
         def __init__(self, offset: int) -> None:
             self.offset = offset
 
-        if kind == "sync":
+        if kind == "aio":
 
             @aio.dynamically(batch_size=8, timeout_ms=1)
             def predict(self, items: list[int]) -> list[int]:
@@ -93,7 +93,7 @@ def test_decorator_bare_kwargs_and_methods(kind: str) -> None:
 
     run(main())
     assert a.predict is a.predict and a.predict is not b.predict
-    assert a.predict.is_async == (kind == "async")
+    assert a.predict.is_async == (kind == "aio-async")
     for p in (bare, a.predict, b.predict):
         p.shutdown()
 
@@ -116,16 +116,16 @@ def test_full_batch_leaves_at_once_and_lone_item_waits(kind: str) -> None:
 
 
 def test_idle_async_processor_has_no_timer_armed() -> None:
-    proc = aio.AsyncBatchProcessor(make_fn("async", lambda xs: xs), batch_size=4, timeout_ms=20)
+    proc = aio.AsyncBatchProcessor(make_fn("aio-async", lambda xs: xs), batch_size=4, timeout_ms=20)
 
     async def main() -> None:
         task = asyncio.ensure_future(proc(1))
         await asyncio.sleep(0)
         engine = proc._engine_for(asyncio.get_running_loop())
-        assert engine.armed_timers() == 1  # waiting for the timeout
+        assert engine.driver.timer_armed  # waiting for the timeout
         assert await task == 1
         await asyncio.sleep(0.01)
-        assert engine.armed_timers() == 0  # idle: nothing armed
+        assert not engine.driver.timer_armed  # idle: nothing armed
 
     run(main())
     proc.shutdown()
@@ -368,7 +368,7 @@ def test_options_are_checked() -> None:
     with pytest.raises(TypeError, match="cache must follow"):
         aio.AsyncBatchProcessor(lambda xs: xs, cache=object())
     with pytest.warns(UserWarning, match="batch_item_cls is ignored"):
-        batched.aio.batch_processor._warned_batch_item_cls = False
+        batched._options._warned_batch_item_cls = False
         aio.AsyncBatchProcessor(lambda xs: xs, batch_item_cls=object).shutdown()
 
 
@@ -460,7 +460,7 @@ def test_garbage_collected_aio_processor_stops_its_workers() -> None:
 def test_batch_task_cancelled_before_it_runs_strands_nobody() -> None:
     # A shutdown handler that cancels every task also cancels batch tasks that
     # have not taken their first step: the slot must come back, later calls work.
-    proc = aio.AsyncBatchProcessor(make_fn("async", lambda xs: xs), batch_size=4, timeout_ms=1)
+    proc = aio.AsyncBatchProcessor(make_fn("aio-async", lambda xs: xs), batch_size=4, timeout_ms=1)
 
     async def main() -> None:
         callers = [asyncio.ensure_future(proc(i)) for i in range(4)]  # a full batch: its task exists
@@ -497,7 +497,7 @@ def test_0_1_5_item_class_import_and_clear_stats(kind: str) -> None:
     class MyItem(AsyncBatchItem):  # 0.1.5 code subclasses it for batch_item_cls
         pass
 
-    batched.aio.batch_processor._warned_batch_item_cls = False
+    batched._options._warned_batch_item_cls = False
     with pytest.warns(UserWarning, match="batch_item_cls is ignored"):
         proc = aio.AsyncBatchProcessor(make_fn(kind, lambda xs: xs), timeout_ms=0, batch_item_cls=MyItem)
     assert run(proc([1, 2])) == [1, 2]

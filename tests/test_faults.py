@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, _LoopThread, wait_until, worker_threads
+from conftest import FRONT_ENDS, THREAD_DRIVER_FRONT_ENDS, TIMEOUT, _LoopThread, wait_until, worker_threads
 
 from batched import BatchProcessor, ShutdownError, aio
 
@@ -229,9 +229,11 @@ def bounded(fn: Any, *args: Any, limit: float = TIMEOUT) -> Any:
     return box[0]
 
 
+@pytest.mark.parametrize("submit", THREAD_DRIVER_FRONT_ENDS, indirect=True)
 def test_random_fault_mix_with_many_concurrent_callers(submit) -> None:
     """Thread callers, asyncio callers (acall) and aio callers of one plain
-    batch function run by 2 worker threads, under a random mix of faults."""
+    batch function run by 2 worker threads, under a random mix of faults
+    (an async def function: the next test)."""
     faulty = Faulty(seed=11, timeout_ms=2)
     proc = submit.make(faulty.sync_fn(), batch_size=16, timeout_ms=2, num_workers=2)
     if submit.name == "aio":
@@ -326,7 +328,7 @@ def test_keyboard_interrupt_and_system_exit_in_an_async_batch_function_do_not_st
 
 
 @pytest.mark.parametrize("num_workers", [1, 2])
-@pytest.mark.parametrize("front", ["blocking", "acall", "aio-sync", "aio-async", "aio-async-child-task"])
+@pytest.mark.parametrize("front", [*FRONT_ENDS, "aio-async-child-task"])
 def test_reentrant_call_fails_fast_and_other_processors_still_work(front: str, num_workers: int) -> None:
     """A batch function that calls its own processor would wait for the batch
     that makes the call: with one worker, forever. It gets a RuntimeError at
@@ -361,16 +363,16 @@ def test_reentrant_call_fails_fast_and_other_processors_still_work(front: str, n
 
         def fn(items: list[int]) -> list[int]:
             if items[0] < 0:
-                if front == "blocking":
+                if front == "thread":
                     return procs["p"](items)
                 if front == "acall":
                     return asyncio.run(procs["p"].acall(items))
                 return asyncio.run(procs["p"](items))
-            if front == "aio-sync":
+            if front == "aio":
                 return asyncio.run(other_async(items))
             return other(items)
 
-        proc = (aio.AsyncBatchProcessor if front == "aio-sync" else BatchProcessor)(
+        proc = (aio.AsyncBatchProcessor if front == "aio" else BatchProcessor)(
             fn, timeout_ms=0, num_workers=num_workers
         )
     procs["p"] = proc
@@ -413,7 +415,7 @@ def _check_shutdown_outcomes(outcomes: list[tuple[Any, Any]]) -> tuple[int, int]
     return ok, failed
 
 
-@pytest.mark.parametrize("front", ["threads+acall", "aio-sync", "aio-async"])
+@pytest.mark.parametrize("front", ["thread+acall", "aio", "aio-async"])
 def test_shutdown_with_thousands_queued_and_a_batch_in_flight(front: str) -> None:
     """shutdown() while a batch runs and thousands of calls wait: the queued
     ones fail with ShutdownError at once (the running batch is still
@@ -435,7 +437,7 @@ def test_shutdown_with_thousands_queued_and_a_batch_in_flight(front: str) -> Non
 
     if front == "aio-async":
         proc: Any = aio.AsyncBatchProcessor(held_async_batch, batch_size=16, timeout_ms=1, num_workers=2)
-    elif front == "aio-sync":
+    elif front == "aio":
         proc = aio.AsyncBatchProcessor(held_batch, batch_size=16, timeout_ms=1, num_workers=2)
     else:
         proc = BatchProcessor(held_batch, batch_size=16, timeout_ms=1, num_workers=2)

@@ -1,68 +1,23 @@
 """The inference front ends: batched.inference and batched.aio.inference.
 
-Every test runs for each way of reaching a model (a blocking call, ``acall``,
-aio with a plain model function, aio with an ``async def`` one). The models
+Every behaviour test runs for each way of reaching a model (conftest.submit:
+a blocking call, ``acall``, aio with a plain model function, aio with an
+``async def`` one). The models
 here mostly return their padded input, so each caller can check that it got
 back exactly its own rows, padded as asked.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT, Gate, _LoopThread, wait_until
+from conftest import TIMEOUT, Gate, wait_until
 
-from batched.aio.inference import AsyncModelBatchProcessor
 from batched.inference import ModelBatchProcessor
-
-
-class ModelFrontEnd:
-    def __init__(self, name: str, make: Callable[..., Any], submit: Callable[..., Future[Any]]) -> None:
-        self.name = name
-        self.make = make
-        self._submit = submit
-
-    def __call__(self, proc: Any, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self._submit(proc, args, kwargs)
-
-
-@pytest.fixture(params=["thread", "acall", "aio", "aio-async"])
-def submit(request: pytest.FixtureRequest) -> Iterator[ModelFrontEnd]:
-    if request.param == "thread":
-        pool = ThreadPoolExecutor(max_workers=64)
-        yield ModelFrontEnd("thread", ModelBatchProcessor, lambda p, a, k: pool.submit(p, *a, **k))
-        pool.shutdown(wait=False, cancel_futures=True)  # a caller stuck by a bug must not hang teardown
-        return
-    lt = _LoopThread()
-    if request.param == "acall":
-
-        async def acall(p: Any, a: Any, k: Any) -> Any:
-            return await p.acall(*a, **k)
-
-        yield ModelFrontEnd("acall", ModelBatchProcessor, lambda p, a, k: lt.submit(acall(p, a, k)))
-    else:
-
-        async def await_aio(p: Any, a: Any, k: Any) -> Any:
-            return await p(*a, **k)
-
-        def make(fn: Any, **options: Any) -> Any:
-            if request.param == "aio-async":
-                plain = fn
-
-                async def fn(*args: Any, **kwargs: Any) -> Any:
-                    await asyncio.sleep(0)
-                    return plain(*args, **kwargs)
-
-                fn.__qualname__ = plain.__qualname__
-            return AsyncModelBatchProcessor(fn, **options)
-
-        yield ModelFrontEnd(request.param, make, lambda p, a, k: lt.submit(await_aio(p, a, k)))
-    lt.close()
 
 
 def identity(features: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +42,7 @@ def test_each_caller_gets_its_own_padded_rows(submit: ModelFrontEnd, side: str) 
         seen.append({k: v.shape for k, v in features.items()})
         return identity(features)
 
-    proc = submit.make(model, batch_size=8, timeout_ms=2, pad_tokens={"ids": -1, "vecs": 0.5}, padding_side=side)
+    proc = submit.make_model(model, batch_size=8, timeout_ms=2, pad_tokens={"ids": -1, "vecs": 0.5}, padding_side=side)
     rng = np.random.default_rng(1)
     calls = []
     for i in range(120):
@@ -115,7 +70,7 @@ def test_ragged_rows_and_calls_larger_than_a_batch(submit: ModelFrontEnd) -> Non
         batches.append(len(ids))
         return (ids != 0).sum(axis=1) * 1000 + ids[:, 0]  # each row's length and first token
 
-    proc = submit.make(model, batch_size=4, timeout_ms=1)
+    proc = submit.make_model(model, batch_size=4, timeout_ms=1)
     rng = np.random.default_rng(2)
     calls = []
     for i in range(30):
@@ -140,7 +95,7 @@ def test_output_structures_come_back_as_given(submit: ModelFrontEnd) -> None:
             return {"double": x * 2, "plus": x + 1}
         return [f"row {v}" for v in x]  # one result per row
 
-    procs = [submit.make(model, batch_size=16, timeout_ms=1) for _ in range(4)]
+    procs = [submit.make_model(model, batch_size=16, timeout_ms=1) for _ in range(4)]
     futs = [(k, v, submit(procs[k], {"x": np.full((2, 1), v, dtype=np.int64)})) for k in range(4) for v in (k, k + 4)]
     for kind, v, fut in futs:
         out = fut.result(TIMEOUT)
@@ -161,7 +116,7 @@ def test_spread_kwargs_and_pad_token_alias(submit: ModelFrontEnd) -> None:
     def model(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return np.stack([input_ids.sum(axis=1), attention_mask.sum(axis=1)], axis=1)
 
-    proc = submit.make(model, spread_kwargs=True, pad_token={"input_ids": 5}, timeout_ms=1)
+    proc = submit.make_model(model, spread_kwargs=True, pad_token={"input_ids": 5}, timeout_ms=1)
     ids = np.array([[1, 2, 3]])
     out = submit(proc, input_ids=ids, attention_mask=np.ones_like(ids)).result(TIMEOUT)
     np.testing.assert_array_equal(out, [[6, 3]])
@@ -231,7 +186,7 @@ def test_bucketed_batch_sizes_and_padded_lengths(submit: ModelFrontEnd) -> None:
         shapes.append(ids.shape)
         return ids.sum(axis=1)
 
-    proc = submit.make(model, batch_size=8, timeout_ms=1, batch_size_buckets=[2, 8, 4], pad_to_multiple_of=16, pad_tokens={"ids": 0})
+    proc = submit.make_model(model, batch_size=8, timeout_ms=1, batch_size_buckets=[2, 8, 4], pad_to_multiple_of=16, pad_tokens={"ids": 0})
     futs = []
     for i in range(40):
         ids = np.full((1, 1 + i % 20), i, dtype=np.int64)
@@ -276,7 +231,7 @@ def test_bad_features_fail_only_their_caller(submit: ModelFrontEnd) -> None:
         batches.append(len(features["ids"]))
         return features["ids"][:, 0]
 
-    proc = submit.make(model, batch_size=16, timeout_ms=5)
+    proc = submit.make_model(model, batch_size=16, timeout_ms=5)
     good = np.arange(12, dtype=np.int64).reshape(3, 4)
     assert submit(proc, {"ids": good}).result(TIMEOUT).tolist() == [0, 4, 8]
     bad_calls = [
@@ -312,7 +267,7 @@ def test_bad_outputs_fail_the_batch_with_a_clear_error(submit: ModelFrontEnd) ->
     def model(features: dict[str, Any]) -> Any:
         return outputs[int(features["x"][0, 0])]
 
-    proc = submit.make(model, timeout_ms=0)
+    proc = submit.make_model(model, timeout_ms=0)
     x = lambda v: {"x": np.full((2, 1), v)}  # noqa: E731
     with pytest.raises(ValueError, match=r"returned 3 rows in its output for a batch of 2 rows"):
         submit(proc, x(1)).result(TIMEOUT)
@@ -415,7 +370,7 @@ def _torch() -> Any:
 
 def test_torch_cpu_tensors_keep_their_dtype(submit: ModelFrontEnd) -> None:
     torch = _torch()
-    proc = submit.make(identity, batch_size=8, timeout_ms=2, pad_tokens={"ids": 3, "emb": -1.5}, padding_side="left")
+    proc = submit.make_model(identity, batch_size=8, timeout_ms=2, pad_tokens={"ids": 3, "emb": -1.5}, padding_side="left")
     g = torch.Generator().manual_seed(0)
     calls = []
     for i in range(40):
@@ -452,7 +407,7 @@ def test_staging_to_a_device_packs_copies_and_pads_there(side: str) -> None:
     run on the CPU so it is tested without a GPU."""
     torch = _torch()
     proc = ModelBatchProcessor(identity, batch_size=16, timeout_ms=2, device="cpu", pad_tokens={"ids": -7}, padding_side=side)
-    proc._padder.stage_to_device = True
+    proc._collator.stage_to_device = True
     rng = np.random.default_rng(3)
     with ThreadPoolExecutor(16) as pool:
         calls = []

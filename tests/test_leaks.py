@@ -247,7 +247,7 @@ def test_inference_calls_do_not_grow_memory_or_refcounts() -> None:
 # ---- volume: batched.aio.dynamically ----
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["aio", "aio-async"])
 def test_asyncio_calls_do_not_grow_memory_or_refcounts(kind: str) -> None:
     """aio with a plain function (worker threads) and with an ``async def`` one
     (the event-loop driver), many tasks at once on one loop."""
@@ -259,7 +259,7 @@ def test_asyncio_calls_do_not_grow_memory_or_refcounts(kind: str) -> None:
     def body(xs: list[Any]) -> list[Any]:
         return [result if x is item else x + 1 for x in xs]
 
-    if kind == "sync":
+    if kind == "aio":
         fn: Callable[..., Any] = body
     else:
 

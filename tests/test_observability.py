@@ -251,7 +251,7 @@ class _RaisingFilter(logging.Filter):
         raise RuntimeError("a broken logging filter")
 
 
-@pytest.mark.parametrize("kind", ["thread", "aio-sync", "aio-async"])
+@pytest.mark.parametrize("kind", ["thread", "aio", "aio-async"])
 def test_a_raising_log_filter_changes_nothing_for_callers(kind: str) -> None:
     log = logging.getLogger("batched")
     broken = _RaisingFilter()
@@ -268,7 +268,7 @@ def test_a_raising_log_filter_changes_nothing_for_callers(kind: str) -> None:
                 proc([0, 1])
             assert proc([1, 2]) == [2, 3]  # and the processor goes on
         else:
-            if kind == "aio-sync":
+            if kind == "aio":
                 target: Any = fn
             else:
                 async def target(xs: list[int]) -> list[int]:

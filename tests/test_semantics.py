@@ -1,5 +1,6 @@
-"""SPEC section 2, line by line, for every front end (see conftest.submit):
-threads, BatchProcessor.acall, and batched.aio."""
+"""The batching contract (docs/semantics.md), section by section, for every
+front end (conftest.submit: threads, BatchProcessor.acall, batched.aio with a
+plain function, batched.aio with an async def one)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, Gate, queued, wait_until, worker_threads
+from conftest import ASYNCIO_FRONT_ENDS, TIMEOUT, Gate, queued, wait_until, worker_threads
 
 import batched
 from batched import BatchProcessor, QueueFullError, ShutdownError
@@ -21,7 +22,7 @@ def identity(items: list[Any]) -> list[Any]:
     return list(items)
 
 
-# 2.1 dispatch rules
+# 1. When a batch leaves
 
 
 def test_full_batch_leaves_without_waiting_for_the_timeout(submit) -> None:
@@ -80,7 +81,7 @@ def test_batches_never_exceed_batch_size(submit) -> None:
     proc.shutdown()
 
 
-# 2.2 items that waited during a batch leave as soon as it returns
+# 1. Items that waited during a batch leave as soon as it returns
 
 
 def test_backlog_leaves_when_the_worker_returns(submit) -> None:
@@ -114,7 +115,7 @@ def test_backlog_does_not_wait_for_a_long_timeout(submit) -> None:
     proc.shutdown()
 
 
-# 2.3 exactly once, own results, own order; large calls split and reassembled
+# 2, 4. Large calls split over batches, reassembled in their order
 
 
 def test_large_call_split_over_batches_and_reassembled(submit) -> None:
@@ -126,7 +127,7 @@ def test_large_call_split_over_batches_and_reassembled(submit) -> None:
     proc.shutdown()
 
 
-# 2.4 small calls first, and aging
+# 3. Which items go first
 
 
 def _queue_behind_gate(submit, proc, gate, calls):
@@ -154,18 +155,151 @@ def test_small_calls_go_before_bulk_calls(submit) -> None:
     proc.shutdown()
 
 
-def test_aged_bulk_call_goes_first(submit) -> None:
+def test_arrival_order_when_asked_for(submit) -> None:
+    from batched.types import PriorityStrategy
+
     gate = Gate(identity)
-    # aging_ms=0: every queued item is "old", so arrival order wins over size.
-    proc = submit.make(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2, aging_ms=0)
+    proc = submit.make(gate, batch_size=4, timeout_ms=0, small_batch_threshold=2,
+                       priority_strategy=PriorityStrategy.NONE)
     bulk = [f"bulk{i}" for i in range(6)]
     _queue_behind_gate(submit, proc, gate, [bulk, ["s1"]])
-    order = [x for batch in gate.batches[1:] for x in batch]
-    assert order == [*bulk, "s1"]
+    assert [x for batch in gate.batches[1:] for x in batch] == [*bulk, "s1"]
     proc.shutdown()
 
 
-# 2.5 failures of the batch function
+class Stepper:
+    """A batch function whose batches each wait for ``step()``: the test
+    decides when each batch returns, so the order of batches is exact."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self._entered = threading.Semaphore(0)
+        self._go = threading.Semaphore(0)
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        self.batches.append(list(items))
+        self._entered.release()
+        if not self._go.acquire(timeout=TIMEOUT):
+            raise RuntimeError("never stepped")
+        return list(items)
+
+    def wait_entered(self, n: int) -> None:
+        """Waits until ``n`` more batches have started."""
+        for _ in range(n):
+            assert self._entered.acquire(timeout=TIMEOUT), "no batch started"
+
+    def step(self) -> None:
+        self._go.release()
+
+
+def test_small_call_goes_first_however_long_bulk_work_has_run(submit) -> None:
+    """48 bulk items in batches of 4: the bulk call is worked on (3 batches)
+    for longer than aging_ms, then a one-item call arrives. It is in the next
+    batch formed, not after the 9 bulk batches left (docs/semantics.md, 3)."""
+    fn = Stepper()
+    proc = submit.make(fn, batch_size=4, timeout_ms=2000, small_batch_threshold=2, aging_ms=100)
+    bulk = list(range(48))
+    bulk_call = submit(proc, bulk)
+    fn.wait_entered(1)
+    for _ in range(2):
+        fn.step()
+        fn.wait_entered(1)
+    time.sleep(0.15)  # longer than aging_ms, with the bulk call queued all along
+    small = submit(proc, "small")
+    wait_until(lambda: queued(proc) == 48 - 12 + 1, "the small call queued")
+    fn.step()
+    fn.wait_entered(1)
+    assert fn.batches[3][0] == "small", fn.batches
+    for _ in range(10):  # batches 3 to 12 (the small call, then the 36 bulk items left)
+        fn.step()
+    assert small.result(TIMEOUT) == "small"
+    assert bulk_call.result(TIMEOUT) == bulk
+    proc.shutdown()
+
+
+def test_small_call_goes_first_however_long_bulk_work_has_waited(submit) -> None:
+    """A 20-item call waits 150 ms behind a busy worker (aging_ms=100, timeout
+    200 ms), then a one-item call arrives: it goes in the first batch."""
+    gate = Gate(identity)
+    proc = submit.make(gate, batch_size=4, timeout_ms=200, small_batch_threshold=2, aging_ms=100)
+    first = submit(proc, "busy")
+    assert gate.entered.wait(TIMEOUT)
+    bulk = submit(proc, list(range(20)))
+    wait_until(lambda: queued(proc) == 20, "the bulk call queued")
+    time.sleep(0.15)
+    small = submit(proc, "small")
+    wait_until(lambda: queued(proc) == 21, "the small call queued")
+    gate.open()
+    assert small.result(TIMEOUT) == "small" and bulk.result(TIMEOUT) == list(range(20))
+    assert first.result(TIMEOUT) == "busy"
+    assert gate.batches[1] == ["small", 0, 1, 2]
+    proc.shutdown()
+
+
+def test_small_call_arriving_during_real_bulk_work_is_served_next(submit) -> None:
+    """The scenario of a new user, with real time: 40 ms per batch, 48 bulk
+    items in batches of 4, a one-item call 100 ms in. It leaves in the batch
+    formed right after it arrives, or the one after that if one was being
+    formed at that instant; never after the bulk call (loose timing)."""
+    started: list[tuple[float, list[Any]]] = []
+
+    def slow(items: list[Any]) -> list[Any]:
+        started.append((time.monotonic(), list(items)))
+        time.sleep(0.04)
+        return list(items)
+
+    proc = submit.make(slow, batch_size=4, timeout_ms=2000, small_batch_threshold=2)
+    bulk = submit(proc, list(range(48)))
+    wait_until(lambda: len(started) >= 1, "the first bulk batch")
+    time.sleep(0.1)
+    arrived = time.monotonic()
+    small = submit(proc, "small")
+    assert small.result(TIMEOUT) == "small"
+    assert bulk.result(TIMEOUT) == list(range(48))
+    which = next(i for i, (_, batch) in enumerate(started) if "small" in batch)
+    first_after = next(i for i, (t, _) in enumerate(started) if t >= arrived)
+    assert which <= first_after + 1, [b for _, b in started]
+    assert which < len(started) - 1  # not after the bulk work
+    proc.shutdown()
+
+
+def test_a_passed_over_call_gets_the_next_batch(submit) -> None:
+    """aging_ms=0: a bulk call that one batch passed over goes first in the
+    next; the small calls that batch passed over go first in the one after."""
+    gate = Gate(identity)
+    proc = submit.make(gate, batch_size=2, timeout_ms=0, small_batch_threshold=1, aging_ms=0)
+    bulk = [f"bulk{i}" for i in range(4)]
+    _queue_behind_gate(submit, proc, gate, [bulk, ["s1"], ["s2"], ["s3"], ["s4"]])
+    assert gate.batches[1:] == [["s1", "s2"], ["bulk0", "bulk1"], ["s3", "s4"], ["bulk2", "bulk3"]]
+    proc.shutdown()
+
+
+def test_shorter_items_first_across_calls(submit) -> None:
+    """PriorityStrategy.LENGTH sorts queued items by length, whichever call
+    they came from, so batches hold items of similar length; every caller
+    still gets its own results in its own order."""
+    from batched.types import PriorityStrategy
+
+    gate = Gate(lambda xs: [x.upper() for x in xs])
+    proc = submit.make(gate, batch_size=3, timeout_ms=0, small_batch_threshold=1,
+                       priority_strategy=PriorityStrategy.LENGTH)
+    a = ["a" * 9, "a", "a" * 7]
+    b = ["b" * 3, "b", "b" * 8]
+    first = submit(proc, "gate")
+    assert gate.entered.wait(TIMEOUT)
+    fa = submit(proc, a)
+    wait_until(lambda: queued(proc) == 3, "a queued")
+    fb = submit(proc, b)
+    wait_until(lambda: queued(proc) == 6, "b queued")
+    gate.open()
+    assert first.result(TIMEOUT) == "GATE"
+    assert fa.result(TIMEOUT) == [x.upper() for x in a]
+    assert fb.result(TIMEOUT) == [x.upper() for x in b]
+    assert [[len(x) for x in batch] for batch in gate.batches[1:]] == [[1, 1, 3], [7, 8, 9]]
+    proc.shutdown()
+
+
+# 5. When the batch function fails
 
 
 def test_exception_reaches_every_caller_in_the_batch_and_only_them(submit) -> None:
@@ -283,59 +417,44 @@ def test_each_caller_gets_its_own_exception_object(submit) -> None:
     proc.shutdown()
 
 
-# 2.7 cancellation (asyncio callers)
+# 7. Cancellation (asyncio callers)
 
 
-def test_cancelled_caller_leaves_the_queue_before_dispatch() -> None:
+@pytest.mark.parametrize("submit", ASYNCIO_FRONT_ENDS, indirect=True)
+def test_cancelled_caller_leaves_the_queue_before_dispatch(submit) -> None:
     gate = Gate(identity)
-    proc = BatchProcessor(gate, batch_size=8, timeout_ms=0)
-
-    async def main() -> None:
-        running = asyncio.ensure_future(proc.acall("running"))
-        while not gate.entered.is_set():
-            await asyncio.sleep(0.001)
-        doomed = [asyncio.ensure_future(proc.acall(f"cancel-{i}")) for i in range(5)]
-        kept = asyncio.ensure_future(proc.acall(["keep-1", "keep-2"]))
-        while proc.stats.queue_size < 7:
-            await asyncio.sleep(0.001)
-        for t in doomed:
-            t.cancel()
-        await asyncio.sleep(0)  # let the cancellations run
-        await asyncio.sleep(0)
-        assert proc.stats.queue_size == 2
-        gate.open()
-        assert await running == "running"
-        assert await kept == ["keep-1", "keep-2"]
-        for t in doomed:
-            with pytest.raises(asyncio.CancelledError):
-                await t
-
-    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    proc = submit.make(gate, batch_size=8, timeout_ms=0)
+    running = submit(proc, "running")
+    assert gate.entered.wait(TIMEOUT)
+    doomed = [submit(proc, f"cancel-{i}") for i in range(5)]
+    kept = submit(proc, ["keep-1", "keep-2"])
+    wait_until(lambda: queued(proc) == 7, "7 items queued")
+    for f in doomed:
+        f.cancel()  # cancels the awaiting task on its loop
+    wait_until(lambda: queued(proc) == 2, "the cancelled items out of the queue")
+    gate.open()
+    assert running.result(TIMEOUT) == "running"
+    assert kept.result(TIMEOUT) == ["keep-1", "keep-2"]
     seen = [x for batch in gate.batches for x in batch]
     assert seen == ["running", "keep-1", "keep-2"]  # no cancelled item reached the function
-    assert proc.stats.queue_size == 0
+    assert proc.stats.queue_size == 0 and proc.stats.cancelled_items == 5
     proc.shutdown()
 
 
-def test_cancelled_after_dispatch_drops_the_result() -> None:
+@pytest.mark.parametrize("submit", ASYNCIO_FRONT_ENDS, indirect=True)
+def test_cancelled_after_dispatch_drops_the_result(submit) -> None:
     gate = Gate(identity)
-    proc = BatchProcessor(gate, batch_size=8, timeout_ms=0)
-
-    async def main() -> None:
-        task = asyncio.ensure_future(proc.acall("in flight"))
-        while not gate.entered.is_set():
-            await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        gate.open()
-        assert await proc.acall("next") == "next"  # the result was dropped quietly
-
-    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    proc = submit.make(gate, batch_size=8, timeout_ms=0)
+    in_flight = submit(proc, "in flight")
+    assert gate.entered.wait(TIMEOUT)
+    in_flight.cancel()
+    gate.open()
+    assert submit(proc, "next").result(TIMEOUT) == "next"  # the result was dropped quietly
+    assert gate.batches == [["in flight"], ["next"]]
     proc.shutdown()
 
 
-# 2.8 shutdown, garbage collection
+# 8. Shutdown, garbage collection
 
 
 def test_shutdown_fails_queued_items_and_refuses_new_calls(submit) -> None:
@@ -412,7 +531,7 @@ def test_processor_never_called_starts_no_thread() -> None:
     proc.shutdown()
 
 
-# 2.9 bounded queue
+# 9. Bounded queue
 
 
 def test_full_queue_raises_at_once(submit) -> None:
@@ -436,7 +555,7 @@ def test_full_queue_raises_at_once(submit) -> None:
     proc.shutdown()
 
 
-# 2.10 stats
+# 10. Statistics
 
 
 def test_stats_reconcile_with_the_work_done(submit) -> None:

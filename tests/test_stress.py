@@ -27,7 +27,7 @@ from concurrent.futures import CancelledError as FutureCancelledError
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, Gate, _LoopThread, run_threads, wait_until, worker_threads
+from conftest import ASYNCIO_FRONT_ENDS, TIMEOUT, Gate, _LoopThread, run_threads, wait_until, worker_threads
 
 import batched
 from batched import BatchProcessor, aio
@@ -113,13 +113,13 @@ LOOPS = 4
 ASYNC_TASKS = 400_000 if SOAK else 100_000
 
 
-@pytest.mark.parametrize("kind", ["async", "sync"])
+@pytest.mark.parametrize("kind", ["aio-async", "aio"])
 def test_concurrent_tasks_on_4_event_loops(kind: str) -> None:
     batch_size = 64
     seen: list[int] = []
     loops_seen: set[int] = set()
 
-    if kind == "async":
+    if kind == "aio-async":
 
         @aio.dynamically(batch_size=batch_size, timeout_ms=1)
         async def invert(items: list[int]) -> list[int]:
@@ -160,7 +160,7 @@ def test_concurrent_tasks_on_4_event_loops(kind: str) -> None:
 
     run_threads(LOOPS, loop_main, HANG)
     all_sent = [x for part in sent for x in part]
-    if kind == "async":
+    if kind == "aio-async":
         assert len(loops_seen) == LOOPS  # each loop ran its own batches
     # async: one engine per loop, their stats merged; sync: one engine
     assert_stats_reconcile(invert.stats, len(all_sent), batch_size)
@@ -228,14 +228,14 @@ def make_storm_processor(front: str, storm: Storm) -> tuple[Any, Any]:
         threading.Event().wait(0.0005)
         return [~x for x in items]
 
-    if front == "aio-sync":
+    if front == "aio":
         proc = aio.AsyncBatchProcessor(slow_invert_sync, batch_size=16, timeout_ms=0.5, num_workers=2)
         return proc, proc
     proc = BatchProcessor(slow_invert_sync, batch_size=16, timeout_ms=0.5, num_workers=2)
     return proc, proc.acall
 
 
-@pytest.mark.parametrize("front", ["acall", "aio-sync", "aio-async"])
+@pytest.mark.parametrize("front", ASYNCIO_FRONT_ENDS)
 def test_cancellation_storm(front: str) -> None:
     """A random third of the tasks is cancelled: at once, after a random
     delay, or from inside the batch holding its first item. Lists of up to

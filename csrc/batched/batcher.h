@@ -1,4 +1,4 @@
-// Batcher<In, Out>: dynamic batching for C++ callers (SPEC section 2).
+// Batcher<In, Out>: dynamic batching for C++ callers (docs/semantics.md).
 //
 // Many threads submit inputs; the batcher groups the inputs that arrive close
 // together, calls the batch function once per batch on one of its own worker
@@ -16,9 +16,12 @@
 //  * A batch leaves when it holds max_batch_size items, when its oldest item
 //    has waited timeout_us (0: at once, as soon as a worker is free), or when
 //    max_batch_length would be exceeded; items that queued while every worker
-//    was busy leave as soon as one is free. Calls of at most
-//    small_batch_threshold items go ahead of larger calls; an item that has
-//    waited max_age_us goes before every younger item (nothing starves).
+//    was busy leave as soon as one is free. Which items a batch takes follows
+//    options.priority_rule (by default calls of at most small_batch_threshold
+//    items go ahead of larger calls), after each call's explicit
+//    SubmitOptions::priority; a call that batches have passed over for
+//    aging_us goes first in the next one (nothing starves). docs/semantics.md
+//    says it all; policy.h implements it.
 //  * Every input is processed exactly once. submit(In) yields that input's
 //    output; submit(std::vector<In>) yields the outputs in input order, the
 //    call being split over several batches if it is larger than a batch.
@@ -80,10 +83,10 @@ namespace batched {
 
 // Per-call metadata of a submit.
 struct SubmitOptions {
-  // Lower goes first; calls of equal priority go in arrival order. Unset: 0
-  // for a call of at most small_batch_threshold items, 1 for a larger call
-  // (the Python rule). Aging (max_age_us) overrides priority for old items.
-  std::optional<std::int32_t> priority;
+  // Lower goes first, before the priority rule (BatchOptions::priority_rule)
+  // orders calls of equal priority. Aging (aging_us) overrides both for a
+  // call that batches have passed over.
+  std::int32_t priority = 0;
   // For max_batch_length: the length of a single-input submit's item.
   std::uint32_t length = 1;
   // For max_batch_length: one length per item of a multi-input submit, or
@@ -294,7 +297,7 @@ class Batcher {
     Entry& e = r.entry;
     e.owner = static_cast<Req*>(&r);
     e.count = static_cast<std::uint32_t>(n);
-    e.priority = meta.priority ? *meta.priority : (n > options().small_batch_threshold ? 1 : 0);
+    e.priority = meta.priority;
     if (!meta.lengths.empty() && meta.lengths.size() != n)
       fail_push(give_back, std::invalid_argument("batcher '" + name_ + "': SubmitOptions::lengths has " +
                                                  std::to_string(meta.lengths.size()) + " elements for a call of " +
@@ -304,7 +307,7 @@ class Batcher {
     const std::size_t max_queue = options().max_queue_size;
     PushStatus status = sched_.try_push(&e);
     if (status == PushStatus::kQueueFull && wait_for_room && n <= max_queue) status = push_when_room(&e);
-    if (status == PushStatus::kOk) return;
+    if (queued(status)) return;
     if (status == PushStatus::kClosed) fail_push(give_back, ShutdownError("batcher '" + name_ + "' has been shut down"));
     if (n > max_queue)
       fail_push(give_back, QueueFullError("a call of " + std::to_string(n) + " items can never fit in batcher '" +
@@ -445,7 +448,7 @@ class Batcher {
       // One exception object per call: submitters on different threads never
       // share one (see docs/cpp.md on shared batch errors).
       Req* r = static_cast<Req*>(e->owner);
-      r->fail(e->taken, std::make_exception_ptr(ShutdownError(what)));
+      r->fail(e->first_left, std::make_exception_ptr(ShutdownError(what)));
       r->done(e->count - e->taken);  // may delete r
     }
   }

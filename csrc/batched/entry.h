@@ -2,7 +2,9 @@
 //
 // One call is one Entry, whatever its number of items: the core never allocates
 // per item. An entry's items may be spread over several batches (a call larger
-// than the batch size); each batch names the slice it took as a Span.
+// than the batch size, or shorter items first under
+// PriorityRule::kSmallFirstThenShortest); each batch names the slices it took
+// as Spans.
 //
 // Ownership: the Entry lives in memory owned by the driver (the Python bridge's
 // call record, or the C++ Batcher's request). From a successful push until the
@@ -19,25 +21,46 @@
 
 namespace batched {
 
+struct Entry;
+
+namespace detail {
+// What the policy ranks (policy.h): a whole call, or, when shorter items go
+// first and calls need not stay whole, one item of a call.
+struct Unit {
+  static constexpr std::uint32_t kWholeCall = std::numeric_limits<std::uint32_t>::max();
+  Entry* entry = nullptr;
+  std::uint32_t index = kWholeCall;  // the item's index, or kWholeCall
+  std::uint32_t length = 0;          // its rank among units of one priority class (shortest first)
+  bool queued = false;               // item units: neither dispatched nor removed yet
+  Unit* prev = nullptr;              // links in the policy's list of this rank
+  Unit* next = nullptr;
+};
+}  // namespace detail
+
 struct Entry {
   // ---- set by the producer before push; read-only to the core afterwards ----
   void* owner = nullptr;                    // the driver's record; never dereferenced by the core
   std::uint32_t count = 0;                  // items in this call, at least 1
-  std::int32_t priority = 0;                // lower goes first; ties go in arrival order
-  const std::uint32_t* lengths = nullptr;   // per-item lengths for max_batch_length; null: 1 each
+  std::int32_t priority = 0;                // explicit priority: lower goes first (before the priority rule)
+  const std::uint32_t* lengths = nullptr;   // per-item lengths (budget, shortest first); null: 1 each
 
   // ---- set by the scheduler ----
   TimePoint enqueue_ns = 0;                 // when the push happened
+  std::uint32_t taken = 0;                  // items dispatched (or removed) so far
+  std::uint32_t first_left = 0;             // after drain(): the lowest index that was not dispatched
 
   std::uint32_t length_of(std::uint32_t i) const noexcept { return lengths ? lengths[i] : 1u; }
 
-  // ---- implementation details follow: consumer-side bookkeeping ----
+  // ---- implementation details follow: consumer-side bookkeeping (policy.h) ----
   Entry* inbox_next = nullptr;              // link in the lock-free inbox
-  std::uint32_t taken = 0;                  // items already dispatched
-  Entry* level_prev = nullptr;              // links in the policy's list of this priority
-  Entry* level_next = nullptr;
-  Entry* fifo_prev = nullptr;               // links in the policy's arrival list
-  Entry* fifo_next = nullptr;
+  Entry* arrival_prev = nullptr;            // links in the arrival list (timeout, drain)
+  Entry* arrival_next = nullptr;
+  Entry* service_prev = nullptr;            // links in the service list (aging)
+  Entry* service_next = nullptr;
+  TimePoint passed_over_ns = kNever;        // since when batches leave without it; kNever: not passed over
+  std::uint64_t served_in = 0;              // the last batch (policy's count) that took items of it
+  detail::Unit unit;                        // the entry as a whole-call unit
+  detail::Unit* items = nullptr;            // or one unit per item (owned by the policy while queued)
 };
 
 // A slice of one entry's items inside a batch: items [begin, begin + count).
@@ -52,7 +75,7 @@ enum class DispatchReason : std::uint8_t {
   kFull = 0,     // batch size reached
   kTimeout = 1,  // the oldest item waited timeout_us
   kBudget = 2,   // max_batch_length reached
-  kDrain = 3,    // a worker came back and drains what queued while all were busy (SPEC 2.2)
+  kDrain = 3,    // a worker came back and drains what queued while all were busy (docs/semantics.md, 1)
 };
 inline constexpr std::size_t kDispatchReasonCount = 4;
 

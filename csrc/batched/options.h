@@ -1,5 +1,6 @@
 // Options of a batcher. Field names carry their units; the Python keyword
-// arguments mirror them (batch_size, timeout_ms, ...).
+// arguments mirror them (batch_size, timeout_ms, ...). The rules they set are
+// written out in docs/semantics.md; policy.h implements them.
 #pragma once
 
 #include <cstddef>
@@ -8,6 +9,23 @@
 #include <string>
 
 namespace batched {
+
+// In what order queued calls go into batches (docs/semantics.md, section 3).
+// Whatever the rule, a call's explicit priority (Entry::priority, lower
+// first) ranks before it, and arrival order breaks the remaining ties.
+enum class PriorityRule : std::uint8_t {
+  // Arrival order. (Python: PriorityStrategy.NONE)
+  kArrival = 0,
+  // Calls of at most small_batch_threshold items before larger calls: the
+  // interactive request before the bulk job. (the threaded front end; aio's
+  // default and PriorityStrategy.PRIORITY)
+  kSmallFirst = 1,
+  // As kSmallFirst, and within each of the two, shorter items first whichever
+  // call they came from, so a batch holds items of similar length (less
+  // padding). A call whose items must stay together (keep_calls_whole) is
+  // ranked by its longest item. (PriorityStrategy.LENGTH)
+  kSmallFirstThenShortest = 2,
+};
 
 struct BatchOptions {
   // Durations are kept in nanoseconds inside; this bound keeps them far from overflow.
@@ -18,14 +36,18 @@ struct BatchOptions {
   // A batch is dispatched once its oldest item has waited this long; 0 means
   // dispatch whatever is queued as soon as a worker is free. (timeout_ms)
   std::int64_t timeout_us = 5000;
-  // Calls of at most this many items go ahead of larger calls. (small_batch_threshold)
+  // Calls of at most this many items are "small" for the priority rule. (small_batch_threshold)
   std::size_t small_batch_threshold = 8;
+  // Which queued items a batch takes first. (priority_strategy)
+  PriorityRule priority_rule = PriorityRule::kSmallFirst;
   // If non-zero, the sum of item lengths in a batch stays within this budget;
   // a single longer item goes alone. (max_batch_length)
   std::uint64_t max_batch_length = 0;
-  // Aging rule: an item that has waited this long goes before every younger
-  // item, whatever its priority, so nothing starves. (aging_ms)
-  std::int64_t max_age_us = 100000;
+  // Anti-starvation: a queued call that batches have passed over (they left
+  // without any of its items) for this long goes first in the next batch.
+  // Time it waited for a busy worker, or while its own items were being
+  // dispatched, does not count. (aging_ms)
+  std::int64_t aging_us = 100000;
   // If non-zero, try_push fails once this many items are queued. (max_queue_size)
   std::size_t max_queue_size = 0;
   // Number of workers taking batches from one policy. (num_workers)
@@ -42,9 +64,12 @@ struct BatchOptions {
     if (max_batch_size == 0) throw std::invalid_argument("max_batch_size must be at least 1");
     if (timeout_us < 0 || timeout_us > kMaxDurationUs)
       throw std::invalid_argument("timeout_us must be between 0 and 1e12 (11.6 days)");
-    if (max_age_us < 0 || max_age_us > kMaxDurationUs)
-      throw std::invalid_argument("max_age_us must be between 0 and 1e12 (11.6 days)");
+    if (aging_us < 0 || aging_us > kMaxDurationUs)
+      throw std::invalid_argument("aging_us must be between 0 and 1e12 (11.6 days)");
     if (num_workers == 0) throw std::invalid_argument("num_workers must be at least 1");
+    if (priority_rule != PriorityRule::kArrival && priority_rule != PriorityRule::kSmallFirst &&
+        priority_rule != PriorityRule::kSmallFirstThenShortest)
+      throw std::invalid_argument("priority_rule must be kArrival, kSmallFirst or kSmallFirstThenShortest");
   }
 };
 

@@ -7,8 +7,9 @@
 //
 // Workers call wait_pop: they take turns on one mutex, move the inbox into the
 // policy (batching rules: policy.h), and either leave with a batch or sleep on
-// a condition variable until the next deadline or a push. The event-loop
-// driver uses try_pop and next_deadline instead of sleeping.
+// a condition variable until the next deadline or a push. An event-loop
+// driver uses try_pop and next_deadline instead of sleeping, and try_push
+// tells it when to look (kOkMayDispatch), so it never guesses the rules.
 //
 // Latency: a push that makes a batch ready wakes a sleeping worker at once; a
 // timeout fires when the clock reaches it (condition-variable precision).
@@ -37,10 +38,16 @@
 namespace batched {
 
 enum class PushStatus : std::uint8_t {
-  kOk = 0,         // queued; the scheduler holds the entry until dispatched or drained
-  kQueueFull = 1,  // max_queue_size would be exceeded; nothing was queued
-  kClosed = 2,     // shutdown() was called; nothing was queued
+  kOk = 0,             // queued; the scheduler holds the entry until dispatched or drained
+  kQueueFull = 1,      // max_queue_size would be exceeded; nothing was queued
+  kClosed = 2,         // shutdown() was called; nothing was queued
+  kOkMayDispatch = 3,  // queued, as kOk, and a batch may be ready now or the next deadline
+                       // moved (the queue was empty, the batch is full, a length budget is
+                       // set, or timeout 0): a driver that keeps its own timer looks now
 };
+
+// Whether a push queued its entry (kOk or kOkMayDispatch).
+inline bool queued(PushStatus s) noexcept { return s == PushStatus::kOk || s == PushStatus::kOkMayDispatch; }
 
 template <class Clock = SteadyClock>
 class Scheduler {
@@ -55,8 +62,8 @@ class Scheduler {
   const BatchOptions& options() const noexcept { return options_; }
   const Clock& clock() const noexcept { return clock_; }
 
-  // Queues `e` (count >= 1; priority and lengths set). Takes the entry iff it
-  // returns kOk. Lock-free unless a worker sleeps; does not allocate.
+  // Queues `e` (count >= 1; priority and lengths set). Takes the entry iff
+  // queued(status). Lock-free unless a worker sleeps; does not allocate.
   // Thread-safe.
   PushStatus try_push(Entry* e) noexcept {
     // Announce the push so shutdown() can wait until no push is half done.
@@ -65,7 +72,8 @@ class Scheduler {
       return PushStatus::kClosed;
     }
     const std::size_t n = e->count;
-    if (!reserve(n)) {
+    std::size_t before = 0;
+    if (!reserve(n, before)) {
       gate_.fetch_sub(1, std::memory_order_acq_rel);
       rejected_.fetch_add(n, std::memory_order_relaxed);
       return PushStatus::kQueueFull;
@@ -81,18 +89,16 @@ class Scheduler {
     // item that neither fills the batch nor moves that deadline.
     // `undeadlined_` is read after the push (seq_cst), and a worker raises it
     // before its last look at the inbox (seq_cst): one of the two sees the other.
-    if (undeadlined_.load(std::memory_order_seq_cst) > 0 ||
-        queued_.load(std::memory_order_relaxed) >= options_.max_batch_size ||
-        options_.max_batch_length != 0) {
-      wake_one_if_sleeping();
-    }
-    return PushStatus::kOk;
+    const bool may_dispatch = before == 0 || before + n >= options_.max_batch_size ||
+                              options_.max_batch_length != 0 || options_.timeout_us == 0;
+    if (may_dispatch || undeadlined_.load(std::memory_order_seq_cst) > 0) wake_one_if_sleeping();
+    return may_dispatch ? PushStatus::kOkMayDispatch : PushStatus::kOk;
   }
 
   // Takes out of the queue the items of `e` that were not dispatched yet
   // (cancellation), and returns how many. Returns 0 if every item was
   // dispatched already or the scheduler is shut down (drain() reports the
-  // entry then). `e` must have been pushed with kOk. Thread-safe.
+  // entry then). `e` must have been queued by try_push. Thread-safe.
   std::uint32_t cancel(Entry* e) {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return 0;
@@ -199,7 +205,8 @@ class Scheduler {
 
   // After shutdown(): removes every entry that still has undispatched items,
   // oldest first, and returns them (an entry's `taken` tells how many of its
-  // items were dispatched). Thread-safe; each entry is returned once.
+  // items were dispatched, `first_left` the lowest index that was not).
+  // Thread-safe; each entry is returned once.
   std::vector<Entry*> drain() {
     std::vector<Entry*> left;
     std::lock_guard<std::mutex> lock(mu_);
@@ -250,18 +257,19 @@ class Scheduler {
  private:
   static constexpr std::uint64_t kClosedBit = std::uint64_t{1} << 63;
 
-  // Reserves room for n items; false if max_queue_size would be exceeded.
-  // Bounded queues use a CAS loop, so a call that does not fit never makes a
-  // concurrent smaller call look full.
-  bool reserve(std::size_t n) noexcept {
+  // Reserves room for n items and sets `before` to the count it found; false
+  // if max_queue_size would be exceeded. Bounded queues use a CAS loop, so a
+  // call that does not fit never makes a concurrent smaller call look full.
+  bool reserve(std::size_t n, std::size_t& before) noexcept {
     if (options_.max_queue_size == 0) {
-      queued_.fetch_add(n, std::memory_order_relaxed);
+      before = queued_.fetch_add(n, std::memory_order_relaxed);
       return true;
     }
     std::size_t cur = queued_.load(std::memory_order_relaxed);
     do {
       if (n > options_.max_queue_size || cur > options_.max_queue_size - n) return false;
     } while (!queued_.compare_exchange_weak(cur, cur + n, std::memory_order_relaxed));
+    before = cur;
     return true;
   }
 

@@ -1,9 +1,8 @@
-"""Type stubs of the Cython bridge batched._core (see _core.pyx).
+"""Type stubs of the Cython bridge batched._core (see _core.pyx and bridge/*.pxi).
 
 Private: the public API is batched.BatchProcessor and friends. Items and
-results are opaque to the engine (``Any``); a rows call's ``request`` is a
-``batched._padding.Rows`` and its pieces are what the collator's ``split``
-returns.
+results are opaque to the engine (``Any``); what a call holds is its
+collator's business (items, or a model call's features).
 """
 
 import asyncio
@@ -12,10 +11,10 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Optional
 
-from batched._padding import Padder, Rows
+from batched._options import ProcessorOptions
 
 _live_engines: weakref.WeakSet[Engine]
-_running_batch: contextvars.ContextVar[Optional[_BatchBox]]
+_running_batch: contextvars.ContextVar[Optional[_LoopBatch]]
 
 class _Call:
     """One call's request record; ``future`` is set for asyncio callers only."""
@@ -24,63 +23,70 @@ class _Call:
     def future(self) -> asyncio.Future[Any]: ...
     def cancel(self) -> None: ...
 
-class Engine:
-    """A scheduler, its worker threads (or event-loop driver) and the batch function."""
+class Collator:
+    """What a call holds and what a batch is (items: ItemCollator; rows: batched._padding.RowsCollator)."""
 
-    def __init__(
-        self,
-        fn: Callable[[Any], Any],
-        *,
-        batch_size: int,
-        timeout_ms: float,
-        small_batch_threshold: int,
-        max_queue_size: Optional[int],
-        num_workers: int,
-        aging_ms: float,
-        name: str,
-        max_batch_length: Optional[int] = None,
-        small_first: bool = True,
-        priority_by_length: bool = False,
-        event_loop_driver: bool = False,
-        collator: Optional[Padder] = None,
-    ) -> None: ...
-    @property
-    def fn(self) -> Callable[[Any], Any]: ...
-    @property
-    def collator(self) -> Optional[Padder]: ...
+    measure_lengths: bool
+    def __init__(self, name: str) -> None: ...
     @property
     def name(self) -> str: ...
     @property
+    def keep_calls_whole(self) -> bool: ...
+
+class ItemCollator(Collator): ...
+
+class Driver:
+    """Who runs an engine's batches."""
+
+class ThreadDriver(Driver):
+    def __init__(self, num_workers: int) -> None: ...
+
+class LoopDriver(Driver):
+    def __init__(self, loop: Optional[asyncio.AbstractEventLoop], num_workers: int) -> None: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
     def running(self) -> set[asyncio.Task[Any]]: ...
-    def reset_after_fork(self) -> None: ...
-    # ---- callers
-    def call(self, items: Any) -> Any:
-        """One item -> its result; a list -> a list of results. Blocks."""
-    def call_rows(self, request: Rows) -> list[tuple[int, Any]]:
-        """A rows call's pieces, as ``[(first row, piece), ...]``."""
-    def submit_async(self, items: Any, loop: asyncio.AbstractEventLoop) -> _Call: ...
-    def submit_rows_async(self, request: Rows, loop: asyncio.AbstractEventLoop) -> _Call: ...
-    # ---- the event-loop driver
-    def on_timer(self, loop: asyncio.AbstractEventLoop) -> None: ...
-    def armed_timers(self) -> int: ...
-    def batch_inputs_of(self, box: _BatchBox) -> Any: ...
-    def end_async_batch(
-        self, box: _BatchBox, out: Any, error: Optional[BaseException], loop: asyncio.AbstractEventLoop
+    @property
+    def timer_armed(self) -> bool: ...
+    def on_timer(self, engine: Engine) -> None: ...
+    def end(self, b: _LoopBatch, out: Any, error: Optional[BaseException]) -> None: ...
+
+class Engine:
+    """A C++ scheduler, the batch function, a collator and a driver."""
+
+    def __init__(
+        self, fn: Callable[[Any], Any], options: ProcessorOptions, name: str, collator: Collator, driver: Driver
     ) -> None: ...
-    # ---- workers, lifecycle, stats
-    def worker_main(self) -> None: ...
+    @property
+    def options(self) -> ProcessorOptions: ...
+    @property
+    def fn(self) -> Callable[[Any], Any]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def collator(self) -> Collator: ...
+    @property
+    def driver(self) -> Driver: ...
+    @property
+    def closed(self) -> bool: ...
+    def call(self, request: Any) -> Any:
+        """One call, blocking: an item -> its result, a list -> a list; features -> rows of the output."""
+    def submit(self, request: Any, loop: asyncio.AbstractEventLoop) -> _Call: ...
     def shutdown(self, wait: bool = True, timeout: Optional[float] = None) -> None: ...
+    def after_fork(self) -> None: ...
     def queue_size(self) -> int: ...
     def clear_stats(self) -> None: ...
-    @staticmethod
-    def empty_stats() -> dict[str, Any]: ...
     def stats(self, latency_bounds_s: Optional[Sequence[float]] = None) -> dict[str, Any]:
         """A snapshot as a dict; its keys are read by batched._stats.BatchProcessorStats._from_core."""
 
-class _BatchBox:
+class _LoopBatch:
     """A batch popped by the event-loop driver, owned by the task running it."""
 
     def on_task_done(self, task: asyncio.Task[Any]) -> None: ...
+
+def empty_stats(latency_bounds_s: Optional[Sequence[float]] = None) -> dict[str, Any]:
+    """The snapshot of a processor that has done nothing yet."""
 
 def histogram_bounds_s() -> tuple[float, ...]:
     """The upper bounds (seconds) of the core's latency histogram buckets."""
@@ -89,6 +95,7 @@ def counts_at_bounds(cumulative: Sequence[int], bounds_s: Iterable[float]) -> li
     """Cumulative counts at ``bounds_s`` from those at each of histogram_bounds_s()."""
 
 def _deliver(calls: list[_Call]) -> None: ...
-def _run_on_loop(engine: Engine, box: _BatchBox) -> Coroutine[Any, Any, None]: ...
+def _work(engine: Engine) -> None: ...
+def _run_on_loop(engine: Engine, b: _LoopBatch) -> Coroutine[Any, Any, None]: ...
 def _shutdown_all_at_exit() -> None: ...
-def _reset_all_after_fork() -> None: ...
+def _after_fork_in_child() -> None: ...

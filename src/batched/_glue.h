@@ -18,10 +18,6 @@ using PyScheduler = batched::Scheduler<batched::SteadyClock>;
 
 inline std::int64_t monotonic_ns() noexcept { return batched::SteadyClock().now(); }
 
-inline const char* dispatch_reason_name(int reason) noexcept {
-  return batched::to_string(static_cast<batched::DispatchReason>(reason));
-}
-
 // One per call: the caller waits here (without the GIL) until a worker has
 // handed out the call's last result. notify() is called once.
 //

@@ -6,7 +6,8 @@ dataclasses and typing alone cost more than all of ``import batched`` may.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple, Optional
 
 
@@ -106,22 +107,59 @@ class BatchProcessorStats:
         cache_stats: Optional[CacheStats] = None,
         padding_efficiency: Optional[float] = None,
     ) -> BatchProcessorStats:
+        """The snapshot of a processor from a core snapshot (Engine.stats: its
+        keys are this class's field names, plus "total_run_s")."""
+        values: dict[str, Any] = {k: Percentiles(*v) if isinstance(v, tuple) else v for k, v in s.items() if k in _FIELDS}
         batches = s["total_batches"]
         return cls(
-            queue_size=s["queue_size"],
-            total_processed=s["total_processed"],
-            total_batches=batches,
+            **values,
             avg_batch_size=s["total_processed"] / batches if batches else 0.0,
             avg_processing_time=s["total_run_s"] / batches if batches else 0.0,
             cache_stats=cache_stats,
-            queue_wait_ms=Percentiles(*s["queue_wait_ms"]),
-            batch_latency_ms=Percentiles(*s["batch_latency_ms"]),
-            batch_size_histogram=s["batch_size_histogram"],
-            batches_by_reason=s["batches_by_reason"],
-            failed_batches=s["failed_batches"],
-            failed_items=s["failed_items"],
-            rejected_items=s["rejected_items"],
-            cancelled_items=s["cancelled_items"],
-            oldest_wait_ms=s["oldest_wait_ms"],
             padding_efficiency=padding_efficiency,
         )
+
+
+_FIELDS = frozenset(f.name for f in fields(BatchProcessorStats))
+# Gauges of several queues combine by their largest value; every other number adds up.
+_LARGEST = frozenset({"oldest_wait_ms"})
+
+
+def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The core snapshots of several queues (batched.aio: one per event loop)
+    as one: counts, sums and histograms add up; the age of the oldest item and
+    each percentile are the largest of theirs. Needs at least one part."""
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, Any] = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts if key in p]
+        if isinstance(first, dict):  # histograms by size or by reason
+            total: dict[Any, int] = {}
+            for v in values:
+                for k, n in v.items():
+                    total[k] = total.get(k, 0) + n
+            merged[key] = total
+        elif isinstance(first, tuple) and isinstance(first[0], list):  # exporters' (counts, sum, count)
+            merged[key] = ([sum(c) for c in zip(*(v[0] for v in values))], sum(v[1] for v in values),
+                           sum(v[2] for v in values))
+        elif isinstance(first, tuple):  # percentiles
+            merged[key] = tuple(max(v[i] for v in values) for i in range(len(first)))
+        else:
+            merged[key] = max(values) if key in _LARGEST else sum(values)
+    return merged
+
+
+def histograms_at(snapshot: dict[str, Any], bounds_s: Optional[Sequence[float]]) -> dict[str, Any]:
+    """A snapshot taken at the core's own bucket bounds (histogram_bounds_s),
+    with its exporters' histograms at ``bounds_s`` instead (none if None)."""
+    from batched._core import counts_at_bounds  # noqa: PLC0415
+
+    out = {}
+    for key, value in snapshot.items():
+        if isinstance(value, tuple) and value and isinstance(value[0], list):
+            if bounds_s is not None:
+                out[key] = (counts_at_bounds(value[0], bounds_s), value[1], value[2])
+        else:
+            out[key] = value
+    return out

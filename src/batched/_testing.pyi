@@ -21,8 +21,10 @@ class PolicyModel:
         max_batch_size: int,
         timeout_us: int,
         max_batch_length: int = 0,
-        max_age_us: int = 100000,
+        aging_us: int = 100000,
         keep_calls_whole: bool = False,
+        priority_rule: str = "small_first",
+        small_batch_threshold: int = 8,
     ) -> None: ...
     @property
     def max_batch_size(self) -> int: ...
@@ -31,7 +33,12 @@ class PolicyModel:
     @property
     def timeout_us(self) -> int: ...
     @property
-    def max_age_us(self) -> int: ...
+    def aging_us(self) -> int: ...
+    @property
+    def priority_rule(self) -> str:
+        """arrival, small_first or small_first_then_shortest"""
+    @property
+    def small_batch_threshold(self) -> int: ...
     @property
     def keep_calls_whole(self) -> bool: ...
     def add(

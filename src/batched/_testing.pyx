@@ -12,35 +12,34 @@ from libc.stdint cimport int32_t, int64_t, uint32_t
 from libcpp.optional cimport optional
 from libcpp.vector cimport vector
 
-from batched._core cimport CBatch, CBatchOptions, CEntry, CSpan, kNeverNs
-
-
-cdef extern from "batched/entry.h" namespace "batched" nogil:
-    cdef enum class CDispatchReason "batched::DispatchReason":
-        kFull "batched::DispatchReason::kFull"
-        kTimeout "batched::DispatchReason::kTimeout"
-        kBudget "batched::DispatchReason::kBudget"
-        kDrain "batched::DispatchReason::kDrain"
-
-    const int64_t kNotFinished "batched::Batch::kNotFinished"
-    const char* reason_name "batched::to_string" (CDispatchReason r)
-
-
-cdef extern from "batched/policy.h" namespace "batched" nogil:
-    cdef cppclass CBatchPolicy "batched::BatchPolicy":
-        CBatchPolicy(const CBatchOptions& options) except +
-        void add(CEntry* e) except +
-        uint32_t remove(CEntry* e)
-        optional[CDispatchReason] ready(int64_t now, int64_t busy_until)
-        int64_t next_deadline()
-        void pop(int64_t now, CDispatchReason reason, CBatch& out) except +
-        size_t size()
+from batched.includes.libbatched cimport (
+    CBatch,
+    CBatchOptions,
+    CBatchPolicy,
+    CDispatchReason,
+    CEntry,
+    CPriorityRule,
+    CSpan,
+    kNeverNs,
+    kNotFinished,
+    reason_name,
+)
 
 
 #: Batch::kNotFinished: the ``busy_until`` of a worker that was idle.
 IDLE = kNotFinished
 #: batched::kNever: ``next_deadline()`` when nothing is queued.
 NEVER = kNeverNs
+
+
+cdef CPriorityRule _rule_of(str name) except *:
+    if name == "arrival":
+        return CPriorityRule.kArrival
+    if name == "small_first":
+        return CPriorityRule.kSmallFirst
+    if name == "small_first_then_shortest":
+        return CPriorityRule.kSmallFirstThenShortest
+    raise ValueError(f"priority_rule must be arrival, small_first or small_first_then_shortest, got {name!r}")
 
 
 cdef CDispatchReason _reason_of(str name) except *:
@@ -74,36 +73,44 @@ cdef class PolicyModel:
     cdef readonly object max_batch_size
     cdef readonly object max_batch_length
     cdef readonly object timeout_us
-    cdef readonly object max_age_us
+    cdef readonly object aging_us
     cdef readonly bint keep_calls_whole
+    cdef readonly str priority_rule
+    cdef readonly object small_batch_threshold
 
     def __cinit__(self, size_t max_batch_size, int64_t timeout_us, unsigned long long max_batch_length=0,
-                  int64_t max_age_us=100000, bint keep_calls_whole=False):
+                  int64_t aging_us=100000, bint keep_calls_whole=False, str priority_rule="small_first",
+                  size_t small_batch_threshold=8):
         cdef CBatchOptions o
+        if max_batch_size == 0:
+            raise ValueError("max_batch_size must be at least 1")
+        if timeout_us < 0 or aging_us < 0:
+            raise ValueError("timeout_us and aging_us must not be negative")
         o.max_batch_size = max_batch_size
         o.timeout_us = timeout_us
         o.max_batch_length = max_batch_length
-        o.max_age_us = max_age_us
+        o.aging_us = aging_us
         o.keep_calls_whole = keep_calls_whole
-        if max_batch_size == 0:
-            raise ValueError("max_batch_size must be at least 1")
-        if timeout_us < 0 or max_age_us < 0:
-            raise ValueError("timeout_us and max_age_us must not be negative")
+        o.priority_rule = _rule_of(priority_rule)
+        o.small_batch_threshold = small_batch_threshold
         self.policy = new CBatchPolicy(o)
         self.calls = {}
         self.max_batch_size = max_batch_size
         self.max_batch_length = max_batch_length
         self.timeout_us = timeout_us
-        self.max_age_us = max_age_us
+        self.aging_us = aging_us
         self.keep_calls_whole = keep_calls_whole
+        self.priority_rule = priority_rule
+        self.small_batch_threshold = small_batch_threshold
 
     def __dealloc__(self):
         del self.policy
         self.policy = NULL
 
     def add(self, call_id, uint32_t count, int32_t priority, lengths, int64_t now_ns):
-        """Queues a call of ``count`` items at ``now_ns``; ``lengths`` is None
-        (each item of length 1) or one length per item."""
+        """Queues a call of ``count`` items at ``now_ns`` with an explicit
+        ``priority`` (lower first; 0 unless the caller sets one); ``lengths``
+        is None (each item of length 1) or one length per item."""
         if call_id in self.calls:
             raise ValueError(f"call {call_id!r} was added already")
         if count == 0:
@@ -146,7 +153,7 @@ cdef class PolicyModel:
             span = &out.spans[s]
             m = <_ModelEntry>span.entry.owner
             if m.entry.taken == m.entry.count:
-                m.queued = False
+                m.queued = False  # fully dispatched: the policy has let go of it
             spans.append((m.call_id, span.begin, span.count))
         return spans
 

@@ -1,4 +1,6 @@
-"""Types for type checkers: what the ``dynamically`` decorators return.
+"""Types for type checkers, shared by the front ends: the shapes of batch
+functions, the per-instance descriptor, and each ``dynamically``'s keyword
+options. Each decorator's own Protocol sits beside its processor.
 
 The public modules import this only under ``if TYPE_CHECKING:``, so
 ``import batched`` never loads it (nor typing). Importing it at run time works
@@ -25,10 +27,6 @@ from batched.types import T, U
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from batched.aio.batch_processor import AsyncBatchProcessor
-    from batched.aio.inference.model_batch_processor import AsyncModelBatchProcessor
-    from batched.batch_processor import BatchProcessor
-    from batched.inference.model_batch_processor import ModelBatchProcessor
     from batched.types import AsyncCache, PriorityStrategy
 
 #: A model's output (inference front ends).
@@ -88,33 +86,34 @@ class PerInstance(Protocol[S_contra, P_co]):
         """``Class.method(instance, ...)``: the same as ``instance.method(...)``."""
 
 
-# ---- the options of each ``dynamically`` (keyword arguments)
+# ---- the options of each ``dynamically`` (keyword arguments; the decorator
+# Protocols sit beside their processors)
 
 
-class Options(TypedDict, total=False):
+class OptionArgs(TypedDict, total=False):
     """``batched.dynamically``'s keyword-only options."""
 
     max_queue_size: Optional[int]
     num_workers: int
     aging_ms: float
+    priority_strategy: Optional[PriorityStrategy]
 
 
-class AllOptions(Options, total=False):
+class AllOptionArgs(OptionArgs, total=False):
     batch_size: int
     timeout_ms: float
     small_batch_threshold: int
 
 
-class AsyncOptions(AllOptions, total=False):
+class AsyncOptionArgs(AllOptionArgs, total=False):
     """``batched.aio.dynamically``'s options."""
 
     max_batch_length: Optional[int]
-    priority_strategy: PriorityStrategy
     cache: Optional[AsyncCache[Any, Any]]
     batch_item_cls: Any
 
 
-class PadOptions(TypedDict, total=False):
+class PadOptionArgs(TypedDict, total=False):
     pad_tokens: Union[Mapping[str, Any], int, float, None]
     pad_token: Union[Mapping[str, Any], int, float, None]
     padding_side: str
@@ -124,84 +123,9 @@ class PadOptions(TypedDict, total=False):
     max_batch_length: Optional[int]
 
 
-class ModelOptions(AllOptions, PadOptions, total=False):
+class ModelOptionArgs(AllOptionArgs, PadOptionArgs, total=False):
     """``batched.inference.dynamically``'s options."""
 
 
-class AsyncModelOptions(AsyncOptions, PadOptions, total=False):
+class AsyncModelOptionArgs(AsyncOptionArgs, PadOptionArgs, total=False):
     """``batched.aio.inference.dynamically``'s options."""
-
-
-# ---- what ``dynamically(**options)`` returns: a decorator
-
-
-class Decorator(Protocol):
-    """``batched.dynamically(...)``: decorates a function or a method."""
-
-    @overload
-    def __call__(self, func: ItemsFn[T, U], /) -> BatchProcessor[T, U]: ...
-    @overload
-    def __call__(self, func: ItemsMethod[S, T, U], /) -> PerInstance[S, BatchProcessor[T, U]]: ...
-
-
-class AsyncDecorator(Protocol):
-    """``batched.aio.dynamically(...)``: decorates a function or a method, plain or ``async def``."""
-
-    @overload
-    def __call__(self, func: AsyncItemsFn[T, U], /) -> AsyncBatchProcessor[T, U]: ...
-    @overload
-    def __call__(self, func: AsyncItemsMethod[S, T, U], /) -> PerInstance[S, AsyncBatchProcessor[T, U]]: ...
-
-
-class ModelDecorator(Protocol):
-    """``batched.inference.dynamically(...)``: decorates a model function or
-    method that takes the padded features as one dict."""
-
-    @overload
-    def __call__(self, func: ModelFn[R], /) -> ModelBatchProcessor[R]: ...
-    @overload
-    def __call__(self, func: ModelMethod[S, R], /) -> PerInstance[S, ModelBatchProcessor[R]]: ...
-
-
-class SpreadModelDecorator(Protocol):
-    """``batched.inference.dynamically(spread_kwargs=True, ...)``: the features
-    are keyword arguments; a method is told by its first parameter, ``self``."""
-
-    @overload
-    def __call__(self, func: MethodLike[S, R], /) -> PerInstance[S, ModelBatchProcessor[R]]: ...
-    @overload
-    def __call__(self, func: Callable[..., R], /) -> ModelBatchProcessor[R]: ...
-
-
-# The async ones: an ``async def`` model gives R = what it returns when awaited.
-# (With ``Any`` in the function's signature mypy cannot tell the async and the
-# plain variants apart and R is Any.)
-
-
-class AsyncModelDecorator(Protocol):
-    """``batched.aio.inference.dynamically(...)``: decorates a model function or
-    method, plain or ``async def``, that takes the padded features as one dict."""
-
-    @overload
-    def __call__(self, func: ModelFn[Awaitable[R]], /) -> AsyncModelBatchProcessor[R]: ...
-    @overload
-    def __call__(self, func: ModelFn[R], /) -> AsyncModelBatchProcessor[R]: ...
-    @overload
-    def __call__(self, func: ModelMethod[S, Awaitable[R]], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
-    @overload
-    def __call__(self, func: ModelMethod[S, R], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
-
-
-class AsyncSpreadModelDecorator(Protocol):
-    """``batched.aio.inference.dynamically(spread_kwargs=True, ...)``."""
-
-    @overload
-    def __call__(  # type: ignore[overload-overlap]
-        self, func: MethodLike[S, Awaitable[R]], /
-    ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
-    @overload
-    def __call__(self, func: MethodLike[S, R], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
-    @overload
-    def __call__(self, func: Callable[..., Awaitable[R]], /) -> AsyncModelBatchProcessor[R]: ...
-    @overload
-    def __call__(self, func: Callable[..., R], /) -> AsyncModelBatchProcessor[R]: ...

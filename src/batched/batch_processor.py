@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import weakref
 from types import GenericAlias
 
-from batched import _validate
-from batched._core import Engine
-from batched.decorator import decorator_options, dynamic_batch
+from batched._core import Engine, ItemCollator, ThreadDriver
+from batched._frontend import Processor, await_call, name_of
+from batched._options import ProcessorOptions
+from batched.decorator import dynamic_batch
 
 # typing is not imported at run time: it alone would double the import time.
 # Type checkers see typing.Generic, overloads and type variables; at run time
@@ -16,34 +16,36 @@ from batched.decorator import decorator_options, dynamic_batch
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any, Callable, Generic, Optional, Union, overload
+    from typing import Any, Callable, Generic, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
+    from batched._core import Collator
     from batched._stats import BatchProcessorStats
-    from batched._typing import Decorator, ItemsFn, ItemsMethod, Options, PerInstance, S
-    from batched.types import T, U
+    from batched._typing import ItemsFn, ItemsMethod, OptionArgs, PerInstance, S
+    from batched.types import PriorityStrategy, T, U
 else:
     from batched.decorator import RuntimeGeneric as Generic
 
     T = U = None
 
-_asyncio = None  # imported on the first acall: asyncio is slow to import
 
-
-class BatchProcessor(_validate.CommonOptions, Generic[T, U]):
+class BatchProcessor(Processor, Generic[T, U]):
     """Batches the calls of many threads into calls of ``batch_func``.
 
     ``batch_func`` takes a list of items and returns one result per item. Each
     call of the processor (one item, or a list) blocks until its own results
     are in; ``acall`` does the same for asyncio code without blocking the loop.
     Batching runs in the C++ core; ``num_workers`` threads call ``batch_func``.
+    When a batch leaves and what it takes: docs/semantics.md.
     """
 
     if not TYPE_CHECKING:
         # BatchProcessor[T, U] in annotations, without typing.Generic.
         __class_getitem__ = classmethod(GenericAlias)
 
+    _engine: Engine
+    _collator: Collator
 
     def __init__(
         self,
@@ -55,26 +57,25 @@ class BatchProcessor(_validate.CommonOptions, Generic[T, U]):
         max_queue_size: Optional[int] = None,
         num_workers: int = 1,
         aging_ms: float = 100.0,
+        priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:
-        _validate.common_options(
-            self,
-            _func,
-            batch_size=batch_size,
-            timeout_ms=timeout_ms,
-            small_batch_threshold=small_batch_threshold,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-        )
-        self._engine = make_engine(self, **self._engine_options())
+        self._setup(_func, ProcessorOptions.of(locals()))
+
+    def _setup(self, func: Callable[..., Any], options: ProcessorOptions) -> None:
+        super()._setup(func, options)
+        self._collator = self._make_collator()
+        self._engine = Engine(self._engine_function(), options, name_of(func), self._collator,
+                              ThreadDriver(options.num_workers))
         # Garbage collection of the processor stops its workers (they hold the
         # engine, not the processor).
         self._finalizer = weakref.finalize(self, self._engine.shutdown, False)
 
+    def _make_collator(self) -> Collator:
+        return ItemCollator(name_of(self.batch_func))
 
-    def _engine_options(self) -> dict[str, Any]:
-        """Front-end specific options of the engine (see make_engine)."""
-        return {}
+    def _engine_function(self) -> Callable[..., Any]:
+        """What the engine calls with each batch."""
+        return self.batch_func
 
     if TYPE_CHECKING:
         # A list is always several items (as at run time), so list[T] goes first.
@@ -86,7 +87,6 @@ class BatchProcessor(_validate.CommonOptions, Generic[T, U]):
     def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """Processes one item (returns its result) or a list (returns a list, same order)."""
         return self._engine.call(items)  # type: ignore[no-any-return]
-
 
     if TYPE_CHECKING:
 
@@ -101,10 +101,7 @@ class BatchProcessor(_validate.CommonOptions, Generic[T, U]):
         If the awaiting task is cancelled before its items are dispatched, they
         leave the queue; if they were dispatched, their results are dropped.
         """
-        global _asyncio
-        if _asyncio is None:
-            import asyncio as _asyncio  # noqa: PLC0415
-        return await await_call(self._engine, item, _asyncio)  # type: ignore[no-any-return]
+        return await await_call(self._engine, item)  # type: ignore[no-any-return]
 
     @property
     def stats(self) -> BatchProcessorStats:
@@ -118,7 +115,7 @@ class BatchProcessor(_validate.CommonOptions, Generic[T, U]):
         return self._engine.stats(latency_bounds_s)
 
     def _padding_efficiency(self) -> Optional[float]:
-        return None  # inference processors: see PaddingOptions
+        return None  # inference processors: see PaddingAttributes
 
     def clear_stats(self) -> None:
         """Sets the statistics back to zero."""
@@ -142,40 +139,15 @@ class BatchProcessor(_validate.CommonOptions, Generic[T, U]):
         )
 
 
-def make_engine(processor: Any, **extra: Any) -> Engine:
-    """An engine for ``processor``'s options (as stored by
-    _validate.common_options), plus front-end specific ``extra`` ones; ``fn``
-    replaces the batch function as what the engine calls."""
-    func = processor.batch_func
-    return Engine(
-        extra.pop("fn", func),
-        batch_size=processor.batch_size,
-        timeout_ms=processor.timeout_ms,
-        small_batch_threshold=processor.small_batch_threshold,
-        max_queue_size=processor.max_queue_size,
-        num_workers=processor.num_workers,
-        aging_ms=processor.aging_ms,
-        name=getattr(func, "__qualname__", None) or repr(func),
-        **extra,
-    )
+if TYPE_CHECKING:
 
+    class Decorator(Protocol):
+        """``batched.dynamically(...)``: decorates a function or a method."""
 
-async def await_call(engine: Engine, items: Any, asyncio: Any) -> Any:
-    """Submits ``items`` to ``engine`` and awaits them on the running loop; a
-    cancelled caller takes its undispatched items out of the queue."""
-    if isinstance(items, list) and not items:
-        return []
-    return await await_record(engine.submit_async(items, asyncio.get_running_loop()), asyncio)
-
-
-async def await_record(call: Any, asyncio: Any) -> Any:
-    """Awaits a call record of Engine.submit_*async; a cancelled caller takes
-    its undispatched items out of the queue."""
-    try:
-        return await call.future
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
+        @overload
+        def __call__(self, func: ItemsFn[T, U], /) -> BatchProcessor[T, U]: ...
+        @overload
+        def __call__(self, func: ItemsMethod[S, T, U], /) -> PerInstance[S, BatchProcessor[T, U]]: ...
 
 
 if TYPE_CHECKING:
@@ -188,7 +160,7 @@ if TYPE_CHECKING:
         batch_size: int = 32,
         timeout_ms: float = 5.0,
         small_batch_threshold: int = 8,
-        **options: Unpack[Options],
+        **options: Unpack[OptionArgs],
     ) -> BatchProcessor[T, U]: ...
     @overload
     def dynamically(
@@ -197,7 +169,7 @@ if TYPE_CHECKING:
         batch_size: int = 32,
         timeout_ms: float = 5.0,
         small_batch_threshold: int = 8,
-        **options: Unpack[Options],
+        **options: Unpack[OptionArgs],
     ) -> PerInstance[S, BatchProcessor[T, U]]: ...
     @overload
     def dynamically(
@@ -206,7 +178,7 @@ if TYPE_CHECKING:
         batch_size: int = 32,
         timeout_ms: float = 5.0,
         small_batch_threshold: int = 8,
-        **options: Unpack[Options],
+        **options: Unpack[OptionArgs],
     ) -> Decorator: ...
 
 
@@ -220,15 +192,14 @@ def dynamically(
     max_queue_size: Optional[int] = None,
     num_workers: int = 1,
     aging_ms: float = 100.0,
+    priority_strategy: Optional[PriorityStrategy] = None,
 ) -> Any:
     """Batch the calls of a function (or method) that takes a list and returns a list.
 
     Usable bare (``@dynamically``) or with arguments. On a method, each instance
     gets its own processor. See ``BatchProcessor`` for the parameters.
     """
-    options = decorator_options(locals())
-    _validate.at_decoration(batch_size, timeout_ms)
-    return dynamic_batch(functools.partial(BatchProcessor, **options), func)
+    return dynamic_batch(BatchProcessor, ProcessorOptions.of(locals()), func)
 
 
 __all__ = ["BatchProcessor", "dynamically"]

@@ -11,6 +11,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
+    from batched._options import ProcessorOptions
+
     MakeProcessor = Callable[[Callable[..., Any]], Any]
 
 
@@ -107,13 +109,14 @@ class _PerInstance:
         return self.__get__(instance, type(instance))(*args, **kwargs)
 
 
-def decorator_options(params: dict[str, Any]) -> dict[str, Any]:
-    """The options of a ``dynamically`` call, from its ``locals()`` taken
-    before anything else is bound: every parameter but ``func``."""
-    return {name: value for name, value in params.items() if name != "func"}
+def dynamic_batch(processor_cls: Any, options: ProcessorOptions, func: Optional[Callable[..., Any]] = None) -> Any:
+    """What every ``dynamically`` returns: processors of ``processor_cls``
+    with ``options`` (checked once, at decoration, and shared by every
+    per-instance processor of a method); a decorator if ``func`` is None."""
 
+    def make_processor(f: Callable[..., Any]) -> Any:
+        return processor_cls._with_options(f, options)
 
-def dynamic_batch(make_processor: MakeProcessor, func: Optional[Callable[..., Any]] = None) -> Any:
     def decorate(f: Callable[..., Any]) -> Any:
         wrapped = _PerInstance(f, make_processor) if is_method(f) else make_processor(f)
         return functools.update_wrapper(wrapped, f, updated=())

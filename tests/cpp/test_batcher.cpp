@@ -637,7 +637,7 @@ TEST(priority_metadata_orders_the_queue) {
   std::mutex mu;
   std::vector<int> order;
   BatchOptions o = opts(1, 0);
-  o.max_age_us = 60000000;  // no aging during the test, however slow the machine
+  o.aging_us = 60000000;  // no aging during the test, however slow the machine
   Batcher<int, int> b(o, [gate, &mu, &order](std::vector<int>& in) {
     {
       std::lock_guard<std::mutex> lock(mu);

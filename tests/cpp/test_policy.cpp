@@ -79,7 +79,7 @@ TEST(items_that_waited_for_a_busy_worker_leave_when_it_returns) {
 
 TEST(small_calls_go_before_bulk_calls) {
   BatchPolicy p(opts(4, 0));
-  Entry bulk = make(10, 1, 0), small = make(2, 0, 1);
+  Entry bulk = make(10, 0, 0), small = make(2, 0, 1);
   p.add(&bulk);
   p.add(&small);
   Batch b;
@@ -93,23 +93,198 @@ TEST(small_calls_go_before_bulk_calls) {
   CHECK_EQ(p.size(), 8u);
 }
 
-TEST(aged_item_goes_first_whatever_its_priority) {
-  BatchOptions o = opts(2, 0);
-  o.max_age_us = 100;  // 0.1 ms
+TEST(arrival_rule_ignores_call_size) {
+  BatchOptions o = opts(4, 0);
+  o.priority_rule = PriorityRule::kArrival;
   BatchPolicy p(o);
-  Entry bulk = make(1, 1, 0), s1 = make(1, 0, 50000), s2 = make(1, 0, 60000);
+  Entry bulk = make(10, 0, 0), small = make(2, 0, 1);
   p.add(&bulk);
-  p.add(&s1);
-  p.add(&s2);
+  p.add(&small);
   Batch b;
-  p.pop(99999, DispatchReason::kFull, b);  // bulk not yet aged: smalls first
-  CHECK(b.spans[0].entry == &s1 && b.spans[1].entry == &s2);
-  b.clear();
-  Entry s3 = make(1, 0, 100000);
-  p.add(&s3);
-  p.pop(100000, DispatchReason::kFull, b);  // bulk aged: it goes first
+  p.pop(2, DispatchReason::kFull, b);
+  CHECK_EQ(b.spans.size(), 1u);
   CHECK(b.spans[0].entry == &bulk);
-  CHECK(b.spans[1].entry == &s3);
+}
+
+TEST(explicit_priority_ranks_before_the_size_rule) {
+  BatchPolicy p(opts(2, 0));
+  Entry low_small = make(1, 5, 0), bulk = make(10, 0, 1), small = make(1, 0, 2);
+  p.add(&low_small);
+  p.add(&bulk);
+  p.add(&small);
+  Batch b;
+  p.pop(3, DispatchReason::kFull, b);
+  CHECK_EQ(b.spans.size(), 2u);
+  CHECK(b.spans[0].entry == &small);  // priority 0, small
+  CHECK(b.spans[1].entry == &bulk);   // priority 0, bulk, before priority 5
+}
+
+TEST(shortest_items_first_across_calls) {
+  // PriorityRule::kSmallFirstThenShortest: within a size class, items go by
+  // length whichever call they came from; each slice names its own items.
+  BatchOptions o = opts(4, 0);
+  o.priority_rule = PriorityRule::kSmallFirstThenShortest;
+  o.small_batch_threshold = 1;
+  BatchPolicy p(o);
+  const std::uint32_t la[] = {9, 1, 7, 2, 5};
+  const std::uint32_t lb[] = {3, 1, 8};
+  const std::uint32_t lc[] = {6};
+  Entry a = make(5, 0, 0, la), b = make(3, 0, 1, lb), c = make(1, 0, 2, lc);
+  p.add(&a);
+  p.add(&b);
+  p.add(&c);
+  Batch out;
+  p.pop(3, DispatchReason::kFull, out);
+  // c is small (1 item): first. Then bulk items by length: a[1]=1, b[1]=1 (arrival), a[3]=2.
+  CHECK_EQ(out.size, 4u);
+  CHECK_EQ(out.spans.size(), 4u);
+  CHECK(out.spans[0].entry == &c);
+  CHECK(out.spans[1].entry == &a && out.spans[1].begin == 1 && out.spans[1].count == 1);
+  CHECK(out.spans[2].entry == &b && out.spans[2].begin == 1 && out.spans[2].count == 1);
+  CHECK(out.spans[3].entry == &a && out.spans[3].begin == 3 && out.spans[3].count == 1);
+  out.clear();
+  p.pop(4, DispatchReason::kFull, out);  // b[0]=3, a[4]=5, a[2]=7, b[2]=8
+  CHECK_EQ(out.size, 4u);
+  CHECK(out.spans[0].entry == &b && out.spans[0].begin == 0);
+  CHECK(out.spans[1].entry == &a && out.spans[1].begin == 4);
+  CHECK(out.spans[2].entry == &a && out.spans[2].begin == 2);
+  CHECK(out.spans[3].entry == &b && out.spans[3].begin == 2);
+  out.clear();
+  CHECK_EQ(p.size(), 1u);
+  CHECK(p.ready(5, kIdle) == DispatchReason::kTimeout);
+  p.pop(5, DispatchReason::kTimeout, out);
+  CHECK(out.spans[0].entry == &a && out.spans[0].begin == 0);  // 9: last
+  CHECK(p.empty());
+  CHECK_EQ(a.taken, 5u);
+}
+
+TEST(shortest_first_keeps_adjacent_items_in_one_span_and_removes_scattered_ones) {
+  BatchOptions o = opts(4, 0);
+  o.priority_rule = PriorityRule::kSmallFirstThenShortest;
+  o.small_batch_threshold = 0;
+  BatchPolicy p(o);
+  const std::uint32_t la[] = {1, 1, 1, 4, 4, 2};
+  Entry a = make(6, 0, 0, la);
+  p.add(&a);
+  Batch out;
+  p.pop(0, DispatchReason::kFull, out);  // 1, 1, 1 (one span), then 2
+  CHECK_EQ(out.spans.size(), 2u);
+  CHECK(out.spans[0].begin == 0 && out.spans[0].count == 3);
+  CHECK(out.spans[1].begin == 5 && out.spans[1].count == 1);
+  CHECK_EQ(p.remove(&a), 2u);  // items 3 and 4 were left
+  CHECK(p.empty());
+  CHECK_EQ(p.next_deadline(), kNever);
+}
+
+TEST(keep_calls_whole_ranks_a_call_by_its_longest_item) {
+  BatchOptions o = opts(8, 0);
+  o.priority_rule = PriorityRule::kSmallFirstThenShortest;
+  o.small_batch_threshold = 0;
+  o.keep_calls_whole = true;
+  BatchPolicy p(o);
+  const std::uint32_t la[] = {1, 9};
+  const std::uint32_t lb[] = {5, 5};
+  Entry a = make(2, 0, 0, la), b = make(2, 0, 1, lb);
+  p.add(&a);
+  p.add(&b);
+  Batch out;
+  p.pop(1, DispatchReason::kTimeout, out);
+  CHECK_EQ(out.spans.size(), 2u);
+  CHECK(out.spans[0].entry == &b && out.spans[0].count == 2);  // longest 5 < 9
+  CHECK(out.spans[1].entry == &a && out.spans[1].count == 2);
+}
+
+TEST(waiting_for_a_busy_worker_is_not_aging) {
+  // A bulk call queued behind a busy worker, far longer than aging_us: the
+  // first batch formed after a small call arrives still takes the small one
+  // first (the bulk call was never passed over).
+  BatchOptions o = opts(4, 0);
+  o.aging_us = 100;  // 0.1 ms
+  BatchPolicy p(o);
+  Entry bulk = make(20, 0, 0), small = make(1, 0, 500 * kMs);
+  p.add(&bulk);
+  p.add(&small);
+  Batch b;
+  p.pop(500 * kMs, DispatchReason::kDrain, b);
+  CHECK(b.spans[0].entry == &small);
+  CHECK(b.spans[1].entry == &bulk && b.spans[1].count == 3);
+}
+
+TEST(a_call_being_worked_through_is_not_aging) {
+  // 48 bulk items, 4 per batch, one batch every 40 ms: the bulk call is served
+  // by every batch, so a small call arriving at 100 ms is in the next batch.
+  BatchOptions o = opts(4, 2000000);
+  o.aging_us = 100000;
+  o.small_batch_threshold = 2;
+  BatchPolicy p(o);
+  Entry bulk = make(48, 0, 0), small = make(1, 0, 100 * kMs);
+  p.add(&bulk);
+  TimePoint now = 0;
+  Batch b;
+  for (int i = 0; i < 3; ++i, now += 40 * kMs) {
+    b.clear();
+    p.pop(now, DispatchReason::kFull, b);
+    CHECK(b.spans[0].entry == &bulk);
+  }
+  p.add(&small);  // at 100 ms; the worker comes back at 120 ms
+  b.clear();
+  p.pop(now, DispatchReason::kDrain, b);
+  CHECK(b.spans[0].entry == &small);
+}
+
+TEST(a_call_passed_over_for_aging_us_goes_first) {
+  BatchOptions o = opts(2, 0);
+  o.aging_us = 100;  // 0.1 ms
+  o.small_batch_threshold = 1;
+  BatchPolicy p(o);
+  Entry bulk = make(3, 0, 0);
+  std::vector<Entry> smalls(8);
+  for (auto& s : smalls) s = make(1, 0, 0);
+  p.add(&bulk);
+  for (std::size_t i = 0; i < 4; ++i) p.add(&smalls[i]);
+  Batch b;
+  p.pop(0, DispatchReason::kFull, b);  // s0 s1: bulk passed over from t=0
+  CHECK(b.spans[0].entry == &smalls[0] && b.spans[1].entry == &smalls[1]);
+  b.clear();
+  p.pop(99999, DispatchReason::kFull, b);  // passed over for 99.999 us: not yet due
+  CHECK(b.spans[0].entry == &smalls[2] && b.spans[1].entry == &smalls[3]);
+  for (std::size_t i = 4; i < 8; ++i) p.add(&smalls[i]);
+  b.clear();
+  p.pop(100000, DispatchReason::kFull, b);  // due: 2 of its 3 items go first
+  CHECK_EQ(b.spans.size(), 1u);
+  CHECK(b.spans[0].entry == &bulk && b.spans[0].count == 2);
+  b.clear();
+  p.pop(100001, DispatchReason::kFull, b);  // just served: small calls first again
+  CHECK(b.spans[0].entry == &smalls[4] && b.spans[1].entry == &smalls[5]);
+  b.clear();
+  // s6 and s7 were passed over at 100000 (by the bulk call's batch), bulk at
+  // 100001: all three are due now, the longest passed over first.
+  p.pop(200001, DispatchReason::kFull, b);
+  CHECK(b.spans[0].entry == &smalls[6] && b.spans[1].entry == &smalls[7]);
+  b.clear();
+  p.pop(200002, DispatchReason::kTimeout, b);
+  CHECK(b.spans[0].entry == &bulk && b.spans[0].count == 1);
+  CHECK(p.empty());
+}
+
+TEST(zero_aging_alternates_a_passed_over_call_with_the_rest) {
+  BatchOptions o = opts(2, 0);
+  o.aging_us = 0;
+  o.small_batch_threshold = 1;
+  BatchPolicy p(o);
+  Entry bulk = make(4, 0, 0);
+  std::vector<Entry> smalls(4);
+  for (auto& s : smalls) s = make(1, 0, 0);
+  p.add(&bulk);
+  for (auto& s : smalls) p.add(&s);
+  std::vector<const Entry*> firsts;
+  while (!p.empty()) {
+    Batch b;
+    p.pop(0, DispatchReason::kFull, b);
+    firsts.push_back(b.spans[0].entry);
+  }
+  // small first; then the passed-over bulk call; then the smalls it passed over; then bulk again
+  CHECK(firsts == std::vector<const Entry*>({&smalls[0], &bulk, &smalls[2], &bulk}));
 }
 
 TEST(large_call_is_split_in_order) {
@@ -212,7 +387,10 @@ TEST(random_schedules_respect_limits_and_lose_nothing) {
   for (int round = 0; round < 200; ++round) {
     BatchOptions o = opts(1 + next(16), static_cast<std::int64_t>(next(3)) * 1000);
     o.max_batch_length = next(2) ? 0 : 1 + next(40);
-    o.max_age_us = 1 + next(5000);
+    o.aging_us = static_cast<std::int64_t>(next(5000));
+    o.priority_rule = static_cast<PriorityRule>(next(3));
+    o.keep_calls_whole = next(2) == 0;
+    const bool in_order = o.priority_rule != PriorityRule::kSmallFirstThenShortest || o.keep_calls_whole;
     BatchPolicy p(o);
     std::vector<Entry> es(1 + next(60));
     std::vector<std::vector<std::uint32_t>> lens(es.size());
@@ -226,7 +404,7 @@ TEST(random_schedules_respect_limits_and_lose_nothing) {
         const std::uint32_t n = 1 + next(20);
         lens[added].resize(n);
         for (auto& l : lens[added]) l = 1 + next(10);
-        e = make(n, static_cast<std::int32_t>(next(3)), now, o.max_batch_length ? lens[added].data() : nullptr);
+        e = make(n, static_cast<std::int32_t>(next(3)), now, next(2) ? lens[added].data() : nullptr);
         e.owner = reinterpret_cast<void*>(added);
         seen[added].assign(n, 0);
         total += n;
@@ -243,7 +421,8 @@ TEST(random_schedules_respect_limits_and_lose_nothing) {
           for (std::uint32_t i = s.begin; i < s.begin + s.count; ++i) {
             seen[idx][i] += 1;
             len += s.entry->length_of(i);
-            if (i > 0) CHECK_EQ(seen[idx][i - 1], 1);  // a call's items leave in order
+            // a call's items leave in order, unless shorter items go first one by one
+            if (i > 0 && in_order) CHECK_EQ(seen[idx][i - 1], 1);
           }
         }
         if (o.max_batch_length && b.size > 1) CHECK(len <= o.max_batch_length);

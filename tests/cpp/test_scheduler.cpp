@@ -2,6 +2,7 @@
 // Run under ThreadSanitizer and AddressSanitizer in CI.
 #include <batched/scheduler.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -42,7 +43,7 @@ TEST(fake_clock_timeout_without_sleeping) {
   FakeClock clock;
   Scheduler<FakeClock> s(opts(8, 5000), clock);
   Entry a = make(1);
-  CHECK(s.try_push(&a) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&a)));
   Batch b;
   CHECK(!s.try_pop(b));
   CHECK_EQ(s.next_deadline(), 5000000);
@@ -58,30 +59,51 @@ TEST(fake_clock_timeout_without_sleeping) {
   CHECK_EQ(st.batches_by_reason[static_cast<int>(DispatchReason::kTimeout)], 1u);
 }
 
+TEST(try_push_says_when_an_event_loop_driver_should_look) {
+  FakeClock clock;
+  Scheduler<FakeClock> s(opts(3, 5000), clock);
+  Entry a = make(1), b = make(1), c = make(1), d = make(2);
+  CHECK(s.try_push(&a) == PushStatus::kOkMayDispatch);  // the first item: a deadline to arm
+  CHECK(s.try_push(&b) == PushStatus::kOk);             // neither fills the batch nor moves the deadline
+  CHECK(s.try_push(&c) == PushStatus::kOkMayDispatch);  // the batch is full
+  Batch out;
+  CHECK(s.try_pop(out));
+  CHECK_EQ(out.size, 3u);
+  CHECK(s.try_push(&d) == PushStatus::kOkMayDispatch);  // the queue was empty again
+  for (bool greedy : {true, false}) {  // timeout 0, or a length budget: any push may make a batch ready
+    BatchOptions o = opts(8, greedy ? 0 : 5000);
+    if (!greedy) o.max_batch_length = 100;
+    Entry x = make(1), y = make(1);  // outlive the scheduler, which still holds them at the end
+    Scheduler<FakeClock> t(o, clock);
+    CHECK(t.try_push(&x) == PushStatus::kOkMayDispatch);
+    CHECK(t.try_push(&y) == PushStatus::kOkMayDispatch);
+  }
+}
+
 TEST(full_queue_rejects_and_moves_nothing) {
   BatchOptions o = opts(8, 5000);
   o.max_queue_size = 3;
   FakeClock clock;
   Scheduler<FakeClock> s(o, clock);
   Entry a = make(2), b = make(2), c = make(1);
-  CHECK(s.try_push(&a) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&a)));
   CHECK(s.try_push(&b) == PushStatus::kQueueFull);
   CHECK(b.inbox_next == nullptr);  // not taken
-  CHECK(s.try_push(&c) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&c)));
   CHECK_EQ(s.size_approx(), 3u);
   CHECK_EQ(s.stats().rejected_items, 2u);
   clock.advance_us(5000);
   Batch out;
   CHECK(s.try_pop(out));
   CHECK_EQ(s.size_approx(), 0u);
-  CHECK(s.try_push(&b) == PushStatus::kOk);  // room again
+  CHECK(queued(s.try_push(&b)));  // room again
 }
 
 TEST(shutdown_wakes_workers_rejects_pushes_and_drains_queue) {
   Scheduler<> s(opts(8, 60 * 1000 * 1000));  // a minute: nothing times out here
   Entry a = make(3), b = make(1);
-  CHECK(s.try_push(&a) == PushStatus::kOk);
-  CHECK(s.try_push(&b) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&a)));
+  CHECK(queued(s.try_push(&b)));
   std::atomic<bool> returned{false};
   std::thread worker([&] {
     Batch batch;
@@ -112,7 +134,7 @@ TEST(push_wakes_a_worker_sleeping_without_deadline) {
       CHECK_EQ(b.size, 1u);
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    CHECK(s.try_push(&a) == PushStatus::kOk);
+    CHECK(queued(s.try_push(&a)));
     worker.join();
   });
   CHECK(ok);
@@ -131,7 +153,7 @@ TEST(push_that_fills_the_batch_wakes_a_worker_sleeping_on_a_long_deadline) {
     });
     for (Entry& x : e) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the worker falls asleep in between
-      CHECK(s.try_push(&x) == PushStatus::kOk);
+      CHECK(queued(s.try_push(&x)));
     }
     worker.join();
   });
@@ -171,11 +193,11 @@ TEST(push_preempted_while_the_queue_drains_still_wakes_the_worker) {
     }
   });
   Entry e1 = make(1), e2 = make(1);
-  CHECK(s.try_push(&e1) == PushStatus::kOk);  // the worker sleeps until e1's deadline
+  CHECK(queued(s.try_push(&e1)));  // the worker sleeps until e1's deadline
   std::thread slow([&] {
     t_stall_me = true;
     g_hold = true;
-    CHECK(s.try_push(&e2) == PushStatus::kOk);  // counted while e1 is queued, then stalled
+    CHECK(queued(s.try_push(&e2)));  // counted while e1 is queued, then stalled
   });
   // e1 times out and runs; the worker then finds nothing and sleeps with no deadline.
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -203,7 +225,7 @@ TEST(a_call_too_large_for_the_queue_never_makes_small_calls_look_full) {
   int full = 0;
   for (int i = 0; i < 20000; ++i) {
     Entry small = make(1);
-    if (s.try_push(&small) == PushStatus::kOk) {
+    if (queued(s.try_push(&small))) {
       CHECK_EQ(s.cancel(&small), 1u);  // keep the queue near empty
     } else {
       ++full;
@@ -219,9 +241,9 @@ TEST(cancel_removes_only_undispatched_items) {
   FakeClock clock;
   Scheduler<FakeClock> s(opts(4, 1000), clock);
   Entry a = make(6), b = make(2), c = make(1);
-  CHECK(s.try_push(&a) == PushStatus::kOk);
-  CHECK(s.try_push(&b) == PushStatus::kOk);
-  CHECK(s.try_push(&c) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&a)));
+  CHECK(queued(s.try_push(&b)));
+  CHECK(queued(s.try_push(&c)));
   CHECK_EQ(s.cancel(&b), 2u);  // queued: all of it goes
   CHECK_EQ(s.cancel(&b), 0u);  // once
   Batch out;
@@ -244,15 +266,15 @@ TEST(stats_report_the_oldest_wait_failures_and_histogram_sums) {
   Scheduler<FakeClock> s(opts(2, 10000), clock);
   CHECK_EQ(s.stats().oldest_wait_ns, 0);  // nothing queued
   Entry a = make(1), b = make(1), c = make(1);
-  CHECK(s.try_push(&a) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&a)));
   clock.advance_us(300);
-  CHECK(s.try_push(&b) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&b)));
   clock.advance_us(200);
   // Still in the inbox (no worker looked yet): the snapshot finds it anyway.
   CHECK_EQ(s.stats().oldest_wait_ns, 500000);
   Batch out;
   CHECK(s.try_pop(out));  // full: a and b
-  CHECK(s.try_push(&c) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&c)));
   clock.advance_us(40);
   CHECK_EQ(s.stats().oldest_wait_ns, 40000);  // c, the only one left
   s.finish_batch(out, 7000, /*failed=*/true);
@@ -274,10 +296,10 @@ TEST(budget_dispatch_through_the_scheduler) {
   Entry a = make(2), b = make(1);
   a.lengths = lens_a;
   b.lengths = lens_b;
-  CHECK(s.try_push(&a) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&a)));
   Batch out;
   CHECK(!s.try_pop(out));  // 8 <= 10: waits for the timeout
-  CHECK(s.try_push(&b) == PushStatus::kOk);
+  CHECK(queued(s.try_push(&b)));
   CHECK(s.try_pop(out));   // 12 > 10: a batch leaves at once
   CHECK(out.reason == DispatchReason::kBudget);
   CHECK_EQ(out.size, 2u);  // 4 + 4; b would make 12
@@ -300,7 +322,9 @@ static void fuzz(std::size_t workers, int producers, int calls_per_producer, std
 
   std::atomic<int> start{0};
   std::atomic<long long> items_pushed{0}, items_popped{0};
-  std::vector<int> last_index(producers, -1);
+  // Per producer and size class (small calls may overtake bulk ones): the
+  // index of the last call whose first item was dispatched.
+  std::vector<std::array<int, 2>> last_index(producers, {-1, -1});
   std::atomic<int> order_violations{0}, oversized{0};
 
   std::vector<std::thread> worker_threads;
@@ -314,8 +338,9 @@ static void fuzz(std::size_t workers, int producers, int calls_per_producer, std
           c->delivered.fetch_add(static_cast<int>(span.count));
           items_popped += span.count;
           if (workers == 1 && span.begin == 0) {
-            if (c->index <= last_index[c->producer]) ++order_violations;
-            last_index[c->producer] = c->index;
+            int& last = last_index[c->producer][c->entry.count > o.small_batch_threshold ? 1 : 0];
+            if (c->index <= last) ++order_violations;
+            last = c->index;
           }
         }
       }
@@ -334,7 +359,7 @@ static void fuzz(std::size_t workers, int producers, int calls_per_producer, std
         c.entry.count = 1 + static_cast<std::uint32_t>(next(20));  // some split over batches
         c.entry.owner = &c;
         items_pushed += c.entry.count;
-        while (s.try_push(&c.entry) != PushStatus::kOk) std::this_thread::yield();
+        while (!queued(s.try_push(&c.entry))) std::this_thread::yield();
       }
     });
   }

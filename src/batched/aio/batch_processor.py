@@ -1,10 +1,10 @@
 """``batched.aio.dynamically``: dynamic batching for asyncio callers.
 
-The batching policy is the C++ one of the threaded front end. What runs the
-batch function depends on its kind:
+The batching policy is the C++ one of the threaded front end
+(docs/semantics.md). What runs the batch function depends on its kind:
 
 * ``async def``: the event-loop driver, on the callers' own loop. Each event
-  loop that calls the processor gets its own queue (one C++ scheduler per
+  loop that calls the processor gets its own engine (one C++ scheduler per
   loop, driven by ``loop.call_at`` timers), and its batches run as tasks on
   that loop, at most ``num_workers`` at once: the function may use resources
   bound to the loop (HTTP clients, DB pools), and a loop that shuts down can
@@ -12,41 +12,42 @@ batch function depends on its kind:
 * a plain function: the processor's own worker threads (never the loop, never
   the default executor), as in ``batched.dynamically``; one queue serves
   every loop and thread, and each caller's result is delivered on its loop.
+
+Calls of at most ``small_batch_threshold`` items go first unless
+``priority_strategy=PriorityStrategy.NONE`` (arrival order) is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
-import warnings
 import weakref
 from types import GenericAlias
 
-from batched import _validate
-from batched._core import Engine, counts_at_bounds, histogram_bounds_s
-from batched.batch_processor import await_call, make_engine
-from batched.decorator import _is_coroutine_function, decorator_options, dynamic_batch
-from batched.types import AsyncCache, BatchProcessorStats, PriorityStrategy
+from batched._core import Engine, ItemCollator, LoopDriver, ThreadDriver, empty_stats, histogram_bounds_s
+from batched._frontend import Processor, await_call, name_of
+from batched._options import ProcessorOptions
+from batched._stats import BatchProcessorStats, histograms_at, merge_snapshots
+from batched.decorator import _is_coroutine_function, dynamic_batch
+from batched.types import AsyncCache, PriorityStrategy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any, Callable, Generic, Optional, Union, overload
+    from typing import Any, Callable, Generic, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
-    from batched._typing import AsyncDecorator, AsyncItemsFn, AsyncItemsMethod, AsyncOptions, PerInstance, S
+    from batched._core import Collator
+    from batched._typing import AsyncItemsFn, AsyncItemsMethod, AsyncOptionArgs, PerInstance, S
     from batched.types import T, U
 else:
     from batched.decorator import RuntimeGeneric as Generic
 
     T = U = None  # type variables: for type checkers only
 
-_warned_batch_item_cls = False
 
-
-class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
+class AsyncBatchProcessor(Processor, Generic[T, U]):
     """Batches the awaited calls of many tasks into calls of ``func``.
 
     ``func`` takes a list of items and returns (or, if async, returns when
@@ -68,36 +69,22 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
         small_batch_threshold: int = 8,
         cache: Optional[AsyncCache[T, U]] = None,
         max_batch_length: Optional[int] = None,
-        priority_strategy: PriorityStrategy = PriorityStrategy.NONE,
+        priority_strategy: Optional[PriorityStrategy] = None,
         batch_item_cls: Any = None,
         max_queue_size: Optional[int] = None,
         num_workers: int = 1,
         aging_ms: float = 100.0,
     ) -> None:
-        _validate.common_options(
-            self,
-            func,
-            batch_size=batch_size,
-            timeout_ms=timeout_ms,
-            small_batch_threshold=small_batch_threshold,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-        )
-        if cache is not None and not isinstance(cache, AsyncCache):
-            raise TypeError(f"cache must follow batched.types.AsyncCache, got {type(cache).__name__}")
-        if not isinstance(priority_strategy, PriorityStrategy):
-            raise TypeError(f"priority_strategy must be a batched.types.PriorityStrategy, got {priority_strategy!r}")
-        if batch_item_cls is not None:
-            _warn_batch_item_cls_once()
-        self.max_batch_length = _validate.optional_positive_int("max_batch_length", max_batch_length)
-        self.priority_strategy = priority_strategy
-        self.cache = cache
+        self._setup(func, ProcessorOptions.of(locals()))
+
+    def _setup(self, func: Callable[..., Any], options: ProcessorOptions) -> None:
+        super()._setup(func, options)
         self.is_async = _is_coroutine_function(func)
         self._closed = False
+        self._collator = self._make_collator()  # shared by the engines of every loop
         # Sync functions: one engine with worker threads for every loop.
         # Async functions: one event-loop-driven engine per calling loop.
-        self._engine: Optional[Engine] = None if self.is_async else self._new_engine()
+        self._engine: Optional[Engine] = None if self.is_async else self._new_engine(None)
         # Keyed by a weak reference to the loop: a loop that is gone leaves its
         # engine here until _retire_closed_loops keeps its stats and drops it.
         self._loop_engines: dict[weakref.ref[asyncio.AbstractEventLoop], Engine] = {}
@@ -107,21 +94,17 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
         self._lookup_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _shutdown_all, self._engines_ref(), False)
 
-    def _new_engine(self) -> Engine:
-        return make_engine(
-            self,
-            max_batch_length=self.max_batch_length,
-            # As in 0.1.5: NONE is arrival order; LENGTH and PRIORITY put small
-            # calls first, LENGTH then ranks bulk calls by length.
-            small_first=self.priority_strategy is not PriorityStrategy.NONE,
-            priority_by_length=self.priority_strategy is PriorityStrategy.LENGTH,
-            event_loop_driver=self.is_async,
-            **self._engine_options(),
-        )
+    def _make_collator(self) -> Collator:
+        return ItemCollator(name_of(self.batch_func))
 
-    def _engine_options(self) -> dict[str, Any]:
-        """Front-end specific options of the engines (see make_engine)."""
-        return {}
+    def _engine_function(self) -> Callable[..., Any]:
+        """What the engines call with each batch."""
+        return self.batch_func
+
+    def _new_engine(self, loop: Optional[asyncio.AbstractEventLoop]) -> Engine:
+        n = self.options.num_workers
+        driver = LoopDriver(loop, n) if self.is_async else ThreadDriver(n)
+        return Engine(self._engine_function(), self.options, name_of(self.batch_func), self._collator, driver)
 
     def _engines_ref(self) -> Callable[[], list[Engine]]:
         # For the finalizer: reaches the engines without keeping self alive.
@@ -139,7 +122,7 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
             engine = self._loop_engines.get(key)
             if engine is None:
                 self._retire_closed_loops()
-                engine = self._loop_engines[key] = self._new_engine()
+                engine = self._loop_engines[key] = self._new_engine(loop)
                 if self._closed:
                     engine.shutdown(False)  # calls fail with ShutdownError, as on any shut-down engine
             self._last = (key, engine)
@@ -154,7 +137,7 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
                 # Shut down first (its queue is empty then: no stale gauges);
                 # histograms at the finest bounds, so exporters keep its counts.
                 engine.shutdown(False)
-                self._retired = [_merge_stats([*self._retired, engine.stats(histogram_bounds_s())])]
+                self._retired = [merge_snapshots([*self._retired, engine.stats(histogram_bounds_s())])]
                 del self._loop_engines[key]
 
     def _engines(self) -> list[Engine]:
@@ -170,7 +153,7 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
     async def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """The result of one item, or the list of results of a list of items."""
         if self.cache is None:
-            return await await_call(self._engine_for(asyncio.get_running_loop()), items, asyncio)  # type: ignore[no-any-return]
+            return await await_call(self._engine_for(asyncio.get_running_loop()), items)  # type: ignore[no-any-return]
         return await self._call_through_cache(items, asyncio.get_running_loop())  # type: ignore[no-any-return]
 
     async def _call_through_cache(self, items: Any, loop: asyncio.AbstractEventLoop) -> Any:
@@ -186,7 +169,7 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
             else:
                 results[i] = hit
         if missing:
-            computed = await await_call(self._engine_for(loop), [wanted[i] for i in missing], asyncio)
+            computed = await await_call(self._engine_for(loop), [wanted[i] for i in missing])
             for i, value in zip(missing, computed):
                 results[i] = value
                 await self.cache.set(wanted[i], value)  # type: ignore[union-attr]
@@ -203,12 +186,12 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
     def _snapshot(self, latency_bounds_s: Optional[Sequence[float]] = None) -> dict[str, Any]:
         """The merged statistics of every loop's queue, as a dict (see Engine.stats)."""
         with self._lookup_lock:  # a loop retired meanwhile would be counted twice, or not at all
-            retired = [_at_bounds(r, latency_bounds_s) for r in self._retired]
+            retired = [histograms_at(r, latency_bounds_s) for r in self._retired]
             live = [e.stats(latency_bounds_s) for e in self._engines()]
-        return _merge_stats(retired + live)
+        return merge_snapshots(retired + live or [empty_stats(latency_bounds_s)])
 
     def _padding_efficiency(self) -> Optional[float]:
-        return None  # inference processors: see PaddingOptions
+        return None  # inference processors: see PaddingAttributes
 
     def clear_stats(self) -> None:
         """Sets the statistics back to zero (0.1.5 API)."""
@@ -226,7 +209,7 @@ class AsyncBatchProcessor(_validate.CommonOptions, Generic[T, U]):
         kind = "async" if self.is_async else "sync"
         queued = sum(e.queue_size() for e in self._engines())
         return (
-            f"<{type(self).__name__} {getattr(self.batch_func, '__qualname__', '?')} ({kind}) "
+            f"<{type(self).__name__} {name_of(self.batch_func)} ({kind}) "
             f"batch_size={self.batch_size} timeout_ms={self.timeout_ms} queued={queued}>"
         )
 
@@ -236,69 +219,28 @@ def _shutdown_all(engines: Callable[[], list[Engine]], wait: bool) -> None:
         engine.shutdown(wait)
 
 
-def _at_bounds(stats: dict[str, Any], bounds_s: Optional[Sequence[float]]) -> dict[str, Any]:
-    """A retired snapshot (histograms at the core's own bucket bounds) with
-    its histograms at ``bounds_s``, or none if None."""
-    out = dict(stats)
-    for key in ("queue_wait", "batch_latency"):
-        counts, total_s, count = out.pop(key)
-        if bounds_s is not None:
-            out[key] = (counts_at_bounds(counts, bounds_s), total_s, count)
-    return out
+if TYPE_CHECKING:
 
+    class AsyncDecorator(Protocol):
+        """``batched.aio.dynamically(...)``: decorates a function or a method, plain or ``async def``."""
 
-def _merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    if not parts:
-        return Engine.empty_stats()
-    if len(parts) == 1:
-        return parts[0]
-    merged = dict(parts[0])
-    for key in ("queue_size", "total_processed", "total_batches", "failed_batches", "failed_items",
-                "rejected_items", "cancelled_items", "total_run_s"):
-        merged[key] = sum(p[key] for p in parts)
-    merged["oldest_wait_ms"] = max(p["oldest_wait_ms"] for p in parts)
-    for key in ("queue_wait", "batch_latency"):  # exporters' histograms, when asked for
-        # (closed loops' retired snapshots have none: their counts leave these)
-        hists = [p[key] for p in parts if key in p]
-        if hists:
-            merged[key] = (
-                [sum(counts) for counts in zip(*(h[0] for h in hists))],
-                sum(h[1] for h in hists),
-                sum(h[2] for h in hists),
-            )
-    for key in ("queue_wait_ms", "batch_latency_ms"):
-        merged[key] = tuple(max(p[key][i] for p in parts) for i in range(3))
-    for key in ("batch_size_histogram", "batches_by_reason"):
-        total: dict[Any, int] = {}
-        for p in parts:
-            for k, v in p[key].items():
-                total[k] = total.get(k, 0) + v
-        merged[key] = total
-    return merged
-
-
-def _warn_batch_item_cls_once() -> None:
-    global _warned_batch_item_cls
-    if not _warned_batch_item_cls:
-        _warned_batch_item_cls = True
-        warnings.warn(
-            "batch_item_cls is ignored: items are queued by the C++ core, not as Python objects",
-            UserWarning,
-            stacklevel=3,
-        )
+        @overload
+        def __call__(self, func: AsyncItemsFn[T, U], /) -> AsyncBatchProcessor[T, U]: ...
+        @overload
+        def __call__(self, func: AsyncItemsMethod[S, T, U], /) -> PerInstance[S, AsyncBatchProcessor[T, U]]: ...
 
 
 if TYPE_CHECKING:
     # Bare (@aio.dynamically) on a function or a method, plain or async def,
     # or with options (@aio.dynamically(batch_size=64)): a decorator for either.
     @overload
-    def dynamically(func: AsyncItemsFn[T, U], /, **options: Unpack[AsyncOptions]) -> AsyncBatchProcessor[T, U]: ...
+    def dynamically(func: AsyncItemsFn[T, U], /, **options: Unpack[AsyncOptionArgs]) -> AsyncBatchProcessor[T, U]: ...
     @overload
     def dynamically(
-        func: AsyncItemsMethod[S, T, U], /, **options: Unpack[AsyncOptions]
+        func: AsyncItemsMethod[S, T, U], /, **options: Unpack[AsyncOptionArgs]
     ) -> PerInstance[S, AsyncBatchProcessor[T, U]]: ...
     @overload
-    def dynamically(func: None = None, /, **options: Unpack[AsyncOptions]) -> AsyncDecorator: ...
+    def dynamically(func: None = None, /, **options: Unpack[AsyncOptionArgs]) -> AsyncDecorator: ...
 
 
 def dynamically(
@@ -309,7 +251,7 @@ def dynamically(
     timeout_ms: float = 5.0,
     small_batch_threshold: int = 8,
     max_batch_length: Optional[int] = None,
-    priority_strategy: PriorityStrategy = PriorityStrategy.NONE,
+    priority_strategy: Optional[PriorityStrategy] = None,
     cache: Optional[AsyncCache[Any, Any]] = None,
     batch_item_cls: Any = None,
     max_queue_size: Optional[int] = None,
@@ -321,9 +263,7 @@ def dynamically(
     Usable bare or with arguments, on functions and on methods (one processor
     per instance). See ``AsyncBatchProcessor``.
     """
-    options = decorator_options(locals())
-    _validate.at_decoration(batch_size, timeout_ms)
-    return dynamic_batch(functools.partial(AsyncBatchProcessor, **options), func)
+    return dynamic_batch(AsyncBatchProcessor, ProcessorOptions.of(locals()), func)
 
 
 __all__ = ["AsyncBatchProcessor", "dynamically"]

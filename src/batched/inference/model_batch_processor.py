@@ -10,69 +10,27 @@ batched._padding for how.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
-from batched import _validate
-from batched._padding import Padder
-from batched.batch_processor import BatchProcessor, await_record
-from batched.decorator import _is_coroutine_function, decorator_options, dynamic_batch
+from batched._frontend import PaddingAttributes, await_call, features_of, model_function, rows_collator
+from batched._options import ProcessorOptions
+from batched.batch_processor import BatchProcessor
+from batched.decorator import _is_coroutine_function, dynamic_batch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable, Optional, Union, overload
+    from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
-    from typing import Literal
-
-    from batched._typing import (
-        Features,
-        MethodLike,
-        ModelDecorator,
-        ModelFn,
-        ModelMethod,
-        ModelOptions,
-        PerInstance,
-        R,
-        S,
-        SpreadModelDecorator,
-    )
-    from batched.types import Feature
+    from batched._padding import RowsCollator
+    from batched._typing import Features, MethodLike, ModelFn, ModelMethod, ModelOptionArgs, PerInstance, R, S
+    from batched.types import Feature, PriorityStrategy
 else:
     R = Features = None  # for type checkers only
 
-_asyncio: Any = None
 
-
-class PaddingOptions:
-    """The padding options of an inference processor, read from its padder
-    (mixed into both inference processors)."""
-
-    _padder: Padder
-
-    @property
-    def pad_tokens(self) -> Any:
-        return self._padder.pad_tokens
-
-    @property
-    def padding_side(self) -> str:
-        return "left" if self._padder.pad_left else "right"
-
-    @property
-    def spread_kwargs(self) -> bool:
-        return self._padder.spread_kwargs
-
-    def _padding_efficiency(self) -> Optional[float]:
-        return self._padder.padding_efficiency()
-
-    def clear_stats(self) -> None:
-        """Sets the statistics back to zero, padding efficiency included."""
-        self._padder.reset_counts()
-        super().clear_stats()  # type: ignore[misc]
-
-
-class ModelBatchProcessor(PaddingOptions, BatchProcessor[Features, R]):
+class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
     """Batches the calls of many threads into calls of a model.
 
     ``_func`` takes a dict of padded features ``{name: [rows, max length, ...]}``
@@ -112,21 +70,17 @@ class ModelBatchProcessor(PaddingOptions, BatchProcessor[Features, R]):
         max_queue_size: Optional[int] = None,
         num_workers: int = 1,
         aging_ms: float = 100.0,
+        priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:
-        self._padder = padder_of(_func, locals())
-        self.max_batch_length = _validate.optional_positive_int("max_batch_length", max_batch_length)
-        super().__init__(
-            _func,  # type: ignore[arg-type]  # a model function, called through the padder
-            batch_size,
-            timeout_ms,
-            small_batch_threshold,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-        )
+        self._setup(_func, ProcessorOptions.of(locals()))
 
-    def _engine_options(self) -> dict[str, Any]:
-        return {**engine_options(self, self._padder), "max_batch_length": self.max_batch_length}
+    _collator: RowsCollator
+
+    def _make_collator(self) -> RowsCollator:
+        return rows_collator(self.batch_func, self.options)
+
+    def _engine_function(self) -> Callable[..., Any]:
+        return model_function(self.batch_func, self.spread_kwargs, _is_coroutine_function(self.batch_func))
 
     if TYPE_CHECKING:
         # model(features) or model(**features) -> this call's rows of the output (R).
@@ -138,8 +92,7 @@ class ModelBatchProcessor(PaddingOptions, BatchProcessor[Features, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Runs the model on these features (a dict, or keyword arguments) and
         returns this call's rows of its output, in the output's structure."""
-        rows = self._padder.request(features_of(args, kwargs))
-        return self._padder.join(self._engine.call_rows(rows))  # type: ignore[no-any-return]
+        return self._engine.call(features_of(args, kwargs))  # type: ignore[no-any-return]
 
     if TYPE_CHECKING:
 
@@ -150,99 +103,28 @@ class ModelBatchProcessor(PaddingOptions, BatchProcessor[Features, R]):
 
     async def acall(self, *args: Any, **kwargs: Any) -> R:
         """Like calling the processor, but awaits the output on the running event loop."""
-        global _asyncio
-        if _asyncio is None:
-            import asyncio as _asyncio  # noqa: PLC0415
-        rows = self._padder.request(features_of(args, kwargs))
-        call = self._engine.submit_rows_async(rows, _asyncio.get_running_loop())
-        return self._padder.join(await await_record(call, _asyncio))  # type: ignore[no-any-return]
+        return await await_call(self._engine, features_of(args, kwargs))  # type: ignore[no-any-return]
 
 
+if TYPE_CHECKING:
 
-def features_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Feature:
-    """The features of a call given as ``model(features)`` or ``model(**features)``."""
-    if args and kwargs:
-        raise TypeError("give the features either as one dict or as keyword arguments, not both")
-    if len(args) > 1:
-        raise TypeError(f"a model call takes one dict of features, got {len(args)} positional arguments")
-    return args[0] if args else kwargs
+    class ModelDecorator(Protocol):
+        """``batched.inference.dynamically(...)``: decorates a model function or
+        method that takes the padded features as one dict."""
 
+        @overload
+        def __call__(self, func: ModelFn[R], /) -> ModelBatchProcessor[R]: ...
+        @overload
+        def __call__(self, func: ModelMethod[S, R], /) -> PerInstance[S, ModelBatchProcessor[R]]: ...
 
-def make_padder(
-    func: Any,
-    batch_size: Any,
-    *,
-    pad_tokens: Any,
-    pad_token: Any,
-    padding_side: Any,
-    spread_kwargs: bool,
-    device: Any,
-    pad_to_multiple_of: Any,
-    batch_size_buckets: Any,
-) -> Padder:
-    """Checks the padding options shared by both inference front ends."""
-    if pad_token is not None:
-        if pad_tokens is not None and pad_tokens != pad_token:
-            raise TypeError("pad_token is another name for pad_tokens: give one of them")
-        pad_tokens = pad_token
-    if pad_tokens is not None and not isinstance(pad_tokens, (Mapping, int, float)):
-        raise TypeError(f"pad_tokens must be a dict of pad values (or one number), got {type(pad_tokens).__name__}")
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    multiple = _validate.optional_positive_int("pad_to_multiple_of", pad_to_multiple_of)
-    buckets = None
-    if batch_size_buckets is not None:
-        buckets = sorted({_validate.positive_int("batch_size_buckets entry", b) for b in batch_size_buckets})
-        if not buckets:
-            raise ValueError("batch_size_buckets must hold at least one size")
-        if _validate.positive_int("batch_size", batch_size) > buckets[-1]:
-            raise ValueError(
-                f"batch_size_buckets {buckets} must reach batch_size={batch_size}: a full batch "
-                f"needs a bucket")
-    if device is not None:
-        import torch  # noqa: PLC0415 - padding on a device means torch
+    class SpreadModelDecorator(Protocol):
+        """``batched.inference.dynamically(spread_kwargs=True, ...)``: the features
+        are keyword arguments; a method is told by its first parameter, ``self``."""
 
-        device = torch.device(device)
-    name = getattr(func, "__qualname__", None) or repr(func)
-    return Padder(
-        name,
-        pad_tokens,
-        padding_side,
-        device=device,
-        pad_to_multiple_of=multiple,
-        batch_size_buckets=buckets,
-        spread_kwargs=bool(spread_kwargs),
-    )
-
-
-PADDING_OPTIONS = (
-    "pad_tokens", "pad_token", "padding_side", "spread_kwargs", "device", "pad_to_multiple_of", "batch_size_buckets",
-)
-
-
-def padder_of(func: Any, options: Mapping[str, Any]) -> Padder:
-    """make_padder with the padding options (and batch_size) picked out of
-    ``options``: a processor's or a decorator's ``locals()``."""
-    return make_padder(func, options["batch_size"], **{name: options[name] for name in PADDING_OPTIONS})
-
-
-def engine_options(processor: Any, padder: Padder) -> dict[str, Any]:
-    """The engine options of an inference processor: the padder as collator,
-    and the function called with the padded features."""
-    func = processor.batch_func
-    fn: Callable[..., Any] = func
-    if padder.spread_kwargs:
-        if _is_coroutine_function(func):
-
-            async def fn(features: dict[str, Any]) -> Any:
-                return await func(**features)
-
-        else:
-
-            def fn(features: dict[str, Any]) -> Any:
-                return func(**features)
-
-    return {"fn": fn, "collator": padder}
+        @overload
+        def __call__(self, func: MethodLike[S, R], /) -> PerInstance[S, ModelBatchProcessor[R]]: ...
+        @overload
+        def __call__(self, func: Callable[..., R], /) -> ModelBatchProcessor[R]: ...
 
 
 if TYPE_CHECKING:
@@ -252,27 +134,27 @@ if TYPE_CHECKING:
     # method is then told by its first parameter, named self).
     @overload
     def dynamically(
-        func: ModelFn[R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptions]
+        func: ModelFn[R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptionArgs]
     ) -> ModelBatchProcessor[R]: ...
     @overload
     def dynamically(
-        func: ModelMethod[S, R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptions]
+        func: ModelMethod[S, R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptionArgs]
     ) -> PerInstance[S, ModelBatchProcessor[R]]: ...
     @overload
     def dynamically(
-        func: MethodLike[S, R], /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptions]
+        func: MethodLike[S, R], /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptionArgs]
     ) -> PerInstance[S, ModelBatchProcessor[R]]: ...
     @overload
     def dynamically(
-        func: Callable[..., R], /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptions]
+        func: Callable[..., R], /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptionArgs]
     ) -> ModelBatchProcessor[R]: ...
     @overload
     def dynamically(
-        func: None = None, /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptions]
+        func: None = None, /, *, spread_kwargs: Literal[False] = False, **options: Unpack[ModelOptionArgs]
     ) -> ModelDecorator: ...
     @overload
     def dynamically(
-        func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptions]
+        func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptionArgs]
     ) -> SpreadModelDecorator: ...
 
 
@@ -294,16 +176,14 @@ def dynamically(
     max_queue_size: Optional[int] = None,
     num_workers: int = 1,
     aging_ms: float = 100.0,
+    priority_strategy: Optional[PriorityStrategy] = None,
 ) -> Any:
     """Batch the calls of a model that takes a dict of padded arrays or tensors.
 
     Usable bare or with arguments, on functions and on methods (one processor
     per instance). See ``ModelBatchProcessor`` for the parameters.
     """
-    options = decorator_options(locals())
-    _validate.at_decoration(batch_size, timeout_ms)
-    padder_of(None, options)  # the padding options fail here, not at the first call
-    return dynamic_batch(functools.partial(ModelBatchProcessor, **options), func)
+    return dynamic_batch(ModelBatchProcessor, ProcessorOptions.of(locals()), func)
 
 
 __all__ = ["ModelBatchProcessor", "dynamically"]

@@ -6,42 +6,28 @@ the callers' event loops for an ``async def`` one)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 
-from batched import _validate
+from batched._frontend import PaddingAttributes, await_call, features_of, model_function, rows_collator
+from batched._options import ProcessorOptions
 from batched.aio.batch_processor import AsyncBatchProcessor
-from batched.batch_processor import await_record
-from batched.decorator import decorator_options, dynamic_batch
-from batched.inference.model_batch_processor import PaddingOptions, engine_options, features_of, padder_of
+from batched.decorator import dynamic_batch
 from batched.types import PriorityStrategy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable, Mapping
-    from typing import Any, Callable, Optional, Union, overload
+    from typing import Any, Callable, Literal, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
-    from typing import Literal
-
-    from batched._typing import (
-        AsyncModelDecorator,
-        AsyncModelOptions,
-        AsyncSpreadModelDecorator,
-        Features,
-        MethodLike,
-        ModelFn,
-        ModelMethod,
-        PerInstance,
-        R,
-        S,
-    )
+    from batched._padding import RowsCollator
+    from batched._typing import AsyncModelOptionArgs, Features, MethodLike, ModelFn, ModelMethod, PerInstance, R, S
     from batched.types import AsyncCache, Feature
 else:
     R = Features = None  # for type checkers only
 
 
-class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R]):
+class AsyncModelBatchProcessor(PaddingAttributes, AsyncBatchProcessor[Features, R]):
     """Batches the awaited calls of many tasks into calls of a model.
 
     ``await processor(features)`` (or ``processor(**features)``) gives this
@@ -59,7 +45,7 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R])
             _func: Callable[..., Awaitable[R]],
             *,
             spread_kwargs: bool = False,
-            **options: Unpack[AsyncModelOptions],
+            **options: Unpack[AsyncModelOptionArgs],
         ) -> None: ...
         @overload
         def __init__(
@@ -67,7 +53,7 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R])
             _func: Callable[..., R],
             *,
             spread_kwargs: bool = False,
-            **options: Unpack[AsyncModelOptions],
+            **options: Unpack[AsyncModelOptionArgs],
         ) -> None: ...
 
     def __init__(
@@ -81,7 +67,7 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R])
         max_batch_length: Optional[int] = None,
         pad_tokens: Union[Mapping[str, Any], int, float, None] = None,
         padding_side: str = "right",
-        priority_strategy: PriorityStrategy = PriorityStrategy.NONE,
+        priority_strategy: Optional[PriorityStrategy] = None,
         batch_item_cls: Any = None,
         spread_kwargs: bool = False,
         pad_token: Union[Mapping[str, Any], int, float, None] = None,
@@ -92,23 +78,15 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R])
         num_workers: int = 1,
         aging_ms: float = 100.0,
     ) -> None:
-        self._padder = padder_of(_func, locals())
-        super().__init__(
-            _func,
-            batch_size=batch_size,
-            timeout_ms=timeout_ms,
-            small_batch_threshold=small_batch_threshold,
-            cache=cache,
-            max_batch_length=max_batch_length,
-            priority_strategy=priority_strategy,
-            batch_item_cls=batch_item_cls,
-            max_queue_size=max_queue_size,
-            num_workers=num_workers,
-            aging_ms=aging_ms,
-        )
+        self._setup(_func, ProcessorOptions.of(locals()))
 
-    def _engine_options(self) -> dict[str, Any]:
-        return engine_options(self, self._padder)
+    _collator: RowsCollator
+
+    def _make_collator(self) -> RowsCollator:
+        return rows_collator(self.batch_func, self.options)
+
+    def _engine_function(self) -> Callable[..., Any]:
+        return model_function(self.batch_func, self.spread_kwargs, self.is_async)
 
     if TYPE_CHECKING:
         # await model(features) or await model(**features) -> this call's rows of the output (R).
@@ -124,13 +102,43 @@ class AsyncModelBatchProcessor(PaddingOptions, AsyncBatchProcessor[Features, R])
             hit = await self.cache.get(features)
             if hit is not None:
                 return hit
-        rows = self._padder.request(features)
-        loop = asyncio.get_running_loop()
-        call = self._engine_for(loop).submit_rows_async(rows, loop)
-        result = self._padder.join(await await_record(call, asyncio))
+        result = await await_call(self._engine_for(asyncio.get_running_loop()), features)
         if self.cache is not None:
             await self.cache.set(features, result)
         return result  # type: ignore[no-any-return]
+
+
+if TYPE_CHECKING:
+    # An async def model gives R = what it returns when awaited. (With ``Any``
+    # in the function's signature mypy cannot tell the async and the plain
+    # variants apart and R is Any.)
+
+    class AsyncModelDecorator(Protocol):
+        """``batched.aio.inference.dynamically(...)``: decorates a model function or
+        method, plain or ``async def``, that takes the padded features as one dict."""
+
+        @overload
+        def __call__(self, func: ModelFn[Awaitable[R]], /) -> AsyncModelBatchProcessor[R]: ...
+        @overload
+        def __call__(self, func: ModelFn[R], /) -> AsyncModelBatchProcessor[R]: ...
+        @overload
+        def __call__(self, func: ModelMethod[S, Awaitable[R]], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+        @overload
+        def __call__(self, func: ModelMethod[S, R], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+
+    class AsyncSpreadModelDecorator(Protocol):
+        """``batched.aio.inference.dynamically(spread_kwargs=True, ...)``."""
+
+        @overload
+        def __call__(  # type: ignore[overload-overlap]
+            self, func: MethodLike[S, Awaitable[R]], /
+        ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+        @overload
+        def __call__(self, func: MethodLike[S, R], /) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
+        @overload
+        def __call__(self, func: Callable[..., Awaitable[R]], /) -> AsyncModelBatchProcessor[R]: ...
+        @overload
+        def __call__(self, func: Callable[..., R], /) -> AsyncModelBatchProcessor[R]: ...
 
 
 if TYPE_CHECKING:
@@ -139,11 +147,11 @@ if TYPE_CHECKING:
     # output (awaited, for an async def). See batched.inference.dynamically.
     @overload
     def dynamically(
-        func: ModelFn[Awaitable[R]], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+        func: ModelFn[Awaitable[R]], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptionArgs]
     ) -> AsyncModelBatchProcessor[R]: ...
     @overload
     def dynamically(
-        func: ModelFn[R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+        func: ModelFn[R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptionArgs]
     ) -> AsyncModelBatchProcessor[R]: ...
     @overload
     def dynamically(
@@ -151,35 +159,35 @@ if TYPE_CHECKING:
         /,
         *,
         spread_kwargs: Literal[False] = False,
-        **options: Unpack[AsyncModelOptions],
+        **options: Unpack[AsyncModelOptionArgs],
     ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
     @overload
     def dynamically(
-        func: ModelMethod[S, R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+        func: ModelMethod[S, R], /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptionArgs]
     ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
     @overload
     def dynamically(  # type: ignore[overload-overlap]
-        func: MethodLike[S, Awaitable[R]], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+        func: MethodLike[S, Awaitable[R]], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptionArgs]
     ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
     @overload
     def dynamically(
-        func: MethodLike[S, R], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+        func: MethodLike[S, R], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptionArgs]
     ) -> PerInstance[S, AsyncModelBatchProcessor[R]]: ...
     @overload
     def dynamically(
-        func: Callable[..., Awaitable[R]], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+        func: Callable[..., Awaitable[R]], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptionArgs]
     ) -> AsyncModelBatchProcessor[R]: ...
     @overload
     def dynamically(
-        func: Callable[..., R], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+        func: Callable[..., R], /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptionArgs]
     ) -> AsyncModelBatchProcessor[R]: ...
     @overload
     def dynamically(
-        func: None = None, /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptions]
+        func: None = None, /, *, spread_kwargs: Literal[False] = False, **options: Unpack[AsyncModelOptionArgs]
     ) -> AsyncModelDecorator: ...
     @overload
     def dynamically(
-        func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptions]
+        func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptionArgs]
     ) -> AsyncSpreadModelDecorator: ...
 
 
@@ -193,7 +201,7 @@ def dynamically(
     max_batch_length: Optional[int] = None,
     pad_tokens: Union[Mapping[str, Any], int, float, None] = None,
     padding_side: str = "right",
-    priority_strategy: PriorityStrategy = PriorityStrategy.NONE,
+    priority_strategy: Optional[PriorityStrategy] = None,
     cache: Optional[AsyncCache[Any, Any]] = None,
     batch_item_cls: Any = None,
     spread_kwargs: bool = False,
@@ -207,10 +215,7 @@ def dynamically(
 ) -> Any:
     """Batch the awaited calls of a model (a sync or async function) that takes
     a dict of padded arrays or tensors. See ``AsyncModelBatchProcessor``."""
-    options = decorator_options(locals())
-    _validate.at_decoration(batch_size, timeout_ms)
-    padder_of(None, options)  # the padding options fail here, not at the first call
-    return dynamic_batch(functools.partial(AsyncModelBatchProcessor, **options), func)
+    return dynamic_batch(AsyncModelBatchProcessor, ProcessorOptions.of(locals()), func)
 
 
 __all__ = ["AsyncModelBatchProcessor", "dynamically"]

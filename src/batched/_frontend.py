@@ -1,0 +1,163 @@
+"""What the front ends share (the decorator machinery aside, in decorator.py):
+a processor's options as attributes, the engine's name and model function,
+how an asyncio caller awaits a call, and how a model call's features are read.
+
+Imported by ``import batched`` (through the threaded front end), so it
+imports nothing slow: asyncio and the padding module load on first use.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from batched._options import ProcessorOptions
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    from typing_extensions import Self
+
+    from batched._core import Engine
+    from batched._padding import RowsCollator
+
+_asyncio: Any = None  # imported by the first await: asyncio is slow to import
+
+
+if TYPE_CHECKING:
+    _Options = ProcessorOptions  # type checkers see the options' attributes on processors
+else:
+    _Options = object
+
+
+class Processor(_Options):
+    """What every processor has: its batch function, its options (checked,
+    ``proc.options``) and each option as a read-only attribute
+    (``proc.batch_size``...), as 0.1.5 had them."""
+
+    options: ProcessorOptions
+    batch_func: Callable[..., Any]
+
+    @classmethod
+    def _with_options(cls, func: Callable[..., Any], options: ProcessorOptions) -> Self:
+        """A processor with options checked already (the decorators')."""
+        self = cls.__new__(cls)
+        self._setup(func, options)
+        return self
+
+    def _setup(self, func: Callable[..., Any], options: ProcessorOptions) -> None:
+        """Everything ``__init__`` does once the options are checked."""
+        if not callable(func):
+            raise TypeError(f"batch function must be callable, got {type(func).__name__}")
+        self.batch_func = func
+        self.options = options
+
+
+for _name in ProcessorOptions.__slots__:
+    if _name != "padding":  # the inference front ends show its parts (PaddingAttributes)
+        setattr(Processor, _name, property(operator.attrgetter(f"options.{_name}")))
+
+
+class PaddingAttributes:
+    """The padding options of an inference processor, and its padding
+    statistics (mixed into both inference processors)."""
+
+    options: ProcessorOptions
+    _collator: RowsCollator
+
+    @property
+    def pad_tokens(self) -> Any:
+        """The pad values as given (a dict, or one number); ``{}`` if none were (as in 0.1.5)."""
+        given = self._collator.pad_tokens
+        return {} if given is None else given
+
+    @property
+    def padding_side(self) -> str:
+        return "left" if self._collator.pad_left else "right"
+
+    @property
+    def spread_kwargs(self) -> bool:
+        return self._collator.spread_kwargs
+
+    def _padding_efficiency(self) -> Optional[float]:
+        return self._collator.padding_efficiency()
+
+    def clear_stats(self) -> None:
+        """Sets the statistics back to zero, padding efficiency included."""
+        self._collator.reset_counts()
+        super().clear_stats()  # type: ignore[misc]
+
+
+def name_of(func: Any) -> str:
+    """What errors, logs and thread names call a processor."""
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
+def rows_collator(func: Any, options: ProcessorOptions) -> RowsCollator:
+    """The collator of an inference processor: its padding options, and the
+    name of its model function."""
+    from batched._padding import RowsCollator  # noqa: PLC0415 - the inference front ends only
+
+    p = options.padding
+    assert p is not None
+    return RowsCollator(
+        name_of(func),
+        p.pad_tokens,
+        p.padding_side,
+        device=p.device,
+        pad_to_multiple_of=p.pad_to_multiple_of,
+        batch_size_buckets=p.batch_size_buckets,
+        spread_kwargs=p.spread_kwargs,
+    )
+
+
+def model_function(func: Callable[..., Any], spread_kwargs: bool, is_async: bool) -> Callable[..., Any]:
+    """What the engine calls with a batch's padded features: ``func(features)``,
+    or with ``spread_kwargs``, ``func(**features)``."""
+    if not spread_kwargs:
+        return func
+    if is_async:
+
+        async def spread_async(features: dict[str, Any]) -> Any:
+            return await func(**features)
+
+        return spread_async
+
+    def spread(features: dict[str, Any]) -> Any:
+        return func(**features)
+
+    return spread
+
+
+def features_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The features of a call given as ``model(features)`` or ``model(**features)``."""
+    if args and kwargs:
+        raise TypeError("give the features either as one dict or as keyword arguments, not both")
+    if len(args) > 1:
+        raise TypeError(f"a model call takes one dict of features, got {len(args)} positional arguments")
+    return args[0] if args else kwargs
+
+
+def _aio() -> Any:
+    global _asyncio
+    if _asyncio is None:
+        import asyncio as _asyncio  # noqa: PLC0415
+    return _asyncio
+
+
+async def await_call(engine: Engine, request: Any) -> Any:
+    """Submits ``request`` (items, or a model call's features) to ``engine``
+    and awaits its outcome on the running loop."""
+    if isinstance(request, list) and not request:
+        return []
+    return await await_record(engine.submit(request, _aio().get_running_loop()))
+
+
+async def await_record(call: Any) -> Any:
+    """Awaits a call record of Engine.submit; a cancelled caller takes its
+    undispatched items out of the queue (docs/semantics.md, 7)."""
+    try:
+        return await call.future
+    except _aio().CancelledError:
+        call.cancel()
+        raise

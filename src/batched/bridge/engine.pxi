@@ -1,0 +1,348 @@
+# The engine: call records, push, hand-out, shutdown, fork (included by _core.pyx).
+
+
+cdef CBatchOptions _core_options(object options, Collator collator) except *:
+    """The C++ options of ``options`` (a checked batched._options.Options)."""
+    cdef CBatchOptions o
+    o.max_batch_size = options.batch_size
+    o.timeout_us = <int64_t>(options.timeout_ms * 1000.0 + 0.5)
+    o.small_batch_threshold = options.small_batch_threshold
+    o.priority_rule = <CPriorityRule><int>options.priority_rule
+    o.aging_us = <int64_t>(options.aging_ms * 1000.0 + 0.5)
+    o.max_queue_size = 0 if options.max_queue_size is None else options.max_queue_size
+    o.max_batch_length = 0 if options.max_batch_length is None else options.max_batch_length
+    o.num_workers = options.num_workers
+    # A rows call's pieces share one padded length only if it is not split.
+    o.keep_calls_whole = collator.keep_calls_whole
+    return o
+
+
+cdef class Engine:
+    """One C++ scheduler, the batch function, a collator and a driver.
+
+    The engine owns the call records: it pushes them, hands out each batch's
+    results, and fails what is left at shutdown. The collator (collators.pxi,
+    batched._padding) says what a call holds and what a batch is; the driver
+    who runs batches: worker threads (thread_driver.pxi) or the callers' event
+    loop (loop_driver.pxi). Workers and loop tasks hold the engine, never the
+    processor that owns it, so a processor can be garbage collected while its
+    workers sleep; its finalizer then shuts the engine down.
+    """
+
+    def __cinit__(self, fn, options, str name, Collator collator, Driver driver):
+        collator.measure_lengths = (options.max_batch_length is not None or
+                                    options.priority_rule == <int>CPriorityRule.kSmallFirstThenShortest)
+        self.sched = new CScheduler(_core_options(options, collator))
+        self.options = options
+        self.fn = fn
+        self.name = name
+        self.collator = collator
+        self.driver = driver
+        _live_engines.add(self)
+
+    def __dealloc__(self):
+        if self.sched != NULL:
+            # Workers hold the engine while they run, and queued calls hold
+            # their callers: nothing can be queued or running here.
+            self.sched.shutdown()
+            del self.sched
+            self.sched = NULL
+
+    # ---- callers ----
+
+    def call(self, request):
+        """Queues one call and blocks until it is done: an item gives its
+        result, a list the list of results (item calls); a rows request its
+        rows of the output (rows calls). Thread driver only."""
+        if isinstance(request, list) and len(request) == 0:
+            return []
+        self.driver.refuse_reentry(self)
+        return self.wait_for(self.collator.new_call(request))
+
+    def submit(self, request, loop):
+        """Queues one call (not an empty list) for a caller on ``loop`` and
+        returns its record, whose ``future`` completes with what ``call``
+        would return. A caller cancelled while awaiting it must call
+        ``record.cancel()``: cheaper than a done-callback on every future."""
+        self.driver.refuse_reentry(self)
+        cdef _Call c = self.collator.new_call(request)
+        c.loop = loop
+        c.future = loop.create_future()
+        self.push(c)
+        return c
+
+    cdef int push(self, _Call c) except -1:
+        """Queues ``c``. The GIL stays held: the push is a few atomic operations,
+        and releasing the GIL here would cost a GIL hand-over per call."""
+        c.engine = self
+        if not self.driver.started:
+            self.driver.start(self)
+        Py_INCREF(c)  # the scheduler's reference; released in finish()
+        cdef CPushStatus status = self.sched.try_push(&c.entry)
+        self.check_push(status, c)
+        return self.driver.pushed(self, status)
+
+    cdef object wait_for(self, _Call c):
+        """A blocking caller: pushes and waits in one GIL release (one
+        hand-over of the GIL per call)."""
+        cdef CPushStatus status
+        cdef bint done = False
+        cdef bint on_main = PyThread_get_thread_ident() == _main_thread_ident
+        c.engine = self
+        c.completion = new CCompletion()
+        if not self.driver.started:
+            self.driver.start(self)
+        Py_INCREF(c)  # the scheduler's reference; released in finish()
+        with nogil:
+            status = self.sched.try_push(&c.entry)
+            if push_queued(status):
+                if on_main:
+                    done = c.completion.wait_for_ms(_SIGNAL_CHECK_MS)
+                else:
+                    c.completion.wait()
+                    done = True
+        self.check_push(status, c)
+        while not done:
+            # The main thread waits in slices so Ctrl-C works; its items stay
+            # queued and their results are dropped.
+            PyErr_CheckSignals()
+            with nogil:
+                done = c.completion.wait_for_ms(_SIGNAL_CHECK_MS)
+        return _outcome(c)
+
+    cdef int check_push(self, CPushStatus status, _Call c) except -1:
+        if push_queued(status):
+            return 0
+        Py_DECREF(c)  # the push did not take it
+        logger().debug("%r refused a call of %d items (%s)", self.name, c.entry.count,
+                       "queue full" if status == kPushQueueFull else "shut down")
+        limit = self.options.max_queue_size
+        if status == kPushQueueFull and c.entry.count > limit:
+            raise QueueFullError(
+                f"a call of {c.entry.count} items can never fit in batch processor "
+                f"{self.name!r}: max_queue_size={limit}")
+        if status == kPushQueueFull:
+            raise QueueFullError(
+                f"batch processor {self.name!r} is full: {self.sched.size_approx()} items are "
+                f"queued, max_queue_size={limit}, and this call has "
+                f"{c.entry.count}; retry later or raise max_queue_size")
+        raise ShutdownError(f"batch processor {self.name!r} has been shut down")
+
+    cdef int cancel_call(self, _Call c) except -1:
+        """Takes the undispatched items of ``c`` out of the queue; its results,
+        if any are computed, are dropped. Runs with the GIL, so it cannot
+        interleave with a worker handing out results."""
+        cdef uint32_t removed
+        with nogil:
+            removed = self.sched.cancel(&c.entry)
+        if removed:
+            by_loop = self.complete(c, removed, None, NULL)
+            if by_loop is not None:
+                _post(by_loop)  # delivery skips the cancelled future; this releases the record
+            self.driver.cancelled(self)
+        return 0
+
+    # ---- batches (both drivers) ----
+
+    cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1:
+        """Runs a batch of a plain function (thread driver). Whatever fails
+        (collating, the function, its output) becomes the callers' error."""
+        error = None
+        out = None
+        cdef int64_t t0 = monotonic_ns()
+        cdef int64_t t1
+        try:
+            inputs = self.collator.inputs(batch)
+            t0 = monotonic_ns()
+            try:
+                out = self.fn(inputs)
+            finally:
+                t1 = monotonic_ns()
+        except BaseException as e:  # the worker survives whatever happens here
+            error = e
+            t1 = monotonic_ns()
+        return self.end_batch(batch, out, error, t1 - t0, to_notify)
+
+    cdef int end_batch(self, CBatch& batch, object out, object error, int64_t run_ns,
+                       CPendingNotifications& to_notify) except -1:
+        """A batch has run (``out``, or ``error``): checks the output, counts
+        the batch, hands out every call's share (or the error)."""
+        if error is None:
+            try:
+                out = self.collator.outputs(out, batch)
+            except BaseException as e:
+                error = e
+        self.sched.finish_batch(batch, run_ns, error is not None)
+        if error is not None:
+            logger().warning("batch function of %r failed on a batch of %d items: %s: %s",
+                             self.name, batch.size, type(error).__name__, error, exc_info=error)
+        try:
+            self.hand_out(batch, out, error, to_notify)
+        except BaseException as e:  # a bug here must not strand callers
+            self.fail_rest(batch, e, to_notify)
+        return 0
+
+    cdef int hand_out(self, CBatch& batch, object outs, object error,
+                      CPendingNotifications& to_notify) except -1:
+        """Puts each span's results (or ``error``) in its call; finishes calls.
+        A span handed out gets count 0 (no span of a batch is empty), so
+        fail_rest knows which are left: the batch itself keeps the progress."""
+        cdef Py_ssize_t first = 0, count
+        cdef size_t s
+        cdef CSpan* span
+        cdef _Call c
+        cdef dict by_loop = None
+        for s in range(batch.spans.size()):
+            span = &batch.spans[s]
+            c = <_Call>span.entry.owner
+            if error is not None:
+                c.fail(error, span.begin)
+            else:
+                self.collator.store(c, span, outs, s, first)
+            first += span.count
+            count = span.count
+            span.count = 0
+            by_loop = self.complete(c, count, by_loop, &to_notify)
+        if by_loop is not None:
+            _post(by_loop)
+        return 0
+
+    cdef int fail_rest(self, CBatch& batch, object error, CPendingNotifications& to_notify) except -1:
+        """Last resort after an internal error: the calls of the spans not yet
+        handed out get ``error``, so nobody waits forever."""
+        cdef size_t s
+        cdef CSpan* span
+        cdef _Call c
+        cdef dict by_loop = None
+        cdef Py_ssize_t count
+        for s in range(batch.spans.size()):
+            span = &batch.spans[s]
+            if span.count == 0:
+                continue  # handed out already
+            c = <_Call>span.entry.owner
+            count = span.count
+            span.count = 0
+            c.fail(error, span.begin)
+            by_loop = self.complete(c, count, by_loop, &to_notify)
+        if by_loop is not None:
+            _post(by_loop)
+        return 0
+
+    cdef dict complete(self, _Call c, Py_ssize_t count, dict by_loop,
+                       CPendingNotifications* to_notify):
+        """``count`` more items of ``c`` are done; finishes ``c`` after its
+        last. Returns ``by_loop``, created when an asyncio call needs it."""
+        c.remaining -= count
+        if c.remaining == 0:
+            if c.future is not None and by_loop is None:
+                by_loop = {}
+            self.finish(c, by_loop, to_notify)
+        return by_loop
+
+    cdef int finish(self, _Call c, dict by_loop, CPendingNotifications* to_notify) except -1:
+        """The call's last item is done: wake its caller (now, or via
+        ``to_notify`` once the worker has released the GIL)."""
+        if c.future is None:
+            if to_notify != NULL:
+                to_notify.add(c.completion)
+            else:
+                c.completion.notify()
+        else:
+            calls = by_loop.get(c.loop)
+            if calls is None:
+                by_loop[c.loop] = [c]
+            else:
+                (<list>calls).append(c)
+        Py_DECREF(c)  # the scheduler's reference, taken in push()
+        return 0
+
+    # ---- lifecycle ----
+
+    def shutdown(self, bint wait=True, timeout=None):
+        """Stops the driver; calls still queued fail with ShutdownError. Idempotent."""
+        cdef vector[CEntry*] left
+        cdef CEntry* e
+        cdef _Call c
+        cdef dict by_loop = None
+        self.closed = True
+        with nogil:
+            self.sched.shutdown()
+            left = self.sched.drain()
+        if left.size():
+            logger().info("%r shut down with %d call(s) still queued: they fail with ShutdownError",
+                          self.name, left.size())
+            error = ShutdownError(
+                f"batch processor {self.name!r} was shut down before these items were processed")
+            for e in left:
+                c = <_Call>e.owner
+                c.fail(error, e.first_left)
+                by_loop = self.complete(c, e.count - e.taken, by_loop, NULL)
+            if by_loop is not None:
+                _post(by_loop)
+        self.driver.stop(self, wait, timeout)
+
+    def after_fork(self):
+        """In the child of a fork: the workers did not come along, and the
+        scheduler's state (its lock perhaps held, calls of the parent's
+        threads queued) belongs to the parent. Start afresh: a new scheduler,
+        the driver restarted on the next call. The old scheduler and the calls
+        in it are left alone (leaked): no thread of this process waits on them."""
+        self.sched = new CScheduler(_core_options(self.options, self.collator))
+        if self.closed:
+            self.sched.shutdown()
+        self.driver.after_fork()
+
+    # ---- stats (stats.pxi) ----
+
+    def queue_size(self):
+        return self.sched.size_approx()
+
+    def clear_stats(self):
+        self.sched.reset_stats()
+
+    def stats(self, latency_bounds_s=None):
+        """A consistent snapshot of the scheduler's statistics (see _snapshot)."""
+        return _snapshot(self.sched.stats(), latency_bounds_s)
+
+
+# ---- drivers: who runs an engine's batches ----
+#
+# Both take batches from the same C++ scheduler and policy; they differ only
+# in who waits for a batch to be ready and where the batch function runs:
+# ThreadDriver (thread_driver.pxi) and LoopDriver (loop_driver.pxi).
+
+cdef class Driver:
+    """What an engine asks of its driver. Every method runs with the GIL."""
+
+    cdef int start(self, Engine engine) except -1:
+        """Before the first push."""
+        self.started = True
+        return 0
+
+    cdef int pushed(self, Engine engine, CPushStatus status) except -1:
+        """After a push that queued a call (``status`` says whether a batch may
+        be ready now or the next deadline moved)."""
+        return 0
+
+    cdef int cancelled(self, Engine engine) except -1:
+        """After a cancelled call took items out of the queue."""
+        return 0
+
+    cdef int refuse_reentry(self, Engine engine) except -1:
+        """Raises if the caller is one of this engine's own batches: that call
+        would wait for the batch that makes it."""
+        return 0
+
+    cdef int stop(self, Engine engine, bint wait, object timeout) except -1:
+        """After the scheduler has shut down: stops running batches."""
+        return 0
+
+    cdef int after_fork(self) except -1:
+        """In the child of a fork."""
+        return 0
+
+
+cdef object _reentry_error(Engine engine):
+    return RuntimeError(
+        f"batch function {engine.name!r} called its own processor from inside a batch: "
+        f"that call would wait for the batch that makes it; call the function directly")

@@ -1,0 +1,153 @@
+# The event-loop driver: batches of an async def function run on their
+# callers' event loop (included by _core.pyx).
+
+# The batch an async batch function is running, in the context of its task
+# (and of the tasks it starts): a call of its own processor from there is refused.
+_running_batch = contextvars.ContextVar("batched_running_batch", default=None)
+
+
+cdef class _LoopBatch:
+    """A batch popped by the event-loop driver, owned by the task running it."""
+    cdef CBatch batch
+    cdef int64_t t0
+    cdef bint ended
+    cdef Engine engine
+    cdef LoopDriver driver
+
+    def on_task_done(self, task):
+        self.driver.running.discard(task)
+        if not self.ended:  # cancelled before its first step
+            error = RuntimeError("the batch was cancelled before it ran (its event loop is shutting down?)")
+            self.driver.end(self, None, error)
+
+
+cdef class LoopDriver(Driver):
+    """The same policy, driven from one event loop instead of sleeping
+    threads: after a push that may make a batch ready (the scheduler says so),
+    after a batch returns, and when the one ``loop.call_at`` timer fires (armed
+    for the policy's next deadline), the driver pops what is ready and runs
+    each batch as a task on the loop, at most ``num_workers`` at once. Idle: no
+    timer. An engine with this driver serves callers of this loop only
+    (batched.aio makes one per loop), so a batch always runs on its callers' loop.
+    """
+
+    def __init__(self, loop, size_t num_workers):
+        self.loop = loop
+        self.num_workers = num_workers
+        self.running = set()
+        self.finished_ns = kNotFinished
+        self.started = True  # batches run on the callers' loop: nothing to start
+
+    @property
+    def timer_armed(self):
+        """Whether a timer is armed (never while idle)."""
+        return self.timer is not None
+
+    cdef int pushed(self, Engine engine, CPushStatus status) except -1:
+        # Otherwise the armed timer, or a batch that returns, will drive.
+        if status == kPushOkMayDispatch and self.in_flight < self.num_workers:
+            self.drive(engine)
+        return 0
+
+    cdef int cancelled(self, Engine engine) except -1:
+        if not engine.closed:
+            self.arm_timer(engine)  # nothing left to wait for: no timer (and no loop kept alive)
+        return 0
+
+    cdef int refuse_reentry(self, Engine engine) except -1:
+        b = _running_batch.get()
+        if b is not None and (<_LoopBatch>b).engine is engine and not (<_LoopBatch>b).ended:
+            raise _reentry_error(engine)
+        return 0
+
+    cdef int stop(self, Engine engine, bint wait, object timeout) except -1:
+        if self.timer is not None:
+            self.timer.cancel()  # a timer that fires anyway finds the engine closed
+            self.timer = None
+        return 0
+
+    cdef int after_fork(self) except -1:
+        self.timer = None
+        self.running = set()
+        self.in_flight = 0
+        self.finished_ns = kNotFinished
+        return 0
+
+    cdef int drive(self, Engine engine) except -1:
+        """Dispatches what is ready, then arms the timer. On the loop's thread."""
+        cdef _LoopBatch b
+        while self.in_flight < self.num_workers:
+            b = _LoopBatch.__new__(_LoopBatch)
+            b.batch.finished_ns = self.finished_ns  # the batch that just returned: the drain rule
+            self.finished_ns = kNotFinished
+            if not engine.sched.try_pop(b.batch):
+                break
+            self.in_flight += 1
+            b.t0 = monotonic_ns()
+            b.engine = engine
+            b.driver = self
+            task = self.loop.create_task(_run_on_loop(engine, b))
+            # The loop keeps only weak references to tasks; and a task cancelled
+            # before its first step never runs its body: the done-callback then
+            # ends the batch, so no caller and no batch slot is stranded.
+            self.running.add(task)
+            task.add_done_callback(b.on_task_done)
+        return self.arm_timer(engine)
+
+    cdef int arm_timer(self, Engine engine) except -1:
+        cdef int64_t deadline = engine.sched.next_deadline()
+        if deadline == kNeverNs or self.in_flight >= self.num_workers:
+            # nothing waits, or a batch that returns will drive: no timer
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            return 0
+        if self.timer is not None:
+            if self.timer_deadline <= deadline:
+                return 0  # an earlier or equal timer is armed already
+            self.timer.cancel()
+        cdef double delay = max(0.0, (deadline - monotonic_ns()) / 1e9)
+        self.timer = self.loop.call_at(self.loop.time() + delay, self.on_timer, engine)
+        self.timer_deadline = deadline
+        return 0
+
+    def on_timer(self, Engine engine):
+        self.timer = None
+        if not engine.closed:
+            self.drive(engine)
+
+    def end(self, _LoopBatch b, object out, object error):
+        """Hands out the results of a batch, then drives again. Called once
+        per batch (by its task, or by its done-callback if it never ran)."""
+        if b.ended:
+            return
+        b.ended = True
+        cdef CPendingNotifications none_to_notify  # asyncio callers only: nothing to notify
+        b.engine.end_batch(b.batch, out, error, monotonic_ns() - b.t0, none_to_notify)
+        self.in_flight -= 1
+        self.finished_ns = b.batch.finished_ns
+        if not b.engine.closed and not self.loop.is_closed():
+            # Drive from a fresh callback rather than from inside this task:
+            # callers cancelled meanwhile (a loop shutting down cancels them
+            # all) take their items out first, and no task is started from a
+            # task that is being cancelled.
+            self.loop.call_soon(self.on_timer, b.engine)
+
+
+async def _run_on_loop(Engine engine, _LoopBatch b):
+    """Runs one batch of an async batch function on its loop."""
+    out = None
+    error = None
+    _running_batch.set(b)  # this task's context, and that of tasks it starts
+    try:
+        inputs = engine.collator.inputs(b.batch)
+        b.t0 = monotonic_ns()
+        out = await engine.fn(inputs)
+    except BaseException as e:  # delivered to the callers; the driver goes on
+        error = e
+    b.driver.end(b, out, error)
+    if error is not None and not isinstance(error, (Exception, KeyboardInterrupt, SystemExit)):
+        # CancelledError, GeneratorExit: the task itself was stopped. A
+        # KeyboardInterrupt/SystemExit of the function went to its callers
+        # (wrapped); raised from the task, it would stop the loop.
+        raise error

@@ -1,0 +1,149 @@
+# The C++ core (csrc/batched) and the bridge's glue (_glue.h), declared once
+# for every Cython module of the package. C++ types carry a C prefix; every
+# extern block is nogil.
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libcpp cimport bool as cbool
+from libcpp.optional cimport optional
+from libcpp.vector cimport vector
+
+
+cdef extern from "batched/options.h" namespace "batched" nogil:
+    cdef enum class CPriorityRule "batched::PriorityRule":
+        kArrival "batched::PriorityRule::kArrival"
+        kSmallFirst "batched::PriorityRule::kSmallFirst"
+        kSmallFirstThenShortest "batched::PriorityRule::kSmallFirstThenShortest"
+
+    cdef cppclass CBatchOptions "batched::BatchOptions":
+        size_t max_batch_size
+        int64_t timeout_us
+        size_t small_batch_threshold
+        CPriorityRule priority_rule
+        uint64_t max_batch_length
+        int64_t aging_us
+        size_t max_queue_size
+        size_t num_workers
+        cbool keep_calls_whole
+
+
+cdef extern from "batched/entry.h" namespace "batched" nogil:
+    cdef cppclass CEntry "batched::Entry":
+        void* owner
+        uint32_t count
+        int32_t priority
+        const uint32_t* lengths
+        int64_t enqueue_ns
+        uint32_t taken
+        uint32_t first_left
+
+    cdef cppclass CSpan "batched::Span":
+        CEntry* entry
+        uint32_t begin
+        uint32_t count
+
+    cdef cppclass CBatch "batched::Batch":
+        vector[CSpan] spans
+        size_t size
+        int64_t finished_ns
+
+    cdef enum class CDispatchReason "batched::DispatchReason":
+        kFull "batched::DispatchReason::kFull"
+        kTimeout "batched::DispatchReason::kTimeout"
+        kBudget "batched::DispatchReason::kBudget"
+        kDrain "batched::DispatchReason::kDrain"
+
+    const int64_t kNeverNs "batched::kNever"
+    const int64_t kNotFinished "batched::Batch::kNotFinished"
+    const size_t kDispatchReasonCount "batched::kDispatchReasonCount"
+    const char* reason_name "batched::to_string" (CDispatchReason r)
+
+
+cdef extern from "batched/histogram.h" namespace "batched" nogil:
+    cdef cppclass CLatencyHistogram "batched::LatencyHistogram":
+        uint64_t count()
+        double sum_ns()
+        double quantile(double q)
+        uint64_t count_at(size_t b)
+        @staticmethod
+        double upper_bound(size_t b)
+
+    const size_t kHistogramBuckets "batched::LatencyHistogram::kBuckets"
+
+
+cdef extern from "batched/stats.h" namespace "batched" nogil:
+    cdef cppclass CBatchStats "batched::BatchStats":
+        size_t queued_items
+        uint64_t total_dispatched
+        uint64_t total_processed
+        uint64_t total_batches
+        uint64_t failed_batches
+        uint64_t failed_items
+        uint64_t rejected_items
+        uint64_t cancelled_items
+        int64_t oldest_wait_ns
+        int64_t total_run_ns
+        uint64_t batches_by_reason[4]
+        CLatencyHistogram queue_wait
+        CLatencyHistogram batch_latency
+        vector[uint64_t] batch_sizes
+
+
+cdef extern from "batched/policy.h" namespace "batched" nogil:
+    cdef cppclass CBatchPolicy "batched::BatchPolicy":
+        CBatchPolicy(const CBatchOptions& options) except +
+        void add(CEntry* e) except +
+        uint32_t remove(CEntry* e) except +
+        optional[CDispatchReason] ready(int64_t now, int64_t busy_until)
+        int64_t next_deadline()
+        void pop(int64_t now, CDispatchReason reason, CBatch& out) except +
+        size_t size()
+
+
+cdef extern from "batched/pad.h" namespace "batched" nogil:
+    cdef enum CPaddingSide "batched::PaddingSide":
+        kPadRight "batched::PaddingSide::kRight"
+        kPadLeft "batched::PaddingSide::kLeft"
+
+    cdef struct CRowView "batched::RowView":
+        const void* data
+        int64_t length
+
+    void pad_rows(const CRowView* rows, size_t n_rows, size_t step_bytes, int64_t max_length,
+                  CPaddingSide side, const void* pad_value, size_t itemsize, void* out)
+
+
+cdef extern from "_glue.h" nogil:
+    cdef enum CPushStatus "batched::PushStatus":
+        kPushOk "batched::PushStatus::kOk"
+        kPushQueueFull "batched::PushStatus::kQueueFull"
+        kPushClosed "batched::PushStatus::kClosed"
+        kPushOkMayDispatch "batched::PushStatus::kOkMayDispatch"
+
+    cbool push_queued "batched::queued" (CPushStatus status)
+
+    cdef cppclass CScheduler "batched_glue::PyScheduler":
+        CScheduler(const CBatchOptions& options) except +
+        CPushStatus try_push(CEntry* entry)
+        cbool wait_pop(CBatch& out) except +
+        void finish_batch(CBatch& batch, int64_t run_ns, cbool failed) except +
+        void shutdown() except +
+        vector[CEntry*] drain() except +
+        uint32_t cancel(CEntry* entry) except +
+        cbool try_pop(CBatch& out) except +
+        int64_t next_deadline() except +
+        size_t size_approx()
+        CBatchStats stats() except +
+        void reset_stats() except +
+
+    cdef cppclass CCompletion "batched_glue::Completion":
+        CCompletion()
+        void release()
+        void notify()
+        void wait()
+        cbool wait_for_ms(int ms)
+
+    cdef cppclass CPendingNotifications "batched_glue::PendingNotifications":
+        void add(CCompletion* c) except +
+        void notify_all()
+
+    int64_t monotonic_ns "batched_glue::monotonic_ns" ()
