@@ -46,7 +46,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -81,18 +80,20 @@ class BatchPolicy {
   // be set. Allocates only under item units (see above).
   void add(Entry* e) {
     Unit* items = item_units_ ? new Unit[e->count] : nullptr;  // first: a throw leaves nothing half-linked
-    std::uint32_t longest = 0;
-    std::uint64_t total = 0;
-    for (std::uint32_t i = 0; i < e->count; ++i) {
-      const std::uint32_t l = e->length_of(i);
-      total += l;
-      longest = std::max(longest, l);
+    std::uint32_t longest = 1;  // lengths only matter with a budget or shortest first
+    if (e->lengths != nullptr && (budget_ != 0 || rule_ == PriorityRule::kSmallFirstThenShortest)) {
+      longest = 0;
+      for (std::uint32_t i = 0; i < e->count; ++i) {
+        queued_length_ += budget_ != 0 ? e->lengths[i] : 0u;
+        longest = std::max(longest, e->lengths[i]);
+      }
+    } else if (budget_ != 0) {
+      queued_length_ += e->count;
     }
     e->taken = 0;
     e->first_left = 0;
     e->items = items;
     queued_items_ += e->count;
-    queued_length_ += total;
     arrival_push_back(e);
     service_push_back(e);
     if (items == nullptr) {
@@ -191,18 +192,11 @@ class BatchPolicy {
     bool open = true;
   };
 
-  // The position of a unit in the rank order (ties: arrival).
-  struct Rank {
-    std::int32_t priority;
-    std::uint8_t size_class;
-    std::uint32_t length;
-    bool operator<(const Rank& o) const noexcept {
-      return std::tie(priority, size_class, length) < std::tie(o.priority, o.size_class, o.length);
-    }
-    bool operator==(const Rank& o) const noexcept {
-      return priority == o.priority && size_class == o.size_class && length == o.length;
-    }
-  };
+  // The position of a unit in the rank order (ties: arrival), as one number
+  // that orders like (priority, size class, length): the priority with its
+  // sign bit flipped (so it orders as unsigned), the class bit, and the
+  // length (lengths of 2^31 and more rank together).
+  using Rank = std::uint64_t;
 
   // The units of one rank, in arrival order (intrusive, doubly linked).
   struct Level {
@@ -214,7 +208,8 @@ class BatchPolicy {
   Rank rank_of(const Unit* u) const noexcept {
     const Entry* e = u->entry;
     const bool bulk = rule_ != PriorityRule::kArrival && e->count > small_batch_threshold_;
-    return Rank{e->priority, static_cast<std::uint8_t>(bulk ? 1 : 0), u->length};
+    const Rank priority = static_cast<std::uint32_t>(e->priority) ^ 0x80000000u;
+    return priority << 32 | Rank{bulk} << 31 | std::min<std::uint32_t>(u->length, 0x7FFFFFFFu);
   }
 
   bool due(const Entry* e, TimePoint now) const noexcept {
@@ -222,14 +217,16 @@ class BatchPolicy {
   }
 
   // Whether an item of length `l` may join a batch of `size` items; counts it
-  // if so. A single item longer than the budget still goes, alone.
+  // if so. A single item longer than the budget still goes, alone. Without a
+  // budget lengths are not counted.
   bool admit(std::uint32_t l, std::size_t size, Fill& f) const noexcept {
-    if (budget_ != 0 && f.length + l > budget_ && size > 0) {
+    if (budget_ == 0) return true;
+    if (f.length + l > budget_ && size > 0) {
       f.open = false;
       return false;
     }
     f.length += l;
-    if (budget_ != 0 && f.length >= budget_) f.open = false;
+    if (f.length >= budget_) f.open = false;
     return true;
   }
 
@@ -247,14 +244,18 @@ class BatchPolicy {
       f.open = false;  // it heads the next batch instead of being split
       return;
     }
-    std::uint32_t k = 0;
-    while (k < room && e->taken + k < e->count && admit(e->length_of(e->taken + k), out.size + k, f)) ++k;
+    std::uint32_t k = std::min(room, e->count - e->taken);
+    if (budget_ != 0) {
+      const std::uint32_t most = k;
+      k = 0;
+      while (k < most && admit(e->length_of(e->taken + k), out.size + k, f)) ++k;
+    }
     if (k == 0) return;
-    out.spans.push_back(Span{e, e->taken, k});
+    add_span(out, e, e->taken, k);
     out.size += k;
     e->taken += k;
     queued_items_ -= k;
-    mark_served(e);
+    if (e->taken < e->count) mark_served(e);  // (one taken in full leaves the lists)
   }
 
   // Takes one item unit, if it fits.
@@ -268,12 +269,21 @@ class BatchPolicy {
         out.spans.back().begin + out.spans.back().count == u.index) {
       out.spans.back().count += 1;
     } else {
-      out.spans.push_back(Span{e, u.index, 1});
+      add_span(out, e, u.index, 1);
     }
     out.size += 1;
     e->taken += 1;
     queued_items_ -= 1;
-    mark_served(e);
+    if (e->taken < e->count) mark_served(e);
+  }
+
+  static void add_span(Batch& out, Entry* e, std::uint32_t begin, std::uint32_t count) {
+    // Written in place: a Span built aside and copied in made the compiler
+    // store it in halves and load it whole (a store-forwarding stall per span).
+    Span& s = out.spans.emplace_back();
+    s.entry = e;
+    s.begin = begin;
+    s.count = count;
   }
 
   // Unlinks `e` once every item is taken; returns whether it is gone.
@@ -284,6 +294,7 @@ class BatchPolicy {
     return true;
   }
 
+  // Notes that this batch took items of `e`, which stays queued.
   void mark_served(Entry* e) {
     if (e->served_in != batch_seq_) {
       e->served_in = batch_seq_;
@@ -302,9 +313,13 @@ class BatchPolicy {
     }
     unmarked_ = nullptr;
     for (Entry* e : served_) {
-      if (e->taken < e->count) {
+      if (e->taken == e->count) continue;  // taken in full later in the batch: gone
+      if (e != service_tail_) {
         service_erase(e);
         service_push_back(e);
+      } else {  // at the back already (a lone call being worked through)
+        e->passed_over_ns = kNever;
+        if (unmarked_ == nullptr) unmarked_ = e;
       }
     }
     served_.clear();
@@ -317,14 +332,16 @@ class BatchPolicy {
       for (std::uint32_t i = 0; i < e->count; ++i) {
         Unit& u = e->items[i];
         if (!u.queued) continue;
-        queued_length_ -= e->length_of(i);
+        if (budget_ != 0) queued_length_ -= e->length_of(i);
         rank_erase(&u);
         u.queued = false;
         ++left;
       }
     } else {
       left = e->count - e->taken;
-      for (std::uint32_t i = e->taken; i < e->count; ++i) queued_length_ -= e->length_of(i);
+      if (budget_ != 0) {
+        for (std::uint32_t i = e->taken; i < e->count; ++i) queued_length_ -= e->length_of(i);
+      }
       rank_erase(&e->unit);
     }
     queued_items_ -= left;
@@ -336,8 +353,10 @@ class BatchPolicy {
   void forget(Entry* e) {
     arrival_erase(e);
     service_erase(e);
-    delete[] e->items;
-    e->items = nullptr;
+    if (e->items != nullptr) {
+      delete[] e->items;
+      e->items = nullptr;
+    }
   }
 
   // Whether all of `e` fits in `room` items and the budget left after `length`.
@@ -385,14 +404,19 @@ class BatchPolicy {
   // sorted by rank. Units of one rank are served in arrival order, so a rank
   // is a FIFO and add/take are O(1) plus a binary search over the ranks; a
   // rank is dropped when it empties.
-  std::vector<Level>::iterator find_level(const Rank& r) {
-    return std::lower_bound(levels_.begin(), levels_.end(), r,
-                            [](const Level& l, const Rank& x) { return l.rank < x; });
+  // The level of rank r, or where it would go. Units are mostly taken from
+  // the first level and added to the last: those are looked at first.
+  std::vector<Level>::iterator find_level(Rank r) {
+    if (!levels_.empty()) {
+      if (levels_.front().rank >= r) return levels_.begin();
+      if (levels_.back().rank == r) return levels_.end() - 1;
+    }
+    return std::lower_bound(levels_.begin(), levels_.end(), r, [](const Level& l, Rank x) { return l.rank < x; });
   }
   void rank_push_back(Unit* u) {
     const Rank r = rank_of(u);
     auto it = find_level(r);
-    if (it == levels_.end() || !(it->rank == r)) it = levels_.insert(it, Level{r, nullptr, nullptr});
+    if (it == levels_.end() || it->rank != r) it = levels_.insert(it, Level{r, nullptr, nullptr});
     u->next = nullptr;
     u->prev = it->tail;
     (it->tail ? it->tail->next : it->head) = u;
@@ -424,7 +448,7 @@ class BatchPolicy {
   std::uint64_t batch_seq_ = 0;   // batches popped so far
   std::vector<Entry*> served_;    // entries the batch being formed has taken items of
   std::size_t queued_items_ = 0;
-  std::uint64_t queued_length_ = 0;
+  std::uint64_t queued_length_ = 0;  // kept only with a budget
 };
 
 }  // namespace batched
