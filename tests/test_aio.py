@@ -1,5 +1,7 @@
-"""batched.aio: the asyncio front end, with sync and async batch functions
-(SPEC 1 and 2). Every test runs for both kinds of batch function."""
+"""batched.aio's own API (its parameters, caches, several event loops), for
+both kinds of batch function: a plain one ("aio") and an async def one
+("aio-async"). The batching contract itself runs on every front end in
+test_semantics.py."""
 
 from __future__ import annotations
 

@@ -206,3 +206,108 @@ def test_int_like_batch_size_is_accepted() -> None:
 def test_absurd_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match=r"timeout_ms must be at most 1e\+09 ms"):
         BatchProcessor(double, timeout_ms=1e13)
+
+
+# ---- 0.1.5 import paths that user code imports at module top level ----
+
+
+def test_0_1_5_stack_features_pads_natively_and_keeps_dtypes() -> None:
+    import numpy as np
+
+    from batched.inference.helper import stack_features, unstack_features
+
+    rows = [
+        {"input_ids": np.array([5, 6, 7]), "scores": np.array([0.5, 0.25], dtype=np.float32)},
+        {"input_ids": np.array([8]), "scores": np.array([1.5, 2.5, 3.5], dtype=np.float32)},
+    ]
+    right = stack_features(rows, {"input_ids": -1})
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, -1, -1]]
+    assert right["scores"].dtype == np.float32  # 0.1.5 cast every feature to int64
+    assert right["scores"].tolist() == [[0.5, 0.25, 0.0], [1.5, 2.5, 3.5]]
+    left = stack_features(rows, {}, padding_side="left")
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert [r["input_ids"].tolist() for r in unstack_features(right)] == [[5, 6, 7], [8, -1, -1]]
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right', got 'up'"):
+        stack_features(rows, {}, padding_side="up")
+    with pytest.raises(ValueError, match="do not match those of earlier calls"):
+        stack_features([rows[0], {"input_ids": np.array([1])}], {})
+
+
+def test_0_1_5_stack_features_with_torch_tensors() -> None:
+    torch = pytest.importorskip("torch")
+    from batched.inference.helper import stack_features, stack_outputs, unstack_outputs
+
+    out = stack_features([{"ids": torch.tensor([1, 2])}, {"ids": torch.tensor([3])}], {"ids": 9})
+    assert isinstance(out["ids"], torch.Tensor) and out["ids"].tolist() == [[1, 2], [3, 9]]
+    stacked = stack_outputs([torch.tensor([1.0]), torch.tensor([2.0])])
+    assert stacked.tolist() == [[1.0], [2.0]]
+    assert [t.tolist() for t in unstack_outputs(stacked)] == [[1.0], [2.0]]
+
+
+def test_0_1_5_batch_item_classes_work() -> None:
+    from batched.aio.batch_generator import AsyncBatchItem
+    from batched.batch_generator import BatchItem
+
+    items = sorted([BatchItem("bulk", priority=1), BatchItem("small", priority=0)])
+    assert [i.content for i in items] == ["small", "bulk"]
+    item = items[0]
+    assert not item.done()
+    item.set_result(42)
+    item.set_result(43)  # a second result is ignored, as in 0.1.5
+    assert item.done() and item.result() == 42
+    failed = BatchItem("x")
+    failed.set_exception(KeyError("gone"))
+    with pytest.raises(KeyError, match="gone"):
+        failed.result()
+
+    async def main() -> None:
+        assert await BatchItem("y", future=_done_future(7)).to_awaitable() == 7
+        fut = asyncio.get_running_loop().create_future()
+        a = AsyncBatchItem(content={"ids": [1, 2, 3]}, future=fut, priority=0)
+        assert len(a) == 3 and len(AsyncBatchItem(None, fut)) == 0 and len(AsyncBatchItem(7, fut)) == 1
+        a.set_result("r")
+        a.set_exception(ValueError("late"))  # ignored: already done
+        assert a.done() and await fut == "r"
+        assert sorted([AsyncBatchItem("b", fut, 2), a])[0] is a
+
+    asyncio.run(main())
+
+
+def _done_future(value: int) -> object:
+    from concurrent.futures import Future
+
+    f: Future[int] = Future()
+    f.set_result(value)
+    return f
+
+
+def test_0_1_5_pad_tokens_default_is_an_empty_dict() -> None:
+    from batched import inference
+
+    proc = inference.ModelBatchProcessor(lambda features: features["ids"])
+    assert proc.pad_tokens == {} and proc.pad_tokens.get("ids", 0) == 0
+    given = inference.ModelBatchProcessor(lambda features: features["ids"], pad_tokens={"ids": 3})
+    assert given.pad_tokens == {"ids": 3}
+    proc.shutdown()
+    given.shutdown()
+
+
+def test_options_are_one_checked_object() -> None:
+    from batched.types import PriorityStrategy
+
+    proc = batched.dynamically(batch_size=4, timeout_ms=1, num_workers=2)(double)
+    assert proc.options.batch_size == proc.batch_size == 4
+    assert proc.num_workers == 2 and proc.aging_ms == 100.0
+    assert proc.priority_strategy is PriorityStrategy.PRIORITY  # small calls first
+    with pytest.raises(AttributeError):
+        proc.batch_size = 8  # read-only: the engine has its copy
+
+    class Model:
+        @batched.dynamically(batch_size=3)
+        def predict(self, items: list[int]) -> list[int]:
+            return items
+
+    a, b = Model(), Model()
+    assert a.predict.options is b.predict.options  # checked once, at decoration
+    for p in (proc, a.predict, b.predict):
+        p.shutdown()

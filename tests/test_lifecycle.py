@@ -1,4 +1,4 @@
-"""Process-level behaviour: interpreter exit, Ctrl-C and fork never hang (SPEC 2.8)."""
+"""Process-level behaviour: interpreter exit, Ctrl-C and fork never hang (docs/semantics.md, 8)."""
 
 from __future__ import annotations
 

@@ -303,7 +303,7 @@ def test_cancellation_storm(front: str) -> None:
     assert stats.total_processed == len(storm.seen)
     # later calls still work
     assert asyncio.run(asyncio.wait_for(call([1, 2, 3]), TIMEOUT)) == [~1, ~2, ~3]
-    # Nothing leaks (SPEC 2.7): once the test lets go of them, each item is
+    # Nothing leaks (docs/semantics.md, 7): once the test lets go of them, each item is
     # held by its call's list in `plan` alone; a call record kept by the core
     # would still hold its items.
     del storm.seen, counts, kept_items, cancelled

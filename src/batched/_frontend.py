@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from batched._core import Engine
     from batched._padding import RowsCollator
+    from batched.types import PriorityStrategy
 
 _asyncio: Any = None  # imported by the first await: asyncio is slow to import
 
@@ -53,8 +54,17 @@ class Processor(_Options):
         self.options = options
 
 
+    @property
+    def priority_strategy(self) -> PriorityStrategy:  # type: ignore[override]  # never None here
+        """The strategy in effect: PRIORITY (small calls first) unless another was given."""
+        from batched.types import PriorityStrategy  # noqa: PLC0415 - enum is slow to import
+
+        return self.options.priority_strategy or PriorityStrategy.PRIORITY
+
+
 for _name in ProcessorOptions.__slots__:
-    if _name != "padding":  # the inference front ends show its parts (PaddingAttributes)
+    # the inference front ends show the padding options' parts (PaddingAttributes)
+    if _name not in ("padding", "priority_strategy"):
         setattr(Processor, _name, property(operator.attrgetter(f"options.{_name}")))
 
 
