@@ -114,7 +114,7 @@ class Scheduler {
 
   // Blocks until a batch is ready and moves it into `out`; returns false once
   // shut down. If `out` holds the batch this worker just ran and passed to
-  // finish_batch, items queued before it returned leave at once (SPEC 2.2).
+  // finish_batch, items queued before it returned leave at once (docs/semantics.md, 1).
   // Does not allocate in steady state. Thread-safe: any number of workers.
   bool wait_pop(Batch& out) {
     const TimePoint busy_until = out.finished_ns;
