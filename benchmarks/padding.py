@@ -1,4 +1,4 @@
-"""The padding step alone: our collate (batched._padding.Padder) vs a plain memcpy of the same
+"""The padding step alone: our collate (batched._padding.RowsCollator) vs a plain memcpy of the same
 bytes vs `batched` 0.1.5's stack_features, for numpy and CPU torch features.
 
     .venv/bin/python benchmarks/padding.py        # (PYTHONPATH=src if batched is not installed)
@@ -111,10 +111,10 @@ def run_ref(backend: str) -> dict:
 
 def main() -> None:
     try:
-        from batched._padding import Padder
+        from batched._padding import RowsCollator
     except ImportError:
         sys.path.insert(0, str(ROOT / "src"))
-        from batched._padding import Padder
+        from batched._padding import RowsCollator
     backends = ["numpy"]
     try:
         import torch
@@ -128,7 +128,7 @@ def main() -> None:
         ref = run_ref(backend)
         for name, n, trailing, dtype in CASES:
             rows = rows_of(n, trailing, dtype)
-            p = Padder("bench", PAD, "right")
+            p = RowsCollator("bench", PAD, "right")
             reqs = [p.request({k: conv(v[None]) for k, v in r.items()}) for r in rows]
             spans = [(r, 0, 1) for r in reqs]
             got, want = p.collate(spans), reference(rows)

@@ -133,6 +133,42 @@ def test_idle_async_processor_has_no_timer_armed() -> None:
     proc.shutdown()
 
 
+def test_a_backlog_drained_when_a_batch_returns_leaves_no_timer_behind() -> None:
+    """Two batch slots, one busy: an item queued meanwhile gets a timer for its
+    (long) timeout, then leaves by the drain rule when the busy batch returns.
+    Its timer goes with it, instead of firing later on an idle processor."""
+    gate: list[asyncio.Event] = []
+
+    async def fn(items: list[Any]) -> list[Any]:
+        if "slow" in items:
+            await gate[0].wait()
+        return items
+
+    proc = aio.AsyncBatchProcessor(fn, batch_size=2, timeout_ms=5_000, num_workers=2)
+
+    def live_timers(loop: asyncio.AbstractEventLoop) -> int:
+        return sum(1 for h in loop._scheduled if not h.cancelled())  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        before = live_timers(loop)  # run()'s own wait_for timeout
+        gate.append(asyncio.Event())
+        busy = asyncio.ensure_future(proc(["slow", "x"]))  # a full batch: runs at once, and waits
+        await asyncio.sleep(0.01)
+        late = asyncio.ensure_future(proc("late"))
+        await asyncio.sleep(0.01)
+        engine = proc._engine_for(loop)
+        assert engine.driver.timer_armed  # for "late", 5 s away
+        gate[0].set()
+        assert await asyncio.wait_for(late, 1.0) == "late"  # drained when the busy batch returned
+        assert await busy == ["slow", "x"]
+        await asyncio.sleep(0.01)
+        assert not engine.driver.timer_armed and live_timers(loop) == before
+
+    run(main())
+    proc.shutdown()
+
+
 def test_failures_reach_exactly_their_callers(kind: str) -> None:
     def body(items: list[int]) -> list[Any]:
         if -1 in items:

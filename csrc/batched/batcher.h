@@ -159,7 +159,9 @@ class Batcher {
   // Queues one input; the future yields its output or its error. Waits while
   // a bounded queue is full. Throws ShutdownError after shutdown() (also while
   // waiting for room), std::invalid_argument if meta.lengths has more than 1
-  // element. Thread-safe. Allocates the request record and the promise's shared state.
+  // element, std::bad_alloc when out of memory (nothing queued then).
+  // Thread-safe. Allocates the request record and the promise's shared state
+  // (and, under kSmallFirstThenShortest, one unit per input: scheduler.h).
   std::future<Out> submit(In input, const SubmitOptions& meta = {}) {
     return submit_one_future(input, meta, /*wait_for_room=*/true);
   }
@@ -309,6 +311,7 @@ class Batcher {
     if (status == PushStatus::kQueueFull && wait_for_room && n <= max_queue) status = push_when_room(&e);
     if (queued(status)) return;
     if (status == PushStatus::kClosed) fail_push(give_back, ShutdownError("batcher '" + name_ + "' has been shut down"));
+    if (status == PushStatus::kNoMemory) fail_push(give_back, std::bad_alloc());
     if (n > max_queue)
       fail_push(give_back, QueueFullError("a call of " + std::to_string(n) + " items can never fit in batcher '" +
                                           name_ + "': max_queue_size=" + std::to_string(max_queue)));

@@ -54,7 +54,7 @@ struct BatchOptions {
   std::size_t num_workers = 1;
   // If set, a call of at most max_batch_size items is never split: when it
   // does not fit in the room (or length budget) left, the batch leaves without
-  // it and it heads the next one. Larger calls are split as usual. Inference
+  // it, and it keeps its place for the next one. Larger calls are split as usual. Inference
   // front ends set it: a call's rows then share one padded length and come
   // back as one view of the output.
   bool keep_calls_whole = false;

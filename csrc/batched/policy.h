@@ -25,7 +25,7 @@
 //    max_batch_length total length, except that a single longer item goes
 //    alone. A call larger than the room left is split and the rest keeps its
 //    rank (with keep_calls_whole, a call that fits in one batch is not split:
-//    the batch leaves without it).
+//    the batch leaves without it, and it keeps its place).
 //  * Aging counts only time passed over: a call is passed over from the first
 //    batch that leaves without it (after its arrival, or after the last batch
 //    that took some of its items) until a batch takes some of its items.
@@ -35,11 +35,13 @@
 //  * next_deadline() is when the timeout rule will fire (kNever if empty).
 //
 // Not thread-safe: one consumer at a time (the Scheduler serialises workers).
-// Costs: add/remove/pop are O(1) per call plus O(log R) over the R distinct
-// ranks queued (2 per explicit priority, unless shorter items go first);
-// nothing allocates per call once the rank list and the batch have grown.
-// With kSmallFirstThenShortest and calls not kept whole, the unit is the item:
-// O(log R) per item, and add() allocates one unit per item of the call.
+// Costs: add/remove/pop are O(1) per call plus a binary search over the R
+// distinct ranks queued (2 per explicit priority, unless shorter items go
+// first), and O(R) when a rank appears or empties; nothing allocates per call
+// once the rank list and the batch have grown. With kSmallFirstThenShortest
+// and calls not kept whole (uses_item_units), the unit is the item: the same
+// per item, and each call needs one Unit per item, which the Scheduler
+// allocates when the call is pushed (add() allocates it if it was not).
 #pragma once
 
 #include <algorithm>
@@ -67,7 +69,7 @@ class BatchPolicy {
         small_batch_threshold_(options.small_batch_threshold),
         rule_(options.priority_rule),
         keep_calls_whole_(options.keep_calls_whole),
-        item_units_(options.priority_rule == PriorityRule::kSmallFirstThenShortest && !options.keep_calls_whole) {}
+        item_units_(uses_item_units(options)) {}
 
   BatchPolicy(const BatchPolicy&) = delete;
   BatchPolicy& operator=(const BatchPolicy&) = delete;
@@ -76,10 +78,21 @@ class BatchPolicy {
     clear([](Entry*) {});
   }
 
+  // Whether calls under `options` need one Unit per item (Entry::items).
+  static bool uses_item_units(const BatchOptions& options) noexcept {
+    return options.priority_rule == PriorityRule::kSmallFirstThenShortest && !options.keep_calls_whole;
+  }
+
   // Queues every item of `e` (count >= 1, none taken). `e->enqueue_ns` must
-  // be set. Allocates only under item units (see above).
+  // be set; under item units, `e->items` holds count Units or is null (then
+  // add() allocates them, and may throw std::bad_alloc, leaving nothing changed).
   void add(Entry* e) {
-    Unit* items = item_units_ ? new Unit[e->count] : nullptr;  // first: a throw leaves nothing half-linked
+    if (!item_units_) {
+      e->items = nullptr;
+    } else if (e->items == nullptr) {
+      e->items = new Unit[e->count];  // first: a throw leaves nothing half-linked
+    }
+    Unit* items = e->items;
     std::uint32_t longest = 1;  // lengths only matter with a budget or shortest first
     if (e->lengths != nullptr && (budget_ != 0 || rule_ == PriorityRule::kSmallFirstThenShortest)) {
       longest = 0;
@@ -92,7 +105,6 @@ class BatchPolicy {
     }
     e->taken = 0;
     e->first_left = 0;
-    e->items = items;
     queued_items_ += e->count;
     arrival_push_back(e);
     service_push_back(e);
@@ -143,7 +155,7 @@ class BatchPolicy {
     while (fill.open && out.size < max_batch_size_ && service_head_ != nullptr && due(service_head_, now)) {
       Entry* e = service_head_;
       take_call(e, out, fill);
-      if (!finish_if_done(e)) break;  // still queued: the batch is full, or it heads the next one
+      if (!finish_if_done(e)) break;  // still queued: the batch is full, or it waits for the next one
     }
     // 2. Rank order.
     while (fill.open && out.size < max_batch_size_ && !levels_.empty()) {
@@ -241,7 +253,7 @@ class BatchPolicy {
     const std::uint32_t room = static_cast<std::uint32_t>(max_batch_size_ - out.size);
     if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&
         !fits_whole(e, room, f.length)) {
-      f.open = false;  // it heads the next batch instead of being split
+      f.open = false;  // it waits for the next batch instead of being split
       return;
     }
     std::uint32_t k = std::min(room, e->count - e->taken);

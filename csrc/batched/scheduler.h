@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -44,6 +45,7 @@ enum class PushStatus : std::uint8_t {
   kOkMayDispatch = 3,  // queued, as kOk, and a batch may be ready now or the next deadline
                        // moved (the queue was empty, the batch is full, a length budget is
                        // set, or timeout 0): a driver that keeps its own timer looks now
+  kNoMemory = 4,       // the call's item units could not be allocated; nothing was queued
 };
 
 // Whether a push queued its entry (kOk or kOkMayDispatch).
@@ -53,7 +55,10 @@ template <class Clock = SteadyClock>
 class Scheduler {
  public:
   explicit Scheduler(const BatchOptions& options, Clock clock = Clock())
-      : options_((options.validate(), options)), clock_(std::move(clock)), policy_(options_) {
+      : options_((options.validate(), options)),
+        item_units_(BatchPolicy::uses_item_units(options_)),
+        clock_(std::move(clock)),
+        policy_(options_) {
     stats_.batch_sizes.assign(options_.max_batch_size + 1, 0);
   }
   Scheduler(const Scheduler&) = delete;
@@ -63,8 +68,10 @@ class Scheduler {
   const Clock& clock() const noexcept { return clock_; }
 
   // Queues `e` (count >= 1; priority and lengths set). Takes the entry iff
-  // queued(status). Lock-free unless a worker sleeps; does not allocate.
-  // Thread-safe.
+  // queued(status). Lock-free unless a worker sleeps. Does not allocate,
+  // except the call's item units under shortest-first (BatchPolicy::
+  // uses_item_units): allocated here, so that running out of memory fails
+  // this push alone (kNoMemory), never the consumer. Thread-safe.
   PushStatus try_push(Entry* e) noexcept {
     // Announce the push so shutdown() can wait until no push is half done.
     if (gate_.fetch_add(1, std::memory_order_acq_rel) & kClosedBit) {
@@ -77,6 +84,15 @@ class Scheduler {
       gate_.fetch_sub(1, std::memory_order_acq_rel);
       rejected_.fetch_add(n, std::memory_order_relaxed);
       return PushStatus::kQueueFull;
+    }
+    e->items = nullptr;
+    if (item_units_) {
+      e->items = new (std::nothrow) detail::Unit[n];
+      if (e->items == nullptr) {
+        queued_.fetch_sub(n, std::memory_order_relaxed);
+        gate_.fetch_sub(1, std::memory_order_acq_rel);
+        return PushStatus::kNoMemory;
+      }
     }
     e->enqueue_ns = clock_.now();
     e->taken = 0;
@@ -305,6 +321,7 @@ class Scheduler {
   }
 
   const BatchOptions options_;
+  const bool item_units_;  // pushes allocate one Unit per item (see try_push)
   const Clock clock_;
 
   mutable MpscInbox<Entry, &Entry::inbox_next> inbox_;  // mutable: see absorb_inbox

@@ -37,6 +37,7 @@ from batched.includes.libbatched cimport (
     kHistogramBuckets,
     kNeverNs,
     kNotFinished,
+    kPushNoMemory,
     kPushOkMayDispatch,
     kPushQueueFull,
     monotonic_ns,

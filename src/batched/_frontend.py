@@ -158,9 +158,12 @@ def _aio() -> Any:
 async def await_call(engine: Engine, request: Any) -> Any:
     """Submits ``request`` (items, or a model call's features) to ``engine``
     and awaits its outcome on the running loop."""
+    global _asyncio
+    if _asyncio is None:  # (inline: a function call per item shows on the hot path)
+        import asyncio as _asyncio  # noqa: PLC0415
     if isinstance(request, list) and not request:
         return []
-    return await await_record(engine.submit(request, _aio().get_running_loop()))
+    return await await_record(engine.submit(request, _asyncio.get_running_loop()))
 
 
 async def await_record(call: Any) -> Any:

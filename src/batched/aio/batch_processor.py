@@ -152,7 +152,7 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
 
     async def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """The result of one item, or the list of results of a list of items."""
-        if self.cache is None:
+        if self.options.cache is None:  # (not self.cache: a property call per item on the hot path)
             return await await_call(self._engine_for(asyncio.get_running_loop()), items)  # type: ignore[no-any-return]
         return await self._call_through_cache(items, asyncio.get_running_loop())  # type: ignore[no-any-return]
 

@@ -102,14 +102,19 @@ cdef object _for_asyncio(object error):
 _get_running_loop = None
 
 
+cdef object _running_loop():
+    """The event loop running in this thread, or None."""
+    global _get_running_loop
+    if _get_running_loop is None:
+        from asyncio import _get_running_loop  # fast C accessor; only reached once asyncio is in use
+    return _get_running_loop()
+
+
 cdef _post(dict by_loop):
     """Delivers the calls a batch finished: directly on the loop running in
     this thread (an async batch function's own loop), else with one
     call_soon_threadsafe per loop."""
-    global _get_running_loop
-    if _get_running_loop is None:
-        from asyncio import _get_running_loop  # fast C accessor; only reached once asyncio is in use
-    here = _get_running_loop()
+    here = _running_loop()
     for loop, calls in by_loop.items():
         if loop is here:
             _deliver(calls)

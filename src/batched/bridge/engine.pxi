@@ -115,7 +115,10 @@ cdef class Engine:
             return 0
         Py_DECREF(c)  # the push did not take it
         logger().debug("%r refused a call of %d items (%s)", self.name, c.entry.count,
-                       "queue full" if status == kPushQueueFull else "shut down")
+                       "queue full" if status == kPushQueueFull else "no memory" if status == kPushNoMemory
+                       else "shut down")
+        if status == kPushNoMemory:
+            raise MemoryError(f"batch processor {self.name!r}: no memory to queue a call of {c.entry.count} items")
         limit = self.options.max_queue_size
         if status == kPushQueueFull and c.entry.count > limit:
             raise QueueFullError(

@@ -61,9 +61,19 @@ cdef class LoopDriver(Driver):
         return 0
 
     cdef int stop(self, Engine engine, bint wait, object timeout) except -1:
-        if self.timer is not None:
-            self.timer.cancel()  # a timer that fires anyway finds the engine closed
-            self.timer = None
+        # shutdown() may run on any thread (another loop's, a finalizer, atexit):
+        # a handle is cancelled on its own loop. One that fires anyway finds
+        # the engine closed.
+        handle, self.timer = self.timer, None
+        if handle is None:
+            return 0
+        if _running_loop() is self.loop:
+            handle.cancel()
+        elif not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(handle.cancel)
+            except RuntimeError:
+                pass  # closed meanwhile
         return 0
 
     cdef int after_fork(self) except -1:
@@ -112,7 +122,14 @@ cdef class LoopDriver(Driver):
         return 0
 
     def on_timer(self, Engine engine):
+        """The armed timer fired."""
         self.timer = None
+        if not engine.closed:
+            self.drive(engine)
+
+    def after_batch(self, Engine engine):
+        """A batch returned (a callback of its own, so the armed timer, if
+        any, stays armed: drive() keeps it, moves it or cancels it)."""
         if not engine.closed:
             self.drive(engine)
 
@@ -131,7 +148,7 @@ cdef class LoopDriver(Driver):
             # callers cancelled meanwhile (a loop shutting down cancels them
             # all) take their items out first, and no task is started from a
             # task that is being cancelled.
-            self.loop.call_soon(self.on_timer, b.engine)
+            self.loop.call_soon(self.after_batch, b.engine)
 
 
 async def _run_on_loop(Engine engine, _LoopBatch b):

@@ -118,6 +118,7 @@ cdef extern from "_glue.h" nogil:
         kPushQueueFull "batched::PushStatus::kQueueFull"
         kPushClosed "batched::PushStatus::kClosed"
         kPushOkMayDispatch "batched::PushStatus::kOkMayDispatch"
+        kPushNoMemory "batched::PushStatus::kNoMemory"
 
     cbool push_queued "batched::queued" (CPushStatus status)
 

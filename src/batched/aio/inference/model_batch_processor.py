@@ -98,13 +98,14 @@ class AsyncModelBatchProcessor(PaddingAttributes, AsyncBatchProcessor[Features, 
     async def __call__(self, *args: Any, **kwargs: Any) -> R:
         """This call's rows of the model's output for these features."""
         features = features_of(args, kwargs)
-        if self.cache is not None:
-            hit = await self.cache.get(features)
+        cache = self.options.cache
+        if cache is not None:
+            hit = await cache.get(features)
             if hit is not None:
-                return hit
+                return hit  # type: ignore[no-any-return]
         result = await await_call(self._engine_for(asyncio.get_running_loop()), features)
-        if self.cache is not None:
-            await self.cache.set(features, result)
+        if cache is not None:
+            await cache.set(features, result)
         return result  # type: ignore[no-any-return]
 
 
