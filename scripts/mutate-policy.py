@@ -1,0 +1,128 @@
+"""Mutation check of the batching policy: would the property tests notice?
+
+Each mutation below breaks one rule of docs/semantics.md in
+csrc/batched/policy.h. For each, this rebuilds the test module
+batched._testing with it, puts it into the package installed in .venv, and
+runs tests/test_policy_properties.py, which must fail. The original header is
+put back and rebuilt at the end, whatever happens.
+
+    bash scripts/test.sh            # once: .venv with the package installed
+    .venv/bin/python scripts/mutate-policy.py
+
+Takes a few minutes on 2 cores; prints one line per mutation: caught or MISSED.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = ROOT / "csrc" / "batched" / "policy.h"
+BUILD = ROOT / "build" / "mutate"
+MODULE = "_testing" + sysconfig.get_config_var("EXT_SUFFIX")
+
+# (what it breaks, the text in policy.h, what it becomes)
+MUTATIONS = [
+    ("aging off: no call is ever due",
+     "    return e->passed_over_ns != kNever && now - e->passed_over_ns >= aging_ns_;",
+     "    return false && now - e->passed_over_ns >= aging_ns_;"),
+    ("aging counted from arrival (the rule before passed-over time)",
+     "    e->passed_over_ns = kNever;\n    e->service_next = nullptr;",
+     "    e->passed_over_ns = e->enqueue_ns;\n    e->service_next = nullptr;"),
+    ("served calls keep their place in the service list",
+     "      if (e != service_tail_) {\n        service_erase(e);\n        service_push_back(e);",
+     "      if (false) {\n        service_erase(e);\n        service_push_back(e);"),
+    ("size rule off",
+     "    const bool bulk = rule_ != PriorityRule::kArrival && e->count > small_batch_threshold_;",
+     "    const bool bulk = false && e->count > small_batch_threshold_;"),
+    ("size rule off by one",
+     "    const bool bulk = rule_ != PriorityRule::kArrival && e->count > small_batch_threshold_;",
+     "    const bool bulk = rule_ != PriorityRule::kArrival && e->count >= small_batch_threshold_;"),
+    ("lengths ignored by shortest-first",
+     "    return priority << 32 | Rank{bulk} << 31 | std::min<std::uint32_t>(u->length, 0x7FFFFFFFu);",
+     "    return priority << 32 | Rank{bulk} << 31;"),
+    ("explicit priority ignored",
+     "    const Rank priority = static_cast<std::uint32_t>(e->priority) ^ 0x80000000u;",
+     "    const Rank priority = 0;"),
+    ("only the first due call per batch",
+     "      if (!finish_if_done(e)) break;",
+     "      finish_if_done(e);\n      break;"),
+    ("the newest passed-over call taken first",
+     "service_head_ != nullptr && due(service_head_, now)) {\n      Entry* e = service_head_;",
+     "service_tail_ != nullptr && due(service_tail_, now)) {\n      Entry* e = service_tail_;"),
+    ("adjacent items of a call merged off by one",
+     "        out.spans.back().begin + out.spans.back().count == u.index) {",
+     "        out.spans.back().begin + out.spans.back().count + 1 == u.index) {"),
+    ("budget off by one",
+     "    if (f.length + l > budget_ && size > 0) {",
+     "    if (f.length + l > budget_ + 1 && size > 0) {"),
+    ("keep_calls_whole off",
+     "    if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&",
+     "    if (false && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&"),
+]
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def installed_module() -> Path:
+    p = run([sys.executable, "-c", "import batched._testing as t; print(t.__file__)"], cwd=ROOT / "tests")
+    if p.returncode != 0:
+        sys.exit("batched is not installed in this interpreter: run bash scripts/test.sh first, then "
+                 ".venv/bin/python scripts/mutate-policy.py")
+    return Path(p.stdout.strip())
+
+
+def configure() -> None:
+    if run([sys.executable, "-c", "import Cython"]).returncode != 0:
+        run([sys.executable, "-m", "pip", "install", "--quiet", "cython>=3"], check=True)
+    p = run(["cmake", "-S", str(ROOT), "-B", str(BUILD), "-DBATCHED_BUILD_PYTHON=ON", "-DCMAKE_BUILD_TYPE=Release",
+             f"-DPython_EXECUTABLE={sys.executable}"])
+    if p.returncode != 0:
+        sys.exit(p.stdout[-2000:] + p.stderr[-2000:])
+
+
+def build_and_test(target: Path) -> tuple[bool, str]:
+    """(whether the property tests failed, their last line)."""
+    p = run(["cmake", "--build", str(BUILD), "--target", "_testing", "-j", "2"])
+    if p.returncode != 0:
+        return False, "build failed: " + (p.stdout + p.stderr)[-300:]
+    shutil.copy(BUILD / MODULE, target)
+    t = run([sys.executable, "-m", "pytest", "-c", "../pyproject.toml", "--rootdir", "..", "-q", "-x",
+             "-p", "no:cacheprovider", "test_policy_properties.py"], cwd=ROOT / "tests", timeout=1800)
+    lines = [line for line in t.stdout.splitlines() if line.strip()]
+    return t.returncode != 0, lines[-1] if lines else t.stderr[-200:]
+
+
+def main() -> int:
+    target = installed_module()
+    configure()
+    original = POLICY.read_text()
+    missed = 0
+    try:
+        failed, line = build_and_test(target)
+        print(f"unmutated: {'FAILS' if failed else 'passes'}  [{line}]", flush=True)
+        if failed:
+            return 1
+        for name, before, after in MUTATIONS:
+            if before not in original:
+                print(f"SKIPPED (text not found; update this script): {name}", flush=True)
+                missed += 1
+                continue
+            POLICY.write_text(original.replace(before, after, 1))
+            caught, line = build_and_test(target)
+            missed += not caught
+            print(f"{'caught' if caught else 'MISSED'}: {name}  [{line}]", flush=True)
+    finally:
+        POLICY.write_text(original)
+        build_and_test(target)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
