@@ -311,3 +311,30 @@ def test_options_are_one_checked_object() -> None:
     assert a.predict.options is b.predict.options  # checked once, at decoration
     for p in (proc, a.predict, b.predict):
         p.shutdown()
+
+
+def test_each_dynamically_takes_its_processors_options() -> None:
+    """The decorators' options are read from their processors' signatures:
+    same names, defaults and checks; inspect shows them."""
+    import inspect
+
+    from batched import aio, inference
+
+    for deco, cls in [(batched.dynamically, BatchProcessor), (aio.dynamically, aio.AsyncBatchProcessor),
+                      (inference.dynamically, inference.ModelBatchProcessor),
+                      (aio.inference.dynamically, aio.inference.AsyncModelBatchProcessor)]:
+        shown = inspect.signature(deco).parameters
+        init = list(inspect.signature(cls.__init__).parameters.values())[2:]
+        assert list(shown) == ["func", *(p.name for p in init)]
+        assert {n: p.default for n, p in shown.items() if n != "func"} == {p.name: p.default for p in init}
+    positional = batched.dynamically(double, 7, 1.0)  # as in 0.1.5
+    assert (positional.batch_size, positional.timeout_ms) == (7, 1.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
+        batched.dynamically(batchsize=3)
+    with pytest.raises(TypeError, match="multiple values for argument 'batch_size'"):
+        batched.dynamically(double, 4, batch_size=5)
+    with pytest.raises(TypeError, match=r"takes at most 1 positional argument\(s\) \(the function\)"):
+        aio.dynamically(double, 4)  # keyword-only, as in 0.1.5
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right', got 'up'"):
+        inference.dynamically(padding_side="up")  # checked at decoration
+    positional.shutdown()

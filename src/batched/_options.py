@@ -1,11 +1,13 @@
 """A processor's options: checked once, then handed whole to the processor and
 its engines.
 
-Every front end spells its options in its public signature (0.1.5 code and
-type checkers see them there) and passes ``locals()`` to
-``ProcessorOptions.of``, which checks them, fills in what that front end does
-not have, and is what the processor, its engines (bridge/engine.pxi) and the
-per-instance processors of a decorated method share. The rules the options
+Every front end spells its options once, in its processor's public
+``__init__`` signature (0.1.5 code and type checkers see them there; its
+``dynamically`` reads them from it: decorator.Dynamically), which passes
+``locals()`` to ``ProcessorOptions.of``. That checks them, fills in what the
+front end does not have, and is what the processor, its engines
+(bridge/engine.pxi) and the per-instance processors of a decorated method
+share. The rules the options
 set are in docs/semantics.md.
 """
 

@@ -8,7 +8,7 @@ from types import GenericAlias
 from batched._core import Engine, ItemCollator, ThreadDriver
 from batched._frontend import Processor, await_call, name_of
 from batched._options import ProcessorOptions
-from batched.decorator import dynamic_batch
+from batched.decorator import Dynamically
 
 # typing is not imported at run time: it alone would double the import time.
 # Type checkers see typing.Generic, overloads and type variables; at run time
@@ -180,26 +180,17 @@ if TYPE_CHECKING:
         small_batch_threshold: int = 8,
         **options: Unpack[OptionArgs],
     ) -> Decorator: ...
-
-
-def dynamically(
-    func: Optional[Callable[..., Any]] = None,
-    /,
-    batch_size: int = 32,
-    timeout_ms: float = 5.0,
-    small_batch_threshold: int = 8,
-    *,
-    max_queue_size: Optional[int] = None,
-    num_workers: int = 1,
-    aging_ms: float = 100.0,
-    priority_strategy: Optional[PriorityStrategy] = None,
-) -> Any:
-    """Batch the calls of a function (or method) that takes a list and returns a list.
+    def dynamically(func: Optional[Callable[..., Any]] = None, /, *args: Any, **options: Any) -> Any: ...
+else:
+    # The options, their defaults and their checks come from BatchProcessor.__init__.
+    dynamically = Dynamically(
+        BatchProcessor,
+        """Batch the calls of a function (or method) that takes a list and returns a list.
 
     Usable bare (``@dynamically``) or with arguments. On a method, each instance
-    gets its own processor. See ``BatchProcessor`` for the parameters.
-    """
-    return dynamic_batch(BatchProcessor, ProcessorOptions.of(locals()), func)
+    gets its own processor. See ``BatchProcessor`` for the parameters.""",
+        positional=True,
+    )
 
 
 __all__ = ["BatchProcessor", "dynamically"]

@@ -7,11 +7,11 @@ import functools
 import threading
 import weakref
 
+from batched._options import ProcessorOptions
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
-
-    from batched._options import ProcessorOptions
 
     MakeProcessor = Callable[[Callable[..., Any]], Any]
 
@@ -122,3 +122,57 @@ def dynamic_batch(processor_cls: Any, options: ProcessorOptions, func: Optional[
         return functools.update_wrapper(wrapped, f, updated=())
 
     return decorate if func is None else decorate(func)
+
+
+class Dynamically:
+    """A ``dynamically`` decorator: usable bare (``@dynamically``) or with
+    options (``@dynamically(batch_size=64)``), whose options are those of its
+    processor's ``__init__`` after the function, with the same defaults; read
+    from the code object, so that they are spelled once, in the processor's
+    signature (``inspect.signature`` shows them, computed when asked). With
+    ``positional``, the options the processor takes by position may be given
+    by position here too (``batched.dynamically(f, 64)``, as in 0.1.5)."""
+
+    def __init__(self, processor_cls: Any, doc: str, *, positional: bool = False) -> None:
+        init = processor_cls.__init__
+        code = init.__code__
+        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        by_position = names[2 : code.co_argcount]  # after self and the function
+        defaults = dict(zip(by_position[len(by_position) - len(init.__defaults__ or ()) :], init.__defaults__ or ()))
+        defaults.update(init.__kwdefaults__ or {})
+        self._cls = processor_cls
+        self._positional = by_position if positional else ()
+        self._defaults = defaults
+        self.__doc__ = doc
+        self.__name__ = self.__qualname__ = "dynamically"
+        self.__module__ = processor_cls.__module__
+
+    def __call__(self, func: Optional[Callable[..., Any]] = None, /, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > len(self._positional):
+            most = ", ".join(["the function", *self._positional])
+            raise TypeError(f"dynamically() takes at most {len(self._positional) + 1} positional argument(s) "
+                            f"({most}); give the options by name")
+        params = dict(self._defaults)
+        params.update(zip(self._positional, args))
+        for name, value in kwargs.items():
+            if name not in self._defaults:
+                raise TypeError(f"dynamically() got an unexpected keyword argument {name!r}")
+            if name in self._positional[: len(args)]:
+                raise TypeError(f"dynamically() got multiple values for argument {name!r}")
+            params[name] = value
+        return dynamic_batch(self._cls, ProcessorOptions.of(params), func)
+
+    @property
+    def __signature__(self) -> Any:
+        import inspect  # noqa: PLC0415 - slow to import: only when someone asks
+
+        init = inspect.signature(self._cls.__init__)
+        options = list(init.parameters.values())[2:]
+        if not self._positional:
+            options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in options]
+        func = inspect.Parameter("func", inspect.Parameter.POSITIONAL_ONLY, default=None,
+                                 annotation="Optional[Callable[..., Any]]")
+        return init.replace(parameters=[func, *options], return_annotation="Any")
+
+    def __repr__(self) -> str:
+        return f"<{self.__module__}.dynamically: decorator of {self._cls.__name__}>"

@@ -28,7 +28,7 @@ from batched._core import Engine, ItemCollator, LoopDriver, ThreadDriver, empty_
 from batched._frontend import Processor, await_call, name_of
 from batched._options import ProcessorOptions
 from batched._stats import BatchProcessorStats, histograms_at, merge_snapshots
-from batched.decorator import _is_coroutine_function, dynamic_batch
+from batched.decorator import Dynamically, _is_coroutine_function
 from batched.types import AsyncCache, PriorityStrategy
 
 TYPE_CHECKING = False
@@ -241,29 +241,16 @@ if TYPE_CHECKING:
     ) -> PerInstance[S, AsyncBatchProcessor[T, U]]: ...
     @overload
     def dynamically(func: None = None, /, **options: Unpack[AsyncOptionArgs]) -> AsyncDecorator: ...
-
-
-def dynamically(
-    func: Optional[Callable[..., Any]] = None,
-    /,
-    *,
-    batch_size: int = 32,
-    timeout_ms: float = 5.0,
-    small_batch_threshold: int = 8,
-    max_batch_length: Optional[int] = None,
-    priority_strategy: Optional[PriorityStrategy] = None,
-    cache: Optional[AsyncCache[Any, Any]] = None,
-    batch_item_cls: Any = None,
-    max_queue_size: Optional[int] = None,
-    num_workers: int = 1,
-    aging_ms: float = 100.0,
-) -> Any:
-    """Batch the awaited calls of a function (sync or async) that takes a list.
+    def dynamically(func: Optional[Callable[..., Any]] = None, /, *args: Any, **options: Any) -> Any: ...
+else:
+    # The options, their defaults and their checks come from AsyncBatchProcessor.__init__.
+    dynamically = Dynamically(
+        AsyncBatchProcessor,
+        """Batch the awaited calls of a function (sync or async) that takes a list.
 
     Usable bare or with arguments, on functions and on methods (one processor
-    per instance). See ``AsyncBatchProcessor``.
-    """
-    return dynamic_batch(AsyncBatchProcessor, ProcessorOptions.of(locals()), func)
+    per instance). See ``AsyncBatchProcessor``.""",
+    )
 
 
 __all__ = ["AsyncBatchProcessor", "dynamically"]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from batched._frontend import PaddingAttributes, await_call, features_of, model_function, rows_collator
 from batched._options import ProcessorOptions
 from batched.batch_processor import BatchProcessor
-from batched.decorator import _is_coroutine_function, dynamic_batch
+from batched.decorator import Dynamically, _is_coroutine_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -156,34 +156,16 @@ if TYPE_CHECKING:
     def dynamically(
         func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[ModelOptionArgs]
     ) -> SpreadModelDecorator: ...
-
-
-def dynamically(
-    func: Optional[Callable[..., Any]] = None,
-    /,
-    *,
-    batch_size: int = 32,
-    timeout_ms: float = 5.0,
-    small_batch_threshold: int = 8,
-    pad_tokens: Union[Mapping[str, Any], int, float, None] = None,
-    padding_side: str = "right",
-    spread_kwargs: bool = False,
-    pad_token: Union[Mapping[str, Any], int, float, None] = None,
-    device: Any = None,
-    pad_to_multiple_of: Optional[int] = None,
-    batch_size_buckets: Optional[Iterable[int]] = None,
-    max_batch_length: Optional[int] = None,
-    max_queue_size: Optional[int] = None,
-    num_workers: int = 1,
-    aging_ms: float = 100.0,
-    priority_strategy: Optional[PriorityStrategy] = None,
-) -> Any:
-    """Batch the calls of a model that takes a dict of padded arrays or tensors.
+    def dynamically(func: Optional[Callable[..., Any]] = None, /, *args: Any, **options: Any) -> Any: ...
+else:
+    # The options, their defaults and their checks come from ModelBatchProcessor.__init__.
+    dynamically = Dynamically(
+        ModelBatchProcessor,
+        """Batch the calls of a model that takes a dict of padded arrays or tensors.
 
     Usable bare or with arguments, on functions and on methods (one processor
-    per instance). See ``ModelBatchProcessor`` for the parameters.
-    """
-    return dynamic_batch(ModelBatchProcessor, ProcessorOptions.of(locals()), func)
+    per instance). See ``ModelBatchProcessor`` for the parameters.""",
+    )
 
 
 __all__ = ["ModelBatchProcessor", "dynamically"]

@@ -10,7 +10,7 @@ import asyncio
 from batched._frontend import PaddingAttributes, await_call, features_of, model_function, rows_collator
 from batched._options import ProcessorOptions
 from batched.aio.batch_processor import AsyncBatchProcessor
-from batched.decorator import dynamic_batch
+from batched.decorator import Dynamically
 from batched.types import PriorityStrategy
 
 TYPE_CHECKING = False
@@ -190,33 +190,14 @@ if TYPE_CHECKING:
     def dynamically(
         func: None = None, /, *, spread_kwargs: Literal[True], **options: Unpack[AsyncModelOptionArgs]
     ) -> AsyncSpreadModelDecorator: ...
-
-
-def dynamically(
-    func: Optional[Callable[..., Any]] = None,
-    /,
-    *,
-    batch_size: int = 32,
-    timeout_ms: float = 5.0,
-    small_batch_threshold: int = 8,
-    max_batch_length: Optional[int] = None,
-    pad_tokens: Union[Mapping[str, Any], int, float, None] = None,
-    padding_side: str = "right",
-    priority_strategy: Optional[PriorityStrategy] = None,
-    cache: Optional[AsyncCache[Any, Any]] = None,
-    batch_item_cls: Any = None,
-    spread_kwargs: bool = False,
-    pad_token: Union[Mapping[str, Any], int, float, None] = None,
-    device: Any = None,
-    pad_to_multiple_of: Optional[int] = None,
-    batch_size_buckets: Optional[Iterable[int]] = None,
-    max_queue_size: Optional[int] = None,
-    num_workers: int = 1,
-    aging_ms: float = 100.0,
-) -> Any:
-    """Batch the awaited calls of a model (a sync or async function) that takes
-    a dict of padded arrays or tensors. See ``AsyncModelBatchProcessor``."""
-    return dynamic_batch(AsyncModelBatchProcessor, ProcessorOptions.of(locals()), func)
+    def dynamically(func: Optional[Callable[..., Any]] = None, /, *args: Any, **options: Any) -> Any: ...
+else:
+    # The options, their defaults and their checks come from AsyncModelBatchProcessor.__init__.
+    dynamically = Dynamically(
+        AsyncModelBatchProcessor,
+        """Batch the awaited calls of a model (a sync or async function) that takes
+    a dict of padded arrays or tensors. See ``AsyncModelBatchProcessor``.""",
+    )
 
 
 __all__ = ["AsyncModelBatchProcessor", "dynamically"]
