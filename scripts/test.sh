@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command. On a fresh machine it does all the set-up:
 #   1. builds and installs the package into .venv (scikit-build-core + Cython),
-#      with numpy, torch 2.13.0 and ninja for the inference tests,
+#      with its test and ray extras (Ray Serve), numpy, torch 2.13.0 and ninja
+#      for the inference tests,
 #   2. runs the Python tests against the installed package, and mypy --strict
 #      on the package and on examples/typed_usage.py (which it also runs),
 #   3. builds the C++ tests and runs them with ctest, plain and under
@@ -16,8 +17,8 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-echo "== installing batched into .venv"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check ".[test]"
+echo "== installing batched into .venv, with its test and ray extras (Ray Serve, for tests/test_ray_serve.py)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c demo/constraints.txt ".[test,ray]"
 # torch for the inference tests and the pad_stack op (built on first use with
 # ninja). Pinned: an unpinned torch would pull a multi-GB CUDA build.
 echo "== installing torch==2.13.0 and ninja into .venv"
@@ -31,8 +32,11 @@ echo "== installing the demo dependencies into .venv"
 
 echo "== python tests"
 # Run from tests/ so that `import batched` is the installed package, not src/.
-# On CI a missing demo dependency fails tests/test_demo_http.py instead of skipping it.
-if [ "${CI:-}" = true ]; then export BATCHED_REQUIRE_DEMO=1; fi
+# On CI a missing demo dependency or Ray (Python >= 3.10) fails their tests instead of skipping them.
+if [ "${CI:-}" = true ]; then
+  export BATCHED_REQUIRE_DEMO=1
+  if .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then export BATCHED_REQUIRE_RAY=1; fi
+fi
 (cd tests && ../.venv/bin/python -m pytest -c ../pyproject.toml --rootdir .. -q "$@")
 
 if .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then

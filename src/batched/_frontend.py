@@ -53,6 +53,20 @@ class Processor(_Options):
         self.batch_func = func
         self.options = options
 
+    def __reduce__(self) -> Any:
+        """A processor pickles as what it is made of, never as its queue or
+        workers (docs/scaling.md): a decorated module-level function by
+        reference (pickle can import it); a method's processor as that method
+        of its instance; any other as its function and options, a new
+        processor where it is unpickled (its stats start from zero; nothing
+        queued or running travels)."""
+        method_of = self.__dict__.get("_method_of")
+        if method_of is not None:
+            return getattr, method_of  # the method of the unpickled instance
+        if _importable_as_itself(self):
+            return self.__dict__["__qualname__"]  # pickle: a global of self.__module__
+        return _rebuild, (type(self), self.batch_func, self.options)
+
 
     @property
     def priority_strategy(self) -> PriorityStrategy:  # type: ignore[override]  # never None here
@@ -96,6 +110,35 @@ class PaddingAttributes:
         """Sets the statistics back to zero, padding efficiency included."""
         self._collator.reset_counts()
         super().clear_stats()  # type: ignore[misc]
+
+
+def _rebuild(cls: Any, func: Callable[..., Any], options: ProcessorOptions) -> Any:
+    """A processor again, where one is unpickled."""
+    return cls._with_options(func, options)
+
+
+
+def _importable_as_itself(processor: Any) -> bool:
+    """Whether ``processor`` is a module-level global (a decorated function)
+    that an unpickler can import by name. Not for ``__main__`` (another
+    process's ``__main__`` is another script), nor for a module that
+    cloudpickle was asked to pickle by value."""
+    module, qualname = processor.__dict__.get("__module__"), processor.__dict__.get("__qualname__")
+    if not module or not qualname or module == "__main__" or "<locals>" in qualname:
+        return False
+    import sys  # noqa: PLC0415
+
+    found: Any = sys.modules.get(module)
+    if found is None:
+        return False
+    cloudpickle = sys.modules.get("cloudpickle")
+    by_value = getattr(getattr(cloudpickle, "cloudpickle", None), "_is_registered_pickle_by_value", None)
+    if by_value is not None and by_value(found):
+        return False
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is processor
+
 
 
 def name_of(func: Any) -> str:

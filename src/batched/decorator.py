@@ -13,8 +13,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
-    MakeProcessor = Callable[[Callable[..., Any]], Any]
-
 
 class RuntimeGeneric:
     """What the processor classes subclass at run time in place of
@@ -81,15 +79,22 @@ def _bind_weakly(func: Callable[..., Any], instance: object) -> Callable[..., An
 
 
 class _PerInstance:
-    """Descriptor: one processor per instance, created on first access."""
+    """Descriptor: one processor per instance, created on first access.
 
-    def __init__(self, func: Callable[..., Any], make_processor: MakeProcessor) -> None:
+    Pickles (a class in ``__main__`` under cloudpickle, as Ray Serve ships
+    deployments) as its function, processor class and options; its lock is
+    made anew where it is unpickled."""
+
+    def __init__(self, func: Callable[..., Any], processor_cls: Any, options: ProcessorOptions) -> None:
         self._func = func
-        self._make_processor = make_processor
+        self._cls = processor_cls
+        self._options = options
+        self._name = func.__name__
         self._attr = f"__batched_{func.__name__}"
         self._lock = threading.Lock()  # two first calls from two threads must share one processor
 
     def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
         self._attr = f"__batched_{name}"
 
     def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
@@ -100,7 +105,11 @@ class _PerInstance:
             with self._lock:
                 processor = instance.__dict__.get(self._attr)
                 if processor is None:
-                    processor = self._make_processor(_bind_weakly(self._func, instance))
+                    processor = self._cls._with_options(_bind_weakly(self._func, instance), self._options)
+                    # The processor holds its instance, as a bound method does (obj.method
+                    # outlives a temporary obj, and pickles as getattr(obj, name)); the
+                    # cycle they make is collected with them. Its workers hold neither.
+                    processor._method_of = (instance, self._name)
                     instance.__dict__[self._attr] = processor
         return processor
 
@@ -108,17 +117,24 @@ class _PerInstance:
         # Class.method(instance, items)
         return self.__get__(instance, type(instance))(*args, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
 
 def dynamic_batch(processor_cls: Any, options: ProcessorOptions, func: Optional[Callable[..., Any]] = None) -> Any:
     """What every ``dynamically`` returns: processors of ``processor_cls``
     with ``options`` (checked once, at decoration, and shared by every
     per-instance processor of a method); a decorator if ``func`` is None."""
 
-    def make_processor(f: Callable[..., Any]) -> Any:
-        return processor_cls._with_options(f, options)
-
     def decorate(f: Callable[..., Any]) -> Any:
-        wrapped = _PerInstance(f, make_processor) if is_method(f) else make_processor(f)
+        wrapped = _PerInstance(f, processor_cls, options) if is_method(f) else processor_cls._with_options(f, options)
         return functools.update_wrapper(wrapped, f, updated=())
 
     return decorate if func is None else decorate(func)

@@ -73,6 +73,9 @@ class AsyncDiskCache:
         # resolved: diskcache's threads open the database lazily, after any chdir
         path = Path(cache_dir).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
+        # what it pickles as: a cache on the same directory (stats start from zero)
+        self._made_with = (str(path), {"max_threads": max_threads, "collect_stats": collect_stats,
+                                       "expiration_seconds": expiration_seconds, **kwargs})
         self._cache = diskcache.Cache(str(path), **{"statistics": False, **kwargs})
         # one pool each, as in 0.1.5: slow writes do not hold up reads
         self._get_pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="batched-diskcache-get")
@@ -105,6 +108,13 @@ class AsyncDiskCache:
             self._stats.update_set(time_taken=time.perf_counter() - start)
 
     # On the pool threads, as in 0.1.5 (subclasses may override these three).
+
+    def __reduce__(self) -> Any:
+        """Pickles as a cache on the same directory (a processor with this
+        cache can be sent to another process; its entries are shared through
+        the directory, its stats start from zero there)."""
+        path, options = self._made_with
+        return _disk_cache, (type(self), path, options)
     def _get(self, key: Any) -> Any:
         return self._cache.get(self._get_key(key))
 
@@ -126,3 +136,7 @@ class AsyncDiskCache:
     def _get_key(self, key: Any) -> Any:
         """The disk key of an item (the item itself); subclasses may override it."""
         return key
+
+
+def _disk_cache(cls: Any, path: str, options: dict[str, Any]) -> Any:
+    return cls(path, **options)
