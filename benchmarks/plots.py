@@ -6,8 +6,8 @@
 and calls this at the end.  Writes:
 
     suite_gpu_latency.png   modeled GPU: p50 and p99 latency, and achieved throughput, against the
-                            offered load, for ours, 0.1.5 and no batching
-    suite_throughput.png    throughput per workload for the three systems, relative to 0.1.5 (log
+                            offered load, for ours, 0.1.5, @serve.batch and no batching
+    suite_throughput.png    throughput per workload for each system, relative to 0.1.5 (log
                             scale, absolute figures on the bars)
     suite_batch_hist.png    batch-size histograms (the sizes the workloads' own batch functions saw,
                             summed over the repeats) of ours and 0.1.5
@@ -29,9 +29,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("ours", "0.1.5", "none")
-COLOR = {"ours": "tab:blue", "0.1.5": "tab:orange", "none": "tab:gray"}
-LABEL = {"ours": "ours", "0.1.5": "batched 0.1.5", "none": "no batching"}
+SYSTEMS = ("ours", "0.1.5", "serve", "none")  # "serve": Ray Serve's @serve.batch, where the run has it
+COLOR = {"ours": "tab:blue", "0.1.5": "tab:orange", "serve": "tab:green", "none": "tab:gray"}
+LABEL = {"ours": "ours", "0.1.5": "batched 0.1.5", "serve": "Ray Serve @serve.batch", "none": "no batching"}
 THROUGHPUT = [  # (workload, label under the bars)
     ("list100k", "list100k\n1 call, 100k items"),
     ("threads32", "threads32\n32 threads"),
@@ -148,14 +148,15 @@ def plot_throughput(data: dict, out: Path) -> Path | None:
     if not groups:
         return None
     fig, ax = plt.subplots(figsize=(14, 5.5))
-    width = 0.27
-    for k, impl in enumerate(SYSTEMS):
+    shown = [impl for impl in SYSTEMS if any(median(runs, w, impl, "items_per_s") for w, _ in groups)]
+    width = 0.8 / len(shown)
+    for k, impl in enumerate(shown):
         for i, (w, _) in enumerate(groups):
             v, ref = median(runs, w, impl, "items_per_s"), median(runs, w, "0.1.5", "items_per_s")
             if v is None:
                 continue
-            x = i + (k - 1) * width
-            ax.bar(x, v / ref, width, color=COLOR[impl], label=LABEL[impl] if i == 0 or impl == "none" else None)
+            x = i + (k - (len(shown) - 1) / 2) * width
+            ax.bar(x, v / ref, width, color=COLOR[impl], label=LABEL[impl])  # the legend keeps one per label
             ax.text(x, v / ref * 1.08, _rate(v), ha="center", va="bottom", fontsize=7, rotation=90)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
