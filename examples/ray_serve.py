@@ -1,8 +1,8 @@
 """batched inside Ray Serve: one deployment with batched methods, 2 replicas,
 driven over HTTP by concurrent clients.
 
-    pip install "batched[ray]"       # ray[serve]==2.60.0 (from a clone: pip install ".[ray]")
-    python examples/ray_serve.py     # ~30 s: starts a local Ray, serves, sends 2,000 requests, prints, stops
+    pip install ".[ray]"             # from a clone of this repository, Python >= 3.10: ray[serve]==2.60.0
+    python examples/ray_serve.py     # ~20 s: starts a local Ray, serves, sends 2,000 requests, prints, stops
 
 Each replica of ``Embedder`` has its own processors (one per instance, made
 on first use inside the replica: nothing of them is pickled but their
