@@ -109,6 +109,25 @@ class FrontEnd:
 
         return self._loop.submit(on_loop())
 
+    def within(self, context: Callable[[], Any], proc: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Like calling the front end, with the call made inside ``with context():``
+        in the calling thread or task (batched.deadline, batched.priority)."""
+        if self._pool is not None:
+
+            def in_thread() -> Any:
+                with context():
+                    return proc(*args, **kwargs)
+
+            return self._pool.submit(in_thread)
+        assert self._loop is not None
+        call = proc.acall if self.name == "acall" else proc
+
+        async def on_loop() -> Any:
+            with context():
+                return await call(*args, **kwargs)
+
+        return self._loop.submit(on_loop())
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)  # a caller stuck by a bug must not hang teardown

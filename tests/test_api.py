@@ -104,7 +104,7 @@ def test_stats_has_0_1_5_fields_and_new_ones() -> None:
     assert s.cache_stats is None
     assert s.batch_size_histogram == {4: 2, 2: 1}
     assert sum(s.batches_by_reason.values()) == 3
-    assert set(s.batches_by_reason) == {"full", "timeout", "budget", "drain"}
+    assert set(s.batches_by_reason) == {"full", "timeout", "budget", "drain", "deadline"}
     assert s.queue_wait_ms.p50 <= s.queue_wait_ms.p95 <= s.queue_wait_ms.p99
     assert s.batch_latency_ms.p99 > 0
     assert s.failed_batches == 0 and s.rejected_items == 0

@@ -19,7 +19,7 @@ from batched.inference import ModelBatchProcessor
 LONG_MS = 60_000.0  # a timeout no test waits for
 
 
-def test_dispatch_reasons_are_full_timeout_budget_drain() -> None:
+def test_dispatch_reasons_are_full_timeout_budget_drain_deadline() -> None:
     gate = Gate(lambda xs: xs)
     proc = batched.BatchProcessor(gate, batch_size=4, timeout_ms=LONG_MS)
     with ThreadPoolExecutor(8) as pool:
@@ -30,7 +30,7 @@ def test_dispatch_reasons_are_full_timeout_budget_drain() -> None:
         gate.open()
         assert first.result(TIMEOUT) == [0, 1, 2, 3]
         assert later.result(TIMEOUT) == [4]
-    assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "drain": 1}
+    assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "drain": 1, "deadline": 0}
     proc.shutdown()
 
 

@@ -63,6 +63,8 @@ class Scenario:
     calls: list[Call]
     rule: str = "small_first"  # arrival, small_first, small_first_then_shortest
     threshold: int = 8  # small_batch_threshold
+    tokens: int = 0  # max_batch_tokens (items x the longest padded length); 0: none
+    multiple: int = 1  # pad_to_multiple_of, for the tokens
 
     @property
     def item_units(self) -> bool:
@@ -77,10 +79,11 @@ RULES = ["arrival", "small_first", "small_first_then_shortest"]
 def scenarios(draw: st.DrawFn, max_calls: int = 30) -> Scenario:
     batch = draw(st.integers(1, 8))
     budget = draw(st.sampled_from([0, 0, draw(st.integers(1, 24))]))
+    tokens = draw(st.sampled_from([0, 0, draw(st.integers(1, 60))]))
     rule = draw(st.sampled_from(RULES))
     explicit = draw(st.booleans())  # explicit priorities (lower first) on top of the rule
     threshold = draw(st.integers(0, max(1, batch)))
-    with_lengths = budget > 0 or rule == "small_first_then_shortest" or draw(st.booleans())
+    with_lengths = budget > 0 or tokens > 0 or rule == "small_first_then_shortest" or draw(st.booleans())
     n = draw(st.integers(1, max_calls))
     horizon = draw(st.sampled_from([200, 2000, 20000]))  # us over which calls arrive
     calls = []
@@ -106,6 +109,8 @@ def scenarios(draw: st.DrawFn, max_calls: int = 30) -> Scenario:
         calls=calls,
         rule=rule,
         threshold=threshold,
+        tokens=tokens,
+        multiple=draw(st.integers(1, 4)),
     )
 
 
@@ -147,6 +152,11 @@ class Book:
         ls = self.call.lengths
         return len(indexes) if ls is None else sum(ls[i] for i in indexes)
 
+    def padded(self, indexes: list[int], multiple: int) -> list[int]:
+        """Each item's length rounded up to `multiple` (max_batch_tokens)."""
+        ls = self.call.lengths
+        return [-(-(1 if ls is None else ls[i]) // multiple) * multiple for i in indexes]
+
 
 class Driver:
     def __init__(self, sc: Scenario) -> None:
@@ -154,6 +164,7 @@ class Driver:
         self.model = PolicyModel(
             sc.batch, sc.timeout_us, max_batch_length=sc.budget, aging_us=sc.aging_us,
             keep_calls_whole=sc.keep_whole, priority_rule=sc.rule, small_batch_threshold=sc.threshold,
+            max_batch_tokens=sc.tokens, pad_to_multiple_of=sc.multiple,
         )
         self.books = {c.cid: Book(c) for c in sc.calls}
         self.order: list[Book] = []  # arrival (add) order
@@ -269,10 +280,13 @@ class Driver:
             assert reason is None
             return
         length = sum(b.length(b.left()) for b in queued)
+        padded = sum(sum(b.padded(b.left(), self.sc.multiple)) for b in queued)
         oldest = min(b.call.at * US for b in queued)
         if items >= self.sc.batch:
             expect = "full"
         elif self.sc.budget and length > self.sc.budget:
+            expect = "budget"
+        elif self.sc.tokens and padded > self.sc.tokens:
             expect = "budget"
         elif busy != IDLE and oldest <= busy:
             expect = "drain"
@@ -295,6 +309,10 @@ class Driver:
         length = sum(self.books[cid].length(list(range(begin, begin + n))) for cid, begin, n in spans)
         if self.sc.budget:
             assert length <= self.sc.budget or size == 1, (length, self.sc.budget, spans)
+        if self.sc.tokens:  # items x the longest padded length
+            longest = max(max(self.books[cid].padded(list(range(begin, begin + n)), self.sc.multiple))
+                          for cid, begin, n in spans)
+            assert size * longest <= self.sc.tokens or size == 1, (size, longest, self.sc.tokens, spans)
         taken: list[tuple[int, int]] = []  # (call id, index), in batch order
         for cid, begin, n in spans:
             b = self.books[cid]
@@ -377,6 +395,8 @@ class Driver:
         assert sum(b.queued for b in queued) < self.sc.batch
         if self.sc.budget:
             assert sum(b.length(b.left()) for b in queued) <= self.sc.budget
+        if self.sc.tokens:
+            assert sum(sum(b.padded(b.left(), self.sc.multiple)) for b in queued) <= self.sc.tokens
         oldest = min(b.call.at * US for b in queued)
         assert now < oldest + self.timeout_ns, f"an item queued at {oldest} ns is still queued at {now} ns"
 
@@ -423,6 +443,8 @@ def test_keep_calls_whole_never_splits_a_call_that_fits(sc: Scenario) -> None:
     for b in d.books.values():
         c = b.call
         fits_budget = not sc.budget or sum(c.lengths or [1] * c.count) <= sc.budget
+        if sc.tokens:
+            fits_budget = fits_budget and c.count * max(b.padded(list(range(c.count)), sc.multiple)) <= sc.tokens
         # A call whose own length is over the budget cannot go whole without
         # breaking the budget: the budget wins (policy.h, options.h).
         if c.count <= sc.batch and fits_budget:

@@ -29,7 +29,7 @@ def test_full_batch_leaves_without_waiting_for_the_timeout(submit) -> None:
     proc = submit.make(identity, batch_size=4, timeout_ms=LONG_MS)
     futures = [submit(proc, i) for i in range(4)]
     assert [f.result(TIMEOUT) for f in futures] == [0, 1, 2, 3]
-    assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "drain": 0}
+    assert proc.stats.batches_by_reason == {"full": 1, "timeout": 0, "budget": 0, "drain": 0, "deadline": 0}
     proc.shutdown()
 
 

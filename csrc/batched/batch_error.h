@@ -1,8 +1,9 @@
 // Errors that a Batcher hands to its submitters.
 //
-// Both derive from std::runtime_error, so a server that only wants "it did not
+// All derive from std::runtime_error, so a server that only wants "it did not
 // run" can catch that; what() names the batcher. They mirror the Python
-// package's batched.ShutdownError and batched.QueueFullError.
+// package's batched.ShutdownError, batched.QueueFullError and
+// batched.DeadlineExceeded.
 #pragma once
 
 #include <stdexcept>
@@ -22,6 +23,14 @@ class ShutdownError : public std::runtime_error {
 class QueueFullError : public std::runtime_error {
  public:
   explicit QueueFullError(const std::string& what) : std::runtime_error(what) {}
+};
+
+// The call's deadline (SubmitOptions::deadline_us, BatchOptions::deadline_us)
+// passed, or could no longer be met, before its items were sent: they left
+// the queue unsent. Mirrors batched.DeadlineExceeded.
+class DeadlineExceeded : public std::runtime_error {
+ public:
+  explicit DeadlineExceeded(const std::string& what) : std::runtime_error(what) {}
 };
 
 }  // namespace batched

@@ -39,13 +39,19 @@
 //  * Bounded queue (max_queue_size > 0): try_submit throws QueueFullError at
 //    once; submit waits until there is room. A call of more than
 //    max_queue_size items can never fit: both throw QueueFullError.
+//  * Deadlines (BatchOptions::deadline_us, SubmitOptions::deadline_us): a
+//    batch leaves early enough for its queued calls to finish in time, given
+//    the batch time observed so far, and a call that could no longer finish
+//    in time leaves the queue unsent and fails with DeadlineExceeded at that
+//    moment (a call already partly running fails once that part is done).
 //  * shutdown() (and the destructor) stops the workers after the batches they
 //    are running; every item still queued completes with ShutdownError, and
 //    every later submit throws ShutdownError.
 //
 // Threads: num_workers std::threads, started by the constructor and joined by
 // shutdown() / the destructor. The batch function and completion callbacks
-// run on them; futures become ready there.
+// run on them; futures become ready there. With deadlines, one more thread
+// (started with the first deadline) fails expired calls while every worker is busy.
 //
 // Costs per submit call: one heap allocation for the request record (it holds
 // the Entry, the inputs, and the promise or callback), plus the shared state of
@@ -92,7 +98,24 @@ struct SubmitOptions {
   // For max_batch_length: one length per item of a multi-input submit, or
   // empty for `length` each.
   std::vector<std::uint32_t> lengths;
+  // If non-zero: this call must be done within this many microseconds of the
+  // submit (BatchOptions::deadline_us applies if earlier). Items that could
+  // no longer finish in time are never sent; the call then fails with
+  // DeadlineExceeded, as soon as that is known (docs/semantics.md, 11).
+  std::int64_t deadline_us = 0;
+  // The grouping key: a batch holds calls of one key only, and each key fills
+  // and times out on its own (docs/semantics.md, 12). The batch function
+  // reads its batch's key with batched::current_key().
+  std::uint64_t key = 0;
 };
+
+namespace detail {
+inline thread_local std::uint64_t current_batch_key = 0;
+}  // namespace detail
+
+// The grouping key of the batch the calling thread's batch function is
+// running (SubmitOptions::key); 0 outside a batch function.
+inline std::uint64_t current_key() noexcept { return detail::current_batch_key; }
 
 namespace detail {
 template <class In, class Out>
@@ -134,9 +157,10 @@ class Batcher {
                     "The batch function must return std::vector<Out> or std::vector<batched::Result<Out>>.");
       fn_results_ = std::move(fn);
     }
-    workers_.reserve(options.num_workers);
+    workers_.reserve(options.num_workers + 1);
     try {
       for (std::size_t i = 0; i < options.num_workers; ++i) workers_.emplace_back([this] { worker_main(); });
+      if (options.deadline_us != 0) start_watcher();
     } catch (...) {
       shutdown();
       throw;
@@ -300,11 +324,17 @@ class Batcher {
     e.owner = static_cast<Req*>(&r);
     e.count = static_cast<std::uint32_t>(n);
     e.priority = meta.priority;
+    e.key = meta.key;
+    if (meta.deadline_us < 0 || meta.deadline_us > BatchOptions::kMaxDurationUs)
+      fail_push(give_back, std::invalid_argument("batcher '" + name_ + "': SubmitOptions::deadline_us must be "
+                                                 "between 0 (none) and 1e12, got " + std::to_string(meta.deadline_us)));
+    e.deadline_ns = meta.deadline_us == 0 ? kNever : sched_.clock().now() + meta.deadline_us * 1000;
+    if (meta.deadline_us != 0 && !watching_.load(std::memory_order_acquire)) start_watcher();
     if (!meta.lengths.empty() && meta.lengths.size() != n)
       fail_push(give_back, std::invalid_argument("batcher '" + name_ + "': SubmitOptions::lengths has " +
                                                  std::to_string(meta.lengths.size()) + " elements for a call of " +
                                                  std::to_string(n) + " inputs"));
-    if (options().max_batch_length != 0) r.set_lengths(meta);  // else every item has length 1
+    if (options().max_batch_length != 0 || options().max_batch_tokens != 0) r.set_lengths(meta);  // else length 1 each
     r.pending.store(e.count, std::memory_order_relaxed);
     const std::size_t max_queue = options().max_queue_size;
     PushStatus status = sched_.try_push(&e);
@@ -363,7 +393,35 @@ class Batcher {
     inputs.reserve(options().max_batch_size);
     while (sched_.wait_pop(batch)) {
       on_dispatched();
-      run_batch(batch, inputs);
+      fail_expired(batch.expired);
+      if (!batch.empty()) run_batch(batch, inputs);
+    }
+  }
+
+  // Starts the thread that fails calls whose deadline passes while every
+  // worker is busy (once; with the first deadline). Thread-safe.
+  void start_watcher() {
+    std::lock_guard<std::mutex> lock(workers_mu_);
+    if (watching_.load(std::memory_order_relaxed)) return;
+    workers_.emplace_back([this] {
+      std::vector<Expired> expired;
+      while (sched_.wait_expired(expired)) {
+        on_dispatched();  // room for waiting submitters
+        fail_expired(expired);
+      }
+    });
+    watching_.store(true, std::memory_order_release);
+  }
+
+  // Fails the calls whose deadline could no longer be met (their items left
+  // the queue unsent).
+  void fail_expired(const std::vector<Expired>& expired) {
+    for (const Expired& x : expired) {
+      Req* r = static_cast<Req*>(x.entry->owner);
+      r->fail(x.first_left, std::make_exception_ptr(DeadlineExceeded(
+                                "batcher '" + name_ + "': the call's deadline passed, or could no longer be met, "
+                                "before its items were sent to a batch")));
+      r->done(x.removed);  // may delete r
     }
   }
 
@@ -384,6 +442,7 @@ class Batcher {
       }
       t0 = clock.now();
       std::size_t got;
+      detail::current_batch_key = batch.key;
       if (fn_) {
         outs = fn_(inputs);
         got = outs.size();
@@ -400,6 +459,7 @@ class Batcher {
       t1 = clock.now();
       error = std::current_exception();
     }
+    detail::current_batch_key = 0;
     sched_.finish_batch(batch, t1 - t0, error != nullptr);
     inputs.clear();  // the inputs die before their submitters hear back
     if (error) {
@@ -413,6 +473,7 @@ class Batcher {
     } else {
       hand_out(batch, results);
     }
+    sched_.batch_delivered(batch);  // the service estimate of deadlines
   }
 
   template <class V>
@@ -479,8 +540,9 @@ class Batcher {
   bool room_closed_ = false;
   std::atomic<std::uint64_t> retried_items_{0};
 
-  std::mutex workers_mu_;  // guards workers_ during join
-  std::vector<std::thread> workers_;
+  std::mutex workers_mu_;  // guards workers_ (join, the watcher's start)
+  std::vector<std::thread> workers_;  // the workers, then the watcher if started
+  std::atomic<bool> watching_{false};
 };
 
 namespace detail {

@@ -31,12 +31,13 @@ struct BatcherStats {
   // of the non-zero entries). Size max_batch_size + 1.
   std::vector<std::uint64_t> batch_size_histogram;
   // Indexed by DispatchReason; to_string(reason) gives Python's dict keys
-  // ("full", "timeout", "budget", "drain").
+  // ("full", "timeout", "budget", "drain", "deadline").
   std::array<std::uint64_t, kDispatchReasonCount> batches_by_reason{};
   std::uint64_t failed_batches = 0;   // the batch function threw or returned a wrong size
   std::uint64_t failed_items = 0;     // items of those batches
   std::uint64_t rejected_items = 0;   // refused with QueueFullError
   std::uint64_t cancelled_items = 0;  // taken out of the queue before dispatch
+  std::uint64_t expired_items = 0;    // taken out of the queue unsent: DeadlineExceeded
   double oldest_wait_ms = 0.0;        // age of the oldest queued item (0: none queued)
 
   std::uint64_t batches_for(DispatchReason r) const noexcept {
@@ -62,6 +63,7 @@ struct BatcherStats {
     out.failed_items = s.failed_items;
     out.rejected_items = s.rejected_items;
     out.cancelled_items = s.cancelled_items;
+    out.expired_items = s.expired_items;
     out.oldest_wait_ms = static_cast<double>(s.oldest_wait_ns) / 1e6;
     return out;
   }

@@ -43,6 +43,14 @@ struct Entry {
   std::uint32_t count = 0;                  // items in this call, at least 1
   std::int32_t priority = 0;                // explicit priority: lower goes first (before the priority rule)
   const std::uint32_t* lengths = nullptr;   // per-item lengths (budget, shortest first); null: 1 each
+  // When the caller gives up, on the scheduler's clock; kNever: never. The
+  // scheduler lowers it to enqueue_ns + BatchOptions::deadline_us if that is
+  // earlier. Items that could no longer finish by then leave the queue
+  // unsent (expire: docs/semantics.md, section 11).
+  TimePoint deadline_ns = kNever;
+  // The grouping key (docs/semantics.md, 12): a batch holds calls of one key
+  // only. 0 when the processor groups nothing.
+  std::uint64_t key = 0;
 
   // ---- set by the scheduler ----
   TimePoint enqueue_ns = 0;                 // when the push happened
@@ -61,6 +69,9 @@ struct Entry {
   std::uint64_t served_in = 0;              // the last batch (policy's count) that took items of it
   detail::Unit unit;                        // the entry as a whole-call unit
   detail::Unit* items = nullptr;            // or one unit per item (owned by the policy while queued)
+  std::size_t deadline_slot = kNoSlot;      // its place in the policy's deadline heap, if it has a deadline
+
+  static constexpr std::size_t kNoSlot = static_cast<std::size_t>(-1);
 };
 
 // A slice of one entry's items inside a batch: items [begin, begin + count).
@@ -76,8 +87,9 @@ enum class DispatchReason : std::uint8_t {
   kTimeout = 1,  // the oldest item waited timeout_us
   kBudget = 2,   // max_batch_length reached
   kDrain = 3,    // a worker came back and drains what queued while all were busy (docs/semantics.md, 1)
+  kDeadline = 4, // sent early, so that a queued item can still finish by its deadline (docs/semantics.md, 11)
 };
-inline constexpr std::size_t kDispatchReasonCount = 4;
+inline constexpr std::size_t kDispatchReasonCount = 5;
 
 inline const char* to_string(DispatchReason r) noexcept {
   switch (r) {
@@ -85,15 +97,28 @@ inline const char* to_string(DispatchReason r) noexcept {
     case DispatchReason::kTimeout: return "timeout";
     case DispatchReason::kBudget: return "budget";
     case DispatchReason::kDrain: return "drain";
+    case DispatchReason::kDeadline: return "deadline";
   }
   return "unknown";
 }
+
+// A call whose queued items expired (their deadline could no longer be met):
+// they left the queue unsent. The driver fails the call (DeadlineExceeded).
+struct Expired {
+  Entry* entry;
+  std::uint32_t removed;     // items taken out of the queue (the rest were dispatched before)
+  std::uint32_t first_left;  // the lowest index among them
+};
 
 // One batch: the spans in dispatch order. Reused by a worker from batch to
 // batch, so steady-state dispatch does not allocate.
 struct Batch {
   std::vector<Span> spans;
+  // Calls that expired while the scheduler formed this batch (or instead of
+  // one): the driver reports them before running the batch, which may be empty.
+  std::vector<Expired> expired;
   std::size_t size = 0;  // items, the sum of span counts
+  std::uint64_t key = 0;  // the grouping key of every call in it
   DispatchReason reason = DispatchReason::kFull;
   TimePoint dispatch_ns = 0;
   // When the batch function returned (Scheduler::finish_batch), or kNotFinished.
@@ -103,6 +128,7 @@ struct Batch {
 
   void clear() noexcept {
     spans.clear();
+    expired.clear();
     size = 0;
     finished_ns = kNotFinished;
   }

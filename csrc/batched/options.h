@@ -43,11 +43,24 @@ struct BatchOptions {
   // If non-zero, the sum of item lengths in a batch stays within this budget;
   // a single longer item goes alone. (max_batch_length)
   std::uint64_t max_batch_length = 0;
+  // If non-zero, the padded size of a batch, its items times its longest
+  // item's length rounded up to pad_to_multiple_of, is at most this; a
+  // single longer item goes alone. Items' lengths as for max_batch_length.
+  // (max_batch_tokens, for the inference processors, where an item is a row)
+  std::uint64_t max_batch_tokens = 0;
+  // The multiple that lengths are rounded up to for max_batch_tokens (0 or 1: none).
+  std::uint32_t pad_to_multiple_of = 1;
   // Anti-starvation: a queued call that batches have passed over (they left
   // without any of its items) for this long goes first in the next batch.
   // Time it waited for a busy worker, or while its own items were being
   // dispatched, does not count. (aging_ms)
   std::int64_t aging_us = 100000;
+  // If non-zero, every call must be done within this long of its push: its
+  // items are sent early enough to finish by then, given the batch time
+  // observed so far, and those that could no longer finish expire unsent
+  // (docs/semantics.md, section 11). A call's own Entry::deadline_ns applies
+  // if earlier. (deadline_ms)
+  std::int64_t deadline_us = 0;
   // If non-zero, try_push fails once this many items are queued. (max_queue_size)
   std::size_t max_queue_size = 0;
   // Number of workers taking batches from one policy. (num_workers)
@@ -66,6 +79,8 @@ struct BatchOptions {
       throw std::invalid_argument("timeout_us must be between 0 and 1e12 (11.6 days)");
     if (aging_us < 0 || aging_us > kMaxDurationUs)
       throw std::invalid_argument("aging_us must be between 0 and 1e12 (11.6 days)");
+    if (deadline_us < 0 || deadline_us > kMaxDurationUs)
+      throw std::invalid_argument("deadline_us must be between 0 (none) and 1e12 (11.6 days)");
     if (num_workers == 0) throw std::invalid_argument("num_workers must be at least 1");
     if (priority_rule != PriorityRule::kArrival && priority_rule != PriorityRule::kSmallFirst &&
         priority_rule != PriorityRule::kSmallFirstThenShortest)

@@ -9,8 +9,18 @@
 //      drain    - the caller is a worker that became free at `busy_until`,
 //                 and the oldest item was queued by then: it waited while the
 //                 workers were busy, so it leaves at once;
-//      timeout  - the oldest queued item has waited timeout_us (0: at once).
-//  * pop() forms the batch in two passes:
+//      timeout  - the oldest queued item has waited timeout_us (0: at once);
+//      deadline - a queued call's deadline is near: a batch sent now
+//                 finishes by it, one sent later might not (its latest
+//                 send time, deadline - service estimate - kDeadlineGuardNs,
+//                 has come).
+//  * expire(now) takes out of the queue the calls that could no longer
+//    finish by their deadline even if sent now (now + service estimate >
+//    deadline) and hands them to the caller; the Scheduler runs it before
+//    every ready()/pop(), so an expired item is never sent.
+//  * pop() forms the batch in three passes:
+//      0. urgent calls: those whose latest send time has come, earliest
+//         deadline first, with as many of their items as fit;
 //      1. due calls: a call that batches have passed over (they left without
 //         any of its items) for aging_us goes first, with as many of its
 //         items as fit, in their order; the call passed over longest first.
@@ -32,7 +42,10 @@
 //    Waiting for a busy worker, or for its own earlier items, does not count,
 //    so aging never reorders calls that a free worker would take in rank
 //    order anyway. The bound it gives is in docs/semantics.md, section 3.
-//  * next_deadline() is when the timeout rule will fire (kNever if empty).
+//  * next_deadline() is when the timeout or the deadline rule will fire
+//    (kNever if empty); next_expiry() when the first queued call expires.
+//  * The service estimate (set_service_ns) is the time a batch takes from
+//    dispatch until its results are handed out, as the Scheduler observes it.
 //
 // Not thread-safe: one consumer at a time (the Scheduler serialises workers).
 // Costs: add/remove/pop are O(1) per call plus a binary search over the R
@@ -66,6 +79,8 @@ class BatchPolicy {
         timeout_ns_(options.timeout_us * 1000),
         aging_ns_(options.aging_us * 1000),
         budget_(options.max_batch_length),
+        tokens_(options.max_batch_tokens),
+        multiple_(std::max<std::uint32_t>(1, options.pad_to_multiple_of)),
         small_batch_threshold_(options.small_batch_threshold),
         rule_(options.priority_rule),
         keep_calls_whole_(options.keep_calls_whole),
@@ -83,31 +98,38 @@ class BatchPolicy {
     return options.priority_rule == PriorityRule::kSmallFirstThenShortest && !options.keep_calls_whole;
   }
 
-  // Queues every item of `e` (count >= 1, none taken). `e->enqueue_ns` must
-  // be set; under item units, `e->items` holds count Units or is null (then
-  // add() allocates them, and may throw std::bad_alloc, leaving nothing changed).
+  // Queues every item of `e` (count >= 1, none taken). `e->enqueue_ns` and
+  // `e->deadline_ns` must be set; under item units, `e->items` holds count
+  // Units or is null (then add() allocates them). May throw std::bad_alloc,
+  // leaving nothing changed.
   void add(Entry* e) {
+    // Allocations first: a throw leaves nothing half-linked.
+    if (e->deadline_ns != kNever && deadlines_.size() == deadlines_.capacity()) {
+      deadlines_.reserve(std::max<std::size_t>(16, 2 * deadlines_.capacity()));
+    }
     if (!item_units_) {
       e->items = nullptr;
     } else if (e->items == nullptr) {
-      e->items = new Unit[e->count];  // first: a throw leaves nothing half-linked
+      e->items = new Unit[e->count];
     }
     Unit* items = e->items;
     std::uint32_t longest = 1;  // lengths only matter with a budget or shortest first
-    if (e->lengths != nullptr && (budget_ != 0 || rule_ == PriorityRule::kSmallFirstThenShortest)) {
+    if (e->lengths != nullptr && (budgeted() || rule_ == PriorityRule::kSmallFirstThenShortest)) {
       longest = 0;
       for (std::uint32_t i = 0; i < e->count; ++i) {
-        queued_length_ += budget_ != 0 ? e->lengths[i] : 0u;
+        count_queued(e->lengths[i], +1);
         longest = std::max(longest, e->lengths[i]);
       }
-    } else if (budget_ != 0) {
-      queued_length_ += e->count;
+    } else if (budgeted()) {
+      for (std::uint32_t i = 0; i < e->count; ++i) count_queued(1, +1);
     }
     e->taken = 0;
     e->first_left = 0;
     queued_items_ += e->count;
     arrival_push_back(e);
     service_push_back(e);
+    e->deadline_slot = Entry::kNoSlot;
+    if (e->deadline_ns != kNever) heap_push(e);
     if (items == nullptr) {
       e->unit = Unit{e, Unit::kWholeCall, rule_ == PriorityRule::kSmallFirstThenShortest ? longest : 0u, true};
       rank_push_back(&e->unit);
@@ -129,9 +151,43 @@ class BatchPolicy {
     if (queued_items_ == 0) return std::nullopt;
     if (queued_items_ >= max_batch_size_) return DispatchReason::kFull;
     if (budget_ != 0 && queued_length_ > budget_) return DispatchReason::kBudget;
+    // (the queued rows cannot all fit: even padded to each one's own length)
+    if (tokens_ != 0 && queued_tokens_ > tokens_) return DispatchReason::kBudget;
     if (arrival_head_->enqueue_ns <= busy_until) return DispatchReason::kDrain;
-    if (now >= next_deadline()) return DispatchReason::kTimeout;
+    if (now >= timeout_deadline()) return DispatchReason::kTimeout;
+    if (now >= send_by()) return DispatchReason::kDeadline;
     return std::nullopt;
+  }
+
+  // How long a batch takes from dispatch until its results are handed out
+  // (the Scheduler's estimate; 0 before the first batch): deadlines use it.
+  void set_service_ns(TimePoint ns) noexcept { service_ns_ = ns; }
+  TimePoint service_ns() const noexcept { return service_ns_; }
+
+  // When the first queued call with a deadline expires: after this, a batch
+  // sent at once would finish too late. kNever if no queued call has a deadline.
+  TimePoint next_expiry() const noexcept {
+    return deadlines_.empty() ? kNever : deadlines_.front()->deadline_ns - service_ns_;
+  }
+
+  // Takes out of the queue every call that could no longer finish by its
+  // deadline even if sent now, earliest deadline first, and calls
+  // fn(Entry*, removed, first_left) for each (its `taken` is left as it was).
+  template <class Fn>
+  void expire(TimePoint now, Fn&& fn) {
+    while (!deadlines_.empty() && now > deadlines_.front()->deadline_ns - service_ns_) {
+      Entry* e = deadlines_.front();
+      const std::uint32_t first_left = first_queued(e);
+      const std::uint32_t removed = unlink_queued(e);
+      fn(e, removed, first_left);
+    }
+  }
+
+  // The same, appending to `out` (for callers that cannot pass a lambda).
+  void expire(TimePoint now, std::vector<Expired>& out) {
+    expire(now, [&out](Entry* e, std::uint32_t removed, std::uint32_t first_left) {
+      out.push_back(Expired{e, removed, first_left});
+    });
   }
 
   // When the oldest queued item was pushed; kNever if nothing is queued.
@@ -139,11 +195,13 @@ class BatchPolicy {
     return arrival_head_ == nullptr ? kNever : arrival_head_->enqueue_ns;
   }
 
-  TimePoint next_deadline() const noexcept {
-    if (arrival_head_ == nullptr) return kNever;
-    const TimePoint arrival = arrival_head_->enqueue_ns;
-    return arrival > kNever - timeout_ns_ ? kNever : arrival + timeout_ns_;
-  }
+  // When the timeout rule fires (kNever if empty), and the deadline rule
+  // (kNever if no queued call has a deadline): KeyedPolicy ranks keys by them.
+  TimePoint timeout_time() const noexcept { return timeout_deadline(); }
+  TimePoint send_by_time() const noexcept { return send_by(); }
+
+  // When ready() turns true by itself: the timeout or the deadline rule.
+  TimePoint next_deadline() const noexcept { return std::min(timeout_deadline(), send_by()); }
 
   // Appends the next batch to `out` (which should be empty).
   void pop(TimePoint now, DispatchReason reason, Batch& out) {
@@ -151,6 +209,12 @@ class BatchPolicy {
     out.dispatch_ns = now;
     ++batch_seq_;
     Fill fill;
+    // 0. Urgent calls, earliest deadline first (the top of the deadline heap).
+    while (fill.open && out.size < max_batch_size_ && !deadlines_.empty() && urgent(deadlines_.front(), now)) {
+      Entry* e = deadlines_.front();
+      take_call(e, out, fill);
+      if (!finish_if_done(e)) break;  // still queued: the batch is full, or it waits for the next one
+    }
     // 1. Due calls, passed over longest first (the head of the service list).
     while (fill.open && out.size < max_batch_size_ && service_head_ != nullptr && due(service_head_, now)) {
       Entry* e = service_head_;
@@ -168,7 +232,8 @@ class BatchPolicy {
       }
       finish_if_done(e);
     }
-    queued_length_ -= fill.length;
+    queued_length_ -= budget_ != 0 ? fill.length : 0;
+    queued_tokens_ -= tokens_ != 0 ? fill.padded : 0;
     settle(now);
   }
 
@@ -181,26 +246,24 @@ class BatchPolicy {
   void clear(Fn&& fn) {
     while (arrival_head_ != nullptr) {
       Entry* e = arrival_head_;
-      e->first_left = e->taken;
-      if (e->items != nullptr) {
-        for (std::uint32_t i = 0; i < e->count; ++i) {
-          if (e->items[i].queued) {
-            e->first_left = i;
-            break;
-          }
-        }
-      }
+      e->first_left = first_queued(e);
       unlink_queued(e);
       fn(e);
     }
   }
+
+  // How close to its deadline a call's latest send time is put, for timer
+  // wake-ups that come late (a condition variable, an event loop's timer).
+  static constexpr TimePoint kDeadlineGuardNs = 5000000;
 
   // ---- implementation details follow ----
  private:
   // What the batch being formed has taken of the length budget, and whether
   // it may take more.
   struct Fill {
-    std::uint64_t length = 0;
+    std::uint64_t length = 0;   // items' lengths, summed
+    std::uint64_t padded = 0;   // their lengths rounded up to pad_to_multiple_of, summed
+    std::uint64_t longest = 0;  // the longest, rounded up: the batch's padded length
     bool open = true;
   };
 
@@ -228,18 +291,63 @@ class BatchPolicy {
     return e->passed_over_ns != kNever && now - e->passed_over_ns >= aging_ns_;
   }
 
+  // Whether `e` must go now to finish by its deadline.
+  bool urgent(const Entry* e, TimePoint now) const noexcept {
+    return now >= e->deadline_ns - service_ns_ - kDeadlineGuardNs;
+  }
+
+  TimePoint timeout_deadline() const noexcept {
+    if (arrival_head_ == nullptr) return kNever;
+    const TimePoint arrival = arrival_head_->enqueue_ns;
+    return arrival > kNever - timeout_ns_ ? kNever : arrival + timeout_ns_;
+  }
+
+  // The latest time a batch may leave with the call of the earliest deadline.
+  TimePoint send_by() const noexcept {
+    return deadlines_.empty() ? kNever : deadlines_.front()->deadline_ns - service_ns_ - kDeadlineGuardNs;
+  }
+
+  // The lowest index of `e` not dispatched (nor removed) yet.
+  static std::uint32_t first_queued(const Entry* e) noexcept {
+    if (e->items != nullptr) {
+      for (std::uint32_t i = 0; i < e->count; ++i) {
+        if (e->items[i].queued) return i;
+      }
+    }
+    return e->taken;
+  }
+
   // Whether an item of length `l` may join a batch of `size` items; counts it
   // if so. A single item longer than the budget still goes, alone. Without a
   // budget lengths are not counted.
   bool admit(std::uint32_t l, std::size_t size, Fill& f) const noexcept {
-    if (budget_ == 0) return true;
-    if (f.length + l > budget_ && size > 0) {
+    if (!budgeted()) return true;
+    const std::uint64_t p = padded(l);
+    const std::uint64_t longest = std::max(f.longest, p);
+    const bool over = (budget_ != 0 && f.length + l > budget_) ||
+                      (tokens_ != 0 && (size + 1) * longest > tokens_);
+    if (over && size > 0) {
       f.open = false;
       return false;
     }
     f.length += l;
-    if (f.length >= budget_) f.open = false;
+    f.padded += p;
+    f.longest = longest;
+    if ((budget_ != 0 && f.length >= budget_) || (tokens_ != 0 && (size + 1) * longest >= tokens_)) f.open = false;
     return true;
+  }
+
+  bool budgeted() const noexcept { return budget_ != 0 || tokens_ != 0; }
+
+  // A length rounded up to pad_to_multiple_of.
+  std::uint64_t padded(std::uint32_t l) const noexcept {
+    return (static_cast<std::uint64_t>(l) + multiple_ - 1) / multiple_ * multiple_;
+  }
+
+  // Adds (+1) or takes away (-1) a queued item of length l from the budgets' sums.
+  void count_queued(std::uint32_t l, int sign) noexcept {
+    if (budget_ != 0) queued_length_ += sign > 0 ? l : -static_cast<std::uint64_t>(l);
+    if (tokens_ != 0) queued_tokens_ += sign > 0 ? padded(l) : -padded(l);
   }
 
   // Takes what fits of `e`'s queued items, in index order.
@@ -252,12 +360,12 @@ class BatchPolicy {
     }
     const std::uint32_t room = static_cast<std::uint32_t>(max_batch_size_ - out.size);
     if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&
-        !fits_whole(e, room, f.length)) {
+        !fits_whole(e, room, out.size, f)) {
       f.open = false;  // it waits for the next batch instead of being split
       return;
     }
     std::uint32_t k = std::min(room, e->count - e->taken);
-    if (budget_ != 0) {
+    if (budgeted()) {
       const std::uint32_t most = k;
       k = 0;
       while (k < most && admit(e->length_of(e->taken + k), out.size + k, f)) ++k;
@@ -344,15 +452,15 @@ class BatchPolicy {
       for (std::uint32_t i = 0; i < e->count; ++i) {
         Unit& u = e->items[i];
         if (!u.queued) continue;
-        if (budget_ != 0) queued_length_ -= e->length_of(i);
+        if (budgeted()) count_queued(e->length_of(i), -1);
         rank_erase(&u);
         u.queued = false;
         ++left;
       }
     } else {
       left = e->count - e->taken;
-      if (budget_ != 0) {
-        for (std::uint32_t i = e->taken; i < e->count; ++i) queued_length_ -= e->length_of(i);
+      if (budgeted()) {
+        for (std::uint32_t i = e->taken; i < e->count; ++i) count_queued(e->length_of(i), -1);
       }
       rank_erase(&e->unit);
     }
@@ -365,19 +473,19 @@ class BatchPolicy {
   void forget(Entry* e) {
     arrival_erase(e);
     service_erase(e);
+    if (e->deadline_slot != Entry::kNoSlot) heap_erase(e);
     if (e->items != nullptr) {
       delete[] e->items;
       e->items = nullptr;
     }
   }
 
-  // Whether all of `e` fits in `room` items and the budget left after `length`.
-  bool fits_whole(const Entry* e, std::uint32_t room, std::uint64_t length) const noexcept {
+  // Whether all of `e` fits in `room` items and in the budgets, after the
+  // `size` items that `f` has admitted (size > 0).
+  bool fits_whole(const Entry* e, std::uint32_t room, std::size_t size, Fill f) const noexcept {
     if (e->count > room) return false;
-    if (budget_ == 0) return true;
     for (std::uint32_t i = 0; i < e->count; ++i) {
-      length += e->length_of(i);
-      if (length > budget_) return false;
+      if (!admit(e->length_of(i), size + i, f)) return false;
     }
     return true;
   }
@@ -410,6 +518,51 @@ class BatchPolicy {
     (e->service_prev ? e->service_prev->service_next : service_head_) = e->service_next;
     (e->service_next ? e->service_next->service_prev : service_tail_) = e->service_prev;
     e->service_prev = e->service_next = nullptr;
+  }
+
+  // Deadline heap: the queued entries with a deadline, earliest on top
+  // (deadlines_.front()); each knows its slot, so any can leave in O(log n).
+  static bool later(const Entry* a, const Entry* b) noexcept { return a->deadline_ns > b->deadline_ns; }
+  void heap_place(Entry* e, std::size_t i) noexcept {
+    deadlines_[i] = e;
+    e->deadline_slot = i;
+  }
+  void heap_up(std::size_t i) noexcept {
+    Entry* e = deadlines_[i];
+    while (i > 0) {
+      const std::size_t parent = (i - 1) / 2;
+      if (!later(deadlines_[parent], e)) break;
+      heap_place(deadlines_[parent], i);
+      i = parent;
+    }
+    heap_place(e, i);
+  }
+  void heap_down(std::size_t i) noexcept {
+    Entry* e = deadlines_[i];
+    const std::size_t n = deadlines_.size();
+    for (;;) {
+      std::size_t child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && later(deadlines_[child], deadlines_[child + 1])) ++child;
+      if (!later(e, deadlines_[child])) break;
+      heap_place(deadlines_[child], i);
+      i = child;
+    }
+    heap_place(e, i);
+  }
+  void heap_push(Entry* e) {
+    deadlines_.push_back(e);
+    heap_up(deadlines_.size() - 1);
+  }
+  void heap_erase(Entry* e) noexcept {
+    const std::size_t i = e->deadline_slot;
+    e->deadline_slot = Entry::kNoSlot;
+    Entry* last = deadlines_.back();
+    deadlines_.pop_back();
+    if (last == e) return;
+    heap_place(last, i);
+    heap_up(i);
+    heap_down(last->deadline_slot);
   }
 
   // Ranks: one arrival-ordered list of units per distinct rank, in a vector
@@ -446,12 +599,16 @@ class BatchPolicy {
   const TimePoint timeout_ns_;
   const TimePoint aging_ns_;
   const std::uint64_t budget_;
+  const std::uint64_t tokens_;
+  const std::uint64_t multiple_;
   const std::size_t small_batch_threshold_;
   const PriorityRule rule_;
   const bool keep_calls_whole_;
   const bool item_units_;
 
   std::vector<Level> levels_;
+  std::vector<Entry*> deadlines_;  // a min-heap on deadline_ns
+  TimePoint service_ns_ = 0;       // the Scheduler's estimate of a batch's time, dispatch to hand-out
   Entry* arrival_head_ = nullptr;
   Entry* arrival_tail_ = nullptr;
   Entry* service_head_ = nullptr;
@@ -460,7 +617,8 @@ class BatchPolicy {
   std::uint64_t batch_seq_ = 0;   // batches popped so far
   std::vector<Entry*> served_;    // entries the batch being formed has taken items of
   std::size_t queued_items_ = 0;
-  std::uint64_t queued_length_ = 0;  // kept only with a budget
+  std::uint64_t queued_length_ = 0;  // kept only with max_batch_length
+  std::uint64_t queued_tokens_ = 0;  // lengths rounded up, summed; kept only with max_batch_tokens
 };
 
 }  // namespace batched

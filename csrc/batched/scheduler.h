@@ -15,15 +15,26 @@
 // timeout fires when the clock reaches it (condition-variable precision).
 // Nothing polls: an idle scheduler sleeps without a deadline.
 //
+// Deadlines: a call with a deadline (Entry::deadline_ns, BatchOptions::
+// deadline_us) expires, unsent, once a batch sent at once could no longer
+// finish by it (the service estimate: the longest that one of the last 16
+// batches took from dispatch to hand-out, observed through batch_delivered). Whoever looks at the queue
+// expires what is due and reports it: wait_pop and try_pop in Batch::expired
+// (even with no batch), expire_now for an event loop's timer, and
+// wait_expired for a watcher thread, which a thread driver runs so that a
+// caller hears of its deadline when it passes, not when a worker is free.
+//
 // Shutdown: after shutdown() no push succeeds, wait_pop returns false, and
 // drain() hands back every entry that was queued and never fully dispatched.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -33,7 +44,7 @@
 #include <batched/entry.h>
 #include <batched/mpsc_inbox.h>
 #include <batched/options.h>
-#include <batched/policy.h>
+#include <batched/keyed_policy.h>
 #include <batched/stats.h>
 
 namespace batched {
@@ -56,7 +67,7 @@ class Scheduler {
  public:
   explicit Scheduler(const BatchOptions& options, Clock clock = Clock())
       : options_((options.validate(), options)),
-        item_units_(BatchPolicy::uses_item_units(options_)),
+        item_units_(KeyedPolicy::uses_item_units(options_)),
         clock_(std::move(clock)),
         policy_(options_) {
     stats_.batch_sizes.assign(options_.max_batch_size + 1, 0);
@@ -96,6 +107,9 @@ class Scheduler {
     }
     e->enqueue_ns = clock_.now();
     e->taken = 0;
+    if (deadline_ns_ != 0 && e->enqueue_ns + deadline_ns_ < e->deadline_ns) e->deadline_ns = e->enqueue_ns + deadline_ns_;
+    const TimePoint deadline = e->deadline_ns;  // `e` belongs to the consumer once pushed
+    const std::uint64_t e_key = e->key;           // (a key's batch fills and times out on its own)
     inbox_.push(e);
     gate_.fetch_sub(1, std::memory_order_acq_rel);
     // Wake a sleeping worker only if this push can change its plan: a worker
@@ -105,9 +119,17 @@ class Scheduler {
     // item that neither fills the batch nor moves that deadline.
     // `undeadlined_` is read after the push (seq_cst), and a worker raises it
     // before its last look at the inbox (seq_cst): one of the two sees the other.
+    // A deadline may move the time to look, for a worker (the deadline rule)
+    // and for the watcher (expiry): both hear of it. The watcher publishes
+    // the time it sleeps to before its last look at the inbox (seq_cst).
     const bool may_dispatch = before == 0 || before + n >= options_.max_batch_size ||
-                              options_.max_batch_length != 0 || options_.timeout_us == 0;
+                              options_.max_batch_length != 0 || options_.max_batch_tokens != 0 || options_.timeout_us == 0 || deadline != kNever ||
+                              e_key != 0;
     if (may_dispatch || undeadlined_.load(std::memory_order_seq_cst) > 0) wake_one_if_sleeping();
+    if (deadline != kNever && deadline - service_ns_.load(std::memory_order_relaxed) <
+                                  watch_until_.load(std::memory_order_seq_cst)) {
+      wake_watcher();
+    }
     return may_dispatch ? PushStatus::kOkMayDispatch : PushStatus::kOk;
   }
 
@@ -128,8 +150,10 @@ class Scheduler {
     return removed;
   }
 
-  // Blocks until a batch is ready and moves it into `out`; returns false once
-  // shut down. If `out` holds the batch this worker just ran and passed to
+  // Blocks until a batch is ready, or calls expired, and moves them into
+  // `out` (a batch, and the expired calls in out.expired, for the driver to
+  // report first; the batch may then be empty); returns false once shut
+  // down. If `out` holds the batch this worker just ran and passed to
   // finish_batch, items queued before it returned leave at once (docs/semantics.md, 1).
   // Does not allocate in steady state. Thread-safe: any number of workers.
   bool wait_pop(Batch& out) {
@@ -140,6 +164,7 @@ class Scheduler {
       if (closed_) return false;
       absorb_inbox();
       const TimePoint now = clock_.now();
+      expire_into(now, out.expired);
       if (auto reason = policy_.ready(now, busy_until)) {
         take(now, *reason, out);
         // More may be ready for another worker: hand the turn on.
@@ -149,6 +174,7 @@ class Scheduler {
         if (more) cv_.notify_one();
         return true;
       }
+      if (!out.expired.empty()) return true;  // report them now; the batch is empty
       // Eventcount: announce the sleep, then look once more, so a push either
       // sees a sleeper (and wakes it) or is seen here.
       const TimePoint deadline = policy_.next_deadline();
@@ -165,7 +191,8 @@ class Scheduler {
   }
 
   // Moves a ready batch into `out` without blocking; false if none is ready.
-  // Like wait_pop, if `out` holds a batch passed to finish_batch, items queued
+  // Calls that expired meanwhile are in out.expired either way. Like
+  // wait_pop, if `out` holds a batch passed to finish_batch, items queued
   // before it returned count as a drain. For the event-loop driver.
   // Thread-safe.
   bool try_pop(Batch& out) {
@@ -175,6 +202,7 @@ class Scheduler {
     if (closed_) return false;
     absorb_inbox();
     const TimePoint now = clock_.now();
+    expire_into(now, out.expired);
     if (auto reason = policy_.ready(now, busy_until)) {
       take(now, *reason, out);
       return true;
@@ -182,12 +210,76 @@ class Scheduler {
     return false;
   }
 
-  // When the timeout rule fires next (kNever if nothing is queued). Thread-safe.
+  // When the timeout or deadline rule fires next (kNever if nothing is
+  // queued). Thread-safe.
   TimePoint next_deadline() {
     std::lock_guard<std::mutex> lock(mu_);
     absorb_inbox();
+    policy_.set_service_ns(service_ns_.load(std::memory_order_relaxed));
     return policy_.next_deadline();
   }
+
+  // When the first queued call expires (kNever if none has a deadline).
+  // Thread-safe.
+  TimePoint next_expiry() {
+    std::lock_guard<std::mutex> lock(mu_);
+    absorb_inbox();
+    policy_.set_service_ns(service_ns_.load(std::memory_order_relaxed));
+    return policy_.next_expiry();
+  }
+
+  // Moves the calls that have expired into `out` (cleared first), without
+  // blocking. For an event loop's timer. Thread-safe.
+  void expire_now(std::vector<Expired>& out) {
+    out.clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    absorb_inbox();
+    expire_into(clock_.now(), out);
+  }
+
+  // Blocks until queued calls expire and moves them into `out` (cleared
+  // first); returns false once shut down. For one watcher thread, which
+  // sleeps until the first expiry and is woken by pushes with an earlier one.
+  // Thread-safe.
+  bool wait_expired(std::vector<Expired>& out) {
+    out.clear();
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (closed_) return false;
+      absorb_inbox();
+      expire_into(clock_.now(), out);
+      if (!out.empty()) return true;
+      const TimePoint until = policy_.next_expiry();
+      // Eventcount, as for workers: publish the wake-up time, then look once more.
+      watch_until_.store(until, std::memory_order_seq_cst);
+      if (inbox_.empty_approx()) {
+        clock_.wait_until(watch_cv_, lock, until, [this] { return watch_wake_ || closed_; });
+        watch_wake_ = false;
+      }
+      watch_until_.store(kNotWatching, std::memory_order_relaxed);
+    }
+  }
+
+  // After the results of a batch from wait_pop/try_pop are handed out:
+  // updates the service estimate that deadlines use, the longest time from
+  // dispatch to hand-out among the last kServiceSamples batches (a batch sent
+  // now is taken to last as long as the slowest recent one). Thread-safe.
+  void batch_delivered(const Batch& batch) {
+    const TimePoint sample = std::max<TimePoint>(0, clock_.now() - batch.dispatch_ns);
+    TimePoint estimate = 0;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      service_samples_[service_next_++ % kServiceSamples] = sample;
+      for (TimePoint s : service_samples_) estimate = std::max(estimate, s);
+    }
+    const TimePoint was = service_ns_.exchange(estimate, std::memory_order_relaxed);
+    // A longer estimate brings expiries forward: the watcher looks again.
+    if (estimate > was && watch_until_.load(std::memory_order_seq_cst) != kNotWatching) wake_watcher();
+  }
+
+  // The current service estimate (0 before the first batch). Thread-safe.
+  TimePoint service_estimate_ns() const noexcept { return service_ns_.load(std::memory_order_relaxed); }
 
   // Records that a batch taken by wait_pop/try_pop has finished running (its
   // function took run_ns) and stamps it with the time, for wait_pop's drain
@@ -217,6 +309,7 @@ class Scheduler {
     // A push that passed the gate finishes in a few instructions.
     while ((gate_.load(std::memory_order_acquire) & ~kClosedBit) != 0) std::this_thread::yield();
     cv_.notify_all();  // after unlocking: woken workers need the mutex at once
+    watch_cv_.notify_all();
   }
 
   // After shutdown(): removes every entry that still has undispatched items,
@@ -272,6 +365,31 @@ class Scheduler {
   // ---- implementation details follow ----
  private:
   static constexpr std::uint64_t kClosedBit = std::uint64_t{1} << 63;
+  // watch_until_ while the watcher is not asleep (or there is none): no push wakes it.
+  static constexpr TimePoint kNotWatching = std::numeric_limits<TimePoint>::min();
+
+  void wake_watcher() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      watch_wake_ = true;
+    }
+    watch_cv_.notify_one();
+  }
+
+  // Requires mu_. Moves the expired calls into `out` and counts them.
+  void expire_into(TimePoint now, std::vector<Expired>& out) {
+    policy_.set_service_ns(service_ns_.load(std::memory_order_relaxed));
+    std::size_t items = 0;
+    policy_.expire(now, [&](Entry* e, std::uint32_t removed, std::uint32_t first_left) {
+      e->taken = e->count;  // nothing of it is queued any more (as after cancel)
+      items += removed;
+      out.push_back(Expired{e, removed, first_left});
+    });
+    if (items == 0) return;
+    queued_.fetch_sub(items, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.expired_items += items;
+  }
 
   // Reserves room for n items and sets `before` to the count it found; false
   // if max_queue_size would be exceeded. Bounded queues use a CAS loop, so a
@@ -311,7 +429,7 @@ class Scheduler {
 
   // Requires mu_.
   void take(TimePoint now, DispatchReason reason, Batch& out) {
-    policy_.pop(now, reason, out);
+    policy_.pop(now, reason, out);  // (expire_into has set the policy's service estimate)
     queued_.fetch_sub(out.size, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.total_dispatched += out.size;
@@ -322,6 +440,7 @@ class Scheduler {
 
   const BatchOptions options_;
   const bool item_units_;  // pushes allocate one Unit per item (see try_push)
+  const TimePoint deadline_ns_ = options_.deadline_us * 1000;  // 0: no deadline for every call
   const Clock clock_;
 
   mutable MpscInbox<Entry, &Entry::inbox_next> inbox_;  // mutable: see absorb_inbox
@@ -330,15 +449,22 @@ class Scheduler {
   std::atomic<std::uint64_t> rejected_{0};
   alignas(64) std::atomic<int> sleepers_{0};           // workers about to sleep or asleep
   std::atomic<int> undeadlined_{0};                    // of which: with no deadline
+  std::atomic<TimePoint> watch_until_{kNotWatching};  // when the sleeping watcher wakes (kNever: no expiry)
+  std::atomic<TimePoint> service_ns_{0};               // the service estimate (batch_delivered)
 
   mutable std::mutex mu_;  // guards policy_, wake_, closed_; workers take turns on it
   std::condition_variable cv_;
+  std::condition_variable watch_cv_;  // the watcher's (wait_expired)
   bool wake_ = false;
+  bool watch_wake_ = false;
   bool closed_ = false;
-  mutable BatchPolicy policy_;  // mutable: see absorb_inbox
+  mutable KeyedPolicy policy_;  // mutable: see absorb_inbox
 
-  mutable std::mutex stats_mu_;  // guards stats_; taken after mu_ when both are held
+  mutable std::mutex stats_mu_;  // guards stats_ and the service samples; taken after mu_ when both are held
   BatchStats stats_;
+  static constexpr std::size_t kServiceSamples = 16;
+  std::array<TimePoint, kServiceSamples> service_samples_{};  // the last batches' times, dispatch to hand-out
+  std::size_t service_next_ = 0;
 };
 
 }  // namespace batched

@@ -20,6 +20,7 @@ struct BatchStats {
   std::uint64_t failed_items = 0;         // items of the failed batches
   std::uint64_t rejected_items = 0;       // refused by try_push (queue full)
   std::uint64_t cancelled_items = 0;      // taken out of the queue by cancel() before dispatch
+  std::uint64_t expired_items = 0;        // taken out of the queue unsent: their deadline could no longer be met
   std::int64_t oldest_wait_ns = 0;        // age of the oldest queued item at the snapshot (0: none)
   std::int64_t total_run_ns = 0;          // time spent in the batch function
   std::array<std::uint64_t, kDispatchReasonCount> batches_by_reason{};

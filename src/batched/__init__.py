@@ -7,8 +7,10 @@ need them (batched.aio, batched.inference, batched.types, batched.utils)
 load on first access.
 """
 
+from batched._core import current_key
+from batched._request import deadline, priority
 from batched.batch_processor import BatchProcessor, dynamically
-from batched.errors import QueueFullError, ShutdownError
+from batched.errors import DeadlineExceeded, QueueFullError, ShutdownError
 
 __version__ = "0.2.0"
 
@@ -29,11 +31,15 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "BatchProcessor",
+    "DeadlineExceeded",
     "QueueFullError",
     "ShutdownError",
     "aio",
+    "current_key",
+    "deadline",
     "dynamically",
     "inference",
+    "priority",
     "types",
     "utils",
 ]

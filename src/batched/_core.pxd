@@ -2,13 +2,14 @@
 # includes), declared here for the Cython modules that build on them: the
 # rows collator of the inference front ends (_padding.pyx) subclasses Collator.
 
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libcpp.vector cimport vector
 
 from batched.includes.libbatched cimport (
     CBatch,
     CCompletion,
     CEntry,
+    CExpired,
     CPendingNotifications,
     CPushStatus,
     CScheduler,
@@ -33,6 +34,7 @@ cdef class _Call:
     cdef readonly object future
     cdef Engine engine
     cdef vector[uint32_t] lengths
+    cdef object key               # the grouping key (group_by), or None
 
     cdef int init(self, Py_ssize_t n) except -1
     cdef void fail(self, object error, Py_ssize_t index)
@@ -56,7 +58,9 @@ cdef class ItemCollator(Collator):
 
 cdef class Driver:
     cdef bint started
+    cdef bint watching             # expiry is watched (a deadline was seen)
     cdef int start(self, Engine engine) except -1
+    cdef int watch(self, Engine engine) except -1
     cdef int pushed(self, Engine engine, CPushStatus status) except -1
     cdef int cancelled(self, Engine engine) except -1
     cdef int refuse_reentry(self, Engine engine) except -1
@@ -66,7 +70,7 @@ cdef class Driver:
 
 cdef class ThreadDriver(Driver):
     cdef size_t num_workers
-    cdef list threads
+    cdef list threads             # the workers, then the deadline watcher if started
     cdef object start_lock
 
 
@@ -91,8 +95,19 @@ cdef class Engine:
     cdef readonly Collator collator
     cdef readonly Driver driver
     cdef readonly bint closed
+    cdef readonly bint deadlines  # calls may have deadlines (deadline_ms, or batched.deadline seen)
+    cdef readonly object group_by  # the grouping key of an item or a call's features, or None
+    cdef dict key_ids              # key -> [id for the core, calls holding it]
+    cdef uint64_t next_key_id
     cdef object __weakref__
 
+    cdef _Call keyed_call(self, object request, object key)
+    cdef object split(self, object request)
+    cdef void release_key(self, _Call c)
+    cdef object wait_for_parts(self, list parts, Py_ssize_t n)
+    cdef int wait_done(self, _Call c) except -1
+
+    cdef int prepare(self, _Call c) except -1
     cdef int push(self, _Call c) except -1
     cdef int check_push(self, CPushStatus status, _Call c) except -1
     cdef object wait_for(self, _Call c)
@@ -105,3 +120,4 @@ cdef class Engine:
     cdef dict complete(self, _Call c, Py_ssize_t count, dict by_loop, CPendingNotifications* to_notify)
     cdef int finish(self, _Call c, dict by_loop, CPendingNotifications* to_notify) except -1
     cdef int cancel_call(self, _Call c) except -1
+    cdef int fail_expired(self, vector[CExpired]& expired, CPendingNotifications* to_notify) except -1

@@ -15,6 +15,16 @@ from batched._options import ProcessorOptions
 
 _live_engines: weakref.WeakSet[Engine]
 _running_batch: contextvars.ContextVar[Optional[_LoopBatch]]
+priority_var: contextvars.ContextVar[int]
+deadline_var: contextvars.ContextVar[Optional[int]]
+
+current_key_var: contextvars.ContextVar[Any]
+
+def current_key() -> Any:
+    """The grouping key of the batch being run (processors with ``group_by``)."""
+
+def clock_ns() -> int:
+    """The core's clock (steady_clock), in ns: what deadlines are measured on."""
 
 class _Call:
     """One call's request record; ``future`` is set for asyncio callers only."""
@@ -71,6 +81,8 @@ class Engine:
     def driver(self) -> Driver: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def deadlines(self) -> bool: ...
     def call(self, request: Any) -> Any:
         """One call, blocking: an item -> its result, a list -> a list; features -> rows of the output."""
     def submit(self, request: Any, loop: asyncio.AbstractEventLoop) -> _Call: ...

@@ -13,11 +13,12 @@ who runs the batches: worker threads that wait without the GIL
 docs/architecture.md walks through it.
 """
 
+from cpython.contextvars cimport get_value
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libcpp.vector cimport vector
 
 from batched.includes.libbatched cimport (
@@ -27,6 +28,7 @@ from batched.includes.libbatched cimport (
     CCompletion,
     CDispatchReason,
     CEntry,
+    CExpired,
     CLatencyHistogram,
     CPendingNotifications,
     CPriorityRule,
@@ -53,7 +55,7 @@ import weakref
 from collections.abc import Mapping, Sized
 
 from batched._log import logger
-from batched.errors import QueueFullError, ShutdownError
+from batched.errors import DeadlineExceeded, QueueFullError, ShutdownError
 
 cdef extern from "Python.h":
     bint PyExceptionInstance_Check(object o)
@@ -61,6 +63,16 @@ cdef extern from "Python.h":
 cdef unsigned long _main_thread_ident = threading.main_thread().ident
 # Engines alive, shut down at interpreter exit so no worker outlives Python.
 _live_engines = weakref.WeakSet()
+# Request-scoped settings of the calls made in a context (batched._request:
+# batched.priority, batched.deadline), read when a call is queued.
+#: the explicit priority of calls made here: lower goes first (0: none)
+priority_var = contextvars.ContextVar("batched_priority", default=0)
+#: when calls made here must be done, on the core's clock (clock_ns); None: no deadline
+deadline_var = contextvars.ContextVar("batched_deadline_ns", default=None)
+# The grouping key of the batch that a batch function is running (group_by):
+# set in the worker's or the batch task's context (batched.current_key).
+_NO_KEY = object()
+current_key_var = contextvars.ContextVar("batched_current_key", default=_NO_KEY)
 # How often a caller on the main thread looks for Ctrl-C while it waits.
 cdef int _SIGNAL_CHECK_MS = 100
 
@@ -70,6 +82,22 @@ include "bridge/engine.pxi"
 include "bridge/thread_driver.pxi"
 include "bridge/loop_driver.pxi"
 include "bridge/stats.pxi"
+
+
+def current_key():
+    """The grouping key of the batch being run (processors with ``group_by``):
+    for a batch function to read, in its thread or task (docs/semantics.md, 12)."""
+    key = current_key_var.get()
+    if key is _NO_KEY:
+        raise LookupError("batched.current_key() is only known inside the batch function "
+                          "of a processor with group_by")
+    return key
+
+
+def clock_ns():
+    """The core's clock (std::chrono::steady_clock), in nanoseconds: what
+    deadlines are measured on."""
+    return monotonic_ns()
 
 
 @atexit.register

@@ -103,6 +103,12 @@ class PaddingAttributes:
     def spread_kwargs(self) -> bool:
         return self._collator.spread_kwargs
 
+    @property
+    def max_batch_tokens(self) -> Optional[int]:
+        """The most rows × padded length in one batch; None: no token budget."""
+        assert self.options.padding is not None
+        return self.options.padding.max_batch_tokens
+
     def _padding_efficiency(self) -> Optional[float]:
         return self._collator.padding_efficiency()
 

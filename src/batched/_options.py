@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
     from typing import Any, Optional
 
     from batched.types import AsyncCache, PriorityStrategy
@@ -44,6 +45,8 @@ class ProcessorOptions:
         "max_queue_size",
         "num_workers",
         "aging_ms",
+        "deadline_ms",
+        "group_by",
         "max_batch_length",
         "priority_strategy",
         "cache",
@@ -56,6 +59,10 @@ class ProcessorOptions:
     max_queue_size: Optional[int]
     num_workers: int
     aging_ms: float
+    #: every call must be done this long after it is made; None: no deadline
+    deadline_ms: Optional[float]
+    #: the grouping key of an item (of a call's features, inference): a batch holds one key
+    group_by: Optional[Callable[[Any], Hashable]]
     #: the most total item length (inference: row length) in one batch; None: no budget
     max_batch_length: Optional[int]
     #: as given (aio); None: small calls first
@@ -75,6 +82,14 @@ class ProcessorOptions:
         o.max_queue_size = optional_positive_int("max_queue_size", params["max_queue_size"])
         o.num_workers = positive_int("num_workers", params["num_workers"])
         o.aging_ms = milliseconds("aging_ms", params["aging_ms"])
+        o.deadline_ms = None
+        if params.get("deadline_ms") is not None:
+            o.deadline_ms = milliseconds("deadline_ms", params["deadline_ms"])
+            if o.deadline_ms == 0:
+                raise ValueError("deadline_ms must be more than 0 (None: no deadline)")
+        o.group_by = params.get("group_by")
+        if o.group_by is not None and not callable(o.group_by):
+            raise TypeError(f"group_by must be a function of an item returning its key, got {type(o.group_by).__name__}")
         o.max_batch_length = optional_positive_int("max_batch_length", params.get("max_batch_length"))
         o.priority_strategy = _strategy(params.get("priority_strategy"))
         o.cache = _cache(params.get("cache"))
@@ -99,7 +114,8 @@ class ProcessorOptions:
 class PaddingOptions:
     """The padding options of the inference front ends, checked."""
 
-    __slots__ = ("pad_tokens", "padding_side", "spread_kwargs", "device", "pad_to_multiple_of", "batch_size_buckets")
+    __slots__ = ("pad_tokens", "padding_side", "spread_kwargs", "device", "pad_to_multiple_of", "batch_size_buckets",
+                 "max_batch_tokens")
 
     pad_tokens: Any
     padding_side: str
@@ -107,6 +123,8 @@ class PaddingOptions:
     device: Any
     pad_to_multiple_of: Optional[int]
     batch_size_buckets: Optional[list[int]]
+    #: the most rows x padded length in a batch; None: no token budget
+    max_batch_tokens: Optional[int]
 
     @classmethod
     def of(cls, params: Mapping[str, Any], batch_size: int) -> PaddingOptions:
@@ -133,6 +151,10 @@ class PaddingOptions:
                 raise ValueError(
                     f"batch_size_buckets {buckets} must reach batch_size={batch_size}: a full batch needs a bucket")
             o.batch_size_buckets = buckets
+        o.max_batch_tokens = optional_positive_int("max_batch_tokens", params["max_batch_tokens"])
+        if o.max_batch_tokens is not None and o.batch_size_buckets is not None:
+            raise ValueError("max_batch_tokens counts the rows of the calls in a batch, and batch_size_buckets "
+                             "adds rows of pad to it: give one of them")
         o.device = None
         if params["device"] is not None:
             import torch  # noqa: PLC0415 - padding on a device means torch

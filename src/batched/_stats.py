@@ -73,7 +73,7 @@ class BatchProcessorStats:
     batch_latency_ms: Percentiles = field(default_factory=Percentiles)
     #: batch size -> batches dispatched with that size
     batch_size_histogram: dict[int, int] = field(default_factory=dict)
-    #: why batches left the queue: full, timeout, budget, drain -> batches
+    #: why batches left the queue: full, timeout, budget, drain, deadline -> batches
     batches_by_reason: dict[str, int] = field(default_factory=dict)
     #: batches whose function raised or returned a wrong result
     failed_batches: int = 0
@@ -83,6 +83,9 @@ class BatchProcessorStats:
     rejected_items: int = 0
     #: items taken out of the queue because their caller was cancelled
     cancelled_items: int = 0
+    #: items taken out of the queue unsent because their deadline could no
+    #: longer be met (their callers got DeadlineExceeded)
+    expired_items: int = 0
     #: how long the oldest item still queued has waited (0.0: none queued)
     oldest_wait_ms: float = 0.0
     #: inference processors: real rows' steps / steps of the padded batches

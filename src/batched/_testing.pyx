@@ -8,16 +8,17 @@ policy with a simulated clock: every time is an argument, nothing sleeps and
 no thread is involved. The library itself never imports this module.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libcpp.optional cimport optional
 from libcpp.vector cimport vector
 
 from batched.includes.libbatched cimport (
     CBatch,
     CBatchOptions,
-    CBatchPolicy,
+    CKeyedPolicy,
     CDispatchReason,
     CEntry,
+    CExpired,
     CPriorityRule,
     CSpan,
     kNeverNs,
@@ -51,6 +52,8 @@ cdef CDispatchReason _reason_of(str name) except *:
         return CDispatchReason.kBudget
     if name == "drain":
         return CDispatchReason.kDrain
+    if name == "deadline":
+        return CDispatchReason.kDeadline
     raise ValueError(f"unknown dispatch reason {name!r}")
 
 
@@ -68,7 +71,7 @@ cdef class PolicyModel:
     Entries are Python objects held in ``self.calls`` until the model dies, so
     the addresses the policy links together stay valid.
     """
-    cdef CBatchPolicy* policy
+    cdef CKeyedPolicy* policy
     cdef dict calls
     cdef readonly object max_batch_size
     cdef readonly object max_batch_length
@@ -77,10 +80,12 @@ cdef class PolicyModel:
     cdef readonly bint keep_calls_whole
     cdef readonly str priority_rule
     cdef readonly object small_batch_threshold
+    cdef readonly object last_key
 
     def __cinit__(self, size_t max_batch_size, int64_t timeout_us, unsigned long long max_batch_length=0,
                   int64_t aging_us=100000, bint keep_calls_whole=False, str priority_rule="small_first",
-                  size_t small_batch_threshold=8):
+                  size_t small_batch_threshold=8, unsigned long long max_batch_tokens=0,
+                  uint32_t pad_to_multiple_of=1):
         cdef CBatchOptions o
         if max_batch_size == 0:
             raise ValueError("max_batch_size must be at least 1")
@@ -93,7 +98,9 @@ cdef class PolicyModel:
         o.keep_calls_whole = keep_calls_whole
         o.priority_rule = _rule_of(priority_rule)
         o.small_batch_threshold = small_batch_threshold
-        self.policy = new CBatchPolicy(o)
+        o.max_batch_tokens = max_batch_tokens
+        o.pad_to_multiple_of = pad_to_multiple_of
+        self.policy = new CKeyedPolicy(o)
         self.calls = {}
         self.max_batch_size = max_batch_size
         self.max_batch_length = max_batch_length
@@ -107,10 +114,13 @@ cdef class PolicyModel:
         del self.policy
         self.policy = NULL
 
-    def add(self, call_id, uint32_t count, int32_t priority, lengths, int64_t now_ns):
+    def add(self, call_id, uint32_t count, int32_t priority, lengths, int64_t now_ns, deadline_ns=None,
+            uint64_t key=0):
         """Queues a call of ``count`` items at ``now_ns`` with an explicit
         ``priority`` (lower first; 0 unless the caller sets one); ``lengths``
-        is None (each item of length 1) or one length per item."""
+        is None (each item of length 1) or one length per item;
+        ``deadline_ns`` None (none) or when the call must be done; ``key``
+        its grouping key (0: none)."""
         if call_id in self.calls:
             raise ValueError(f"call {call_id!r} was added already")
         if count == 0:
@@ -121,6 +131,8 @@ cdef class PolicyModel:
         m.entry.count = count
         m.entry.priority = priority
         m.entry.enqueue_ns = now_ns
+        m.entry.key = key
+        m.entry.deadline_ns = kNeverNs if deadline_ns is None else <int64_t>deadline_ns
         if lengths is not None:
             if len(lengths) != count:
                 raise ValueError(f"{count} items but {len(lengths)} lengths")
@@ -142,12 +154,14 @@ cdef class PolicyModel:
         return reason_name(r.value()).decode()
 
     def pop(self, int64_t now_ns, str reason="timeout"):
-        """Forms the next batch: a list of (call_id, begin, count) spans."""
+        """Forms the next batch (of the key the last ready() chose): a list
+        of (call_id, begin, count) spans; ``last_key`` is then its key."""
         cdef CBatch out
         cdef size_t s
         cdef CSpan* span
         cdef _ModelEntry m
         self.policy.pop(now_ns, _reason_of(reason), out)
+        self.last_key = out.key
         spans = []
         for s in range(out.spans.size()):
             span = &out.spans[s]
@@ -168,12 +182,36 @@ cdef class PolicyModel:
         m.entry.taken = m.entry.count
         return removed
 
+    def set_service_ns(self, int64_t ns):
+        """The batch time (dispatch to hand-out) that deadlines count with."""
+        self.policy.set_service_ns(ns)
+
+    def next_expiry(self):
+        """After this time (ns) the first call with a deadline expires; NEVER if none."""
+        return self.policy.next_expiry()
+
+    def expire(self, int64_t now_ns):
+        """Takes the calls that can no longer finish by their deadline out of
+        the queue: a list of (call_id, removed, first_left), as the Scheduler
+        gets them."""
+        cdef vector[CExpired] out
+        cdef size_t i
+        cdef _ModelEntry m
+        self.policy.expire(now_ns, out)
+        gone = []
+        for i in range(out.size()):
+            m = <_ModelEntry>out[i].entry.owner
+            m.queued = False
+            m.entry.taken = m.entry.count
+            gone.append((m.call_id, out[i].removed, out[i].first_left))
+        return gone
+
     def taken(self, call_id):
         """Items of the call dispatched so far (all of them once removed)."""
         return (<_ModelEntry>self.calls[call_id]).entry.taken
 
     def next_deadline(self):
-        """When the timeout rule fires next, in ns; NEVER if nothing is queued."""
+        """When the timeout or deadline rule fires next, in ns; NEVER if nothing is queued."""
         return self.policy.next_deadline()
 
     def size(self):

@@ -19,7 +19,7 @@ it, in the same structure.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Protocol, TypedDict, TypeVar, Union, overload
 
 from batched.types import T, U
@@ -96,6 +96,8 @@ class OptionArgs(TypedDict, total=False):
     max_queue_size: Optional[int]
     num_workers: int
     aging_ms: float
+    deadline_ms: Optional[float]
+    group_by: Optional[Callable[[Any], Hashable]]
     priority_strategy: Optional[PriorityStrategy]
 
 
@@ -121,6 +123,7 @@ class PadOptionArgs(TypedDict, total=False):
     pad_to_multiple_of: Optional[int]
     batch_size_buckets: Optional[Iterable[int]]
     max_batch_length: Optional[int]
+    max_batch_tokens: Optional[int]
 
 
 class ModelOptionArgs(AllOptionArgs, PadOptionArgs, total=False):

@@ -16,7 +16,7 @@ from batched.decorator import Dynamically
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any, Callable, Generic, Optional, Protocol, Union, overload
+    from typing import Any, Callable, Hashable, Generic, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
@@ -57,6 +57,8 @@ class BatchProcessor(Processor, Generic[T, U]):
         max_queue_size: Optional[int] = None,
         num_workers: int = 1,
         aging_ms: float = 100.0,
+        deadline_ms: Optional[float] = None,
+        group_by: Optional[Callable[[Any], Hashable]] = None,
         priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:
         self._setup(_func, ProcessorOptions.of(locals()))

@@ -11,4 +11,10 @@ class ShutdownError(RuntimeError):
     """The processor was shut down: the call was refused, or its items were still queued."""
 
 
-__all__ = ["QueueFullError", "ShutdownError"]
+class DeadlineExceeded(TimeoutError):
+    """The call's deadline (``batched.deadline``, ``deadline_ms``) passed, or
+    could no longer be met, before its items were sent to a batch: they left
+    the queue unsent (docs/semantics.md, 11)."""
+
+
+__all__ = ["DeadlineExceeded", "QueueFullError", "ShutdownError"]

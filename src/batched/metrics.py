@@ -16,11 +16,12 @@ Metrics (with the default namespace "batched"):
   batched_oldest_wait_seconds            gauge     age of the oldest waiting item
   batched_items_processed_total          counter   items whose batch has run
   batched_batches_total{reason}          counter   batches by dispatch reason
-                                                   (full, timeout, budget, drain)
+                                                   (full, timeout, budget, drain, deadline)
   batched_failed_batches_total           counter   batches whose function failed
   batched_failed_items_total             counter   items of those batches
   batched_rejected_items_total           counter   items refused (QueueFullError)
   batched_cancelled_items_total          counter   items taken out by cancellation
+  batched_expired_items_total            counter   items taken out unsent: DeadlineExceeded
   batched_queue_wait_seconds             histogram per item: call to dispatch
   batched_batch_latency_seconds          histogram per batch: run time of the function
   batched_batch_size                     histogram items per batch
@@ -130,6 +131,9 @@ class PrometheusCollector:
             "cancelled": c.CounterMetricFamily(
                 f"{p}cancelled_items", "Items taken out of the queue because their caller was cancelled.",
                 labels=label),
+            "expired": c.CounterMetricFamily(
+                f"{p}expired_items", "Items taken out of the queue unsent because their deadline could no "
+                "longer be met.", labels=label),
             "queue_wait": c.HistogramMetricFamily(
                 f"{p}queue_wait_seconds", "Per item: from the call to the dispatch of its batch.", labels=label),
             "batch_latency": c.HistogramMetricFamily(
@@ -152,6 +156,7 @@ class PrometheusCollector:
         f["failed_items"].add_metric(lab, s["failed_items"])
         f["rejected"].add_metric(lab, s["rejected_items"])
         f["cancelled"].add_metric(lab, s["cancelled_items"])
+        f["expired"].add_metric(lab, s["expired_items"])
         for key in ("queue_wait", "batch_latency"):
             counts, total_s, count = s[key]
             buckets = [(_le(b), n) for b, n in zip(self._bounds, counts)] + [("+Inf", count)]

@@ -662,6 +662,92 @@ TEST(priority_metadata_orders_the_queue) {
   CHECK(order == std::vector<int>({0, 1, 2, 5}));
 }
 
+TEST(a_deadline_fails_the_caller_when_it_passes_not_when_a_worker_frees) {
+  // The only worker is blocked; a call with a 30 ms deadline gets
+  // DeadlineExceeded while it still is, and never reaches the function.
+  auto gate = std::make_shared<Gate>();
+  std::mutex mu;
+  std::vector<int> seen;
+  Batcher<int, int> b(opts(4, 0), [gate, &mu, &seen](std::vector<int>& in) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      seen.insert(seen.end(), in.begin(), in.end());
+    }
+    if (in[0] == 0) gate->pass();
+    return in;
+  });
+  OpenOnExit open{gate};
+  auto first = b.submit(0);
+  CHECK(gate->wait_entered(1));
+  SubmitOptions soon;
+  soon.deadline_us = 30000;
+  auto late = b.submit(std::vector<int>{7, 8}, soon);
+  auto patient = b.submit(9);
+  CHECK(ready(late));
+  CHECK(throws_type<DeadlineExceeded>(late));
+  CHECK_EQ(b.stats().expired_items, 2u);
+  gate->release();
+  CHECK(ready(first) && ready(patient));
+  CHECK_EQ(patient.get(), 9);
+  std::lock_guard<std::mutex> lock(mu);
+  CHECK(std::find(seen.begin(), seen.end(), 7) == seen.end());
+  CHECK(std::find(seen.begin(), seen.end(), 8) == seen.end());
+}
+
+TEST(deadline_options_are_checked) {
+  BatchOptions o = opts(4, 0);
+  o.deadline_us = -1;
+  try {
+    Batcher<int, int> b(o, [](std::vector<int>& in) { return in; });
+    CHECK(false);
+  } catch (const std::invalid_argument& e) {
+    CHECK(contains(e.what(), "deadline_us"));
+  }
+  Batcher<int, int> b(opts(4, 0), [](std::vector<int>& in) { return in; });
+  SubmitOptions bad;
+  bad.deadline_us = -5;
+  try {
+    b.submit(1, bad);
+    CHECK(false);
+  } catch (const std::invalid_argument& e) {
+    CHECK(contains(e.what(), "SubmitOptions::deadline_us"));
+  }
+  // A generous deadline changes nothing.
+  SubmitOptions fine;
+  fine.deadline_us = 10000000;
+  auto f = b.submit(std::vector<int>{1, 2, 3}, fine);
+  CHECK(ready(f));
+  CHECK(f.get() == std::vector<int>({1, 2, 3}));
+}
+
+TEST(keys_never_share_a_batch_and_the_function_reads_its_key) {
+  std::mutex mu;
+  int mixed = 0;
+  std::vector<std::uint64_t> seen_keys;
+  Batcher<int, int> b(opts(8, 2000), [&](std::vector<int>& in) {
+    const std::uint64_t key = current_key();
+    std::lock_guard<std::mutex> lock(mu);
+    seen_keys.push_back(key);
+    for (int x : in)
+      if (static_cast<std::uint64_t>(x % 3) + 1 != key) ++mixed;
+    return in;
+  });
+  std::vector<std::future<int>> fs;
+  for (int i = 0; i < 300; ++i) {
+    SubmitOptions m;
+    m.key = static_cast<std::uint64_t>(i % 3) + 1;
+    fs.push_back(b.submit(i, m));
+  }
+  for (int i = 0; i < 300; ++i) {
+    CHECK(ready(fs[i]));
+    CHECK_EQ(fs[i].get(), i);
+  }
+  CHECK_EQ(current_key(), 0u);  // outside a batch function
+  std::lock_guard<std::mutex> lock(mu);
+  CHECK_EQ(mixed, 0);
+  CHECK(!seen_keys.empty());
+}
+
 TEST(length_metadata_respects_max_batch_length) {
   BatchOptions o = opts(64, 60000000);
   o.max_batch_length = 10;

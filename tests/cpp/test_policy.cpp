@@ -1,4 +1,5 @@
 // BatchPolicy on explicit time: every timing rule is checked without sleeping.
+#include <batched/keyed_policy.h>
 #include <batched/policy.h>
 
 #include <vector>
@@ -433,6 +434,122 @@ TEST(random_schedules_respect_limits_and_lose_nothing) {
     for (auto& v : seen)
       for (int c : v) CHECK_EQ(c, 1);
   }
+}
+
+// ---- max_batch_tokens: rows x padded length ----
+
+TEST(token_budget_counts_rows_times_the_padded_length) {
+  // Budget 64 tokens, lengths rounded up to 8: rows of 5, 7, 3 pad to 8 (3 x 8
+  // = 24), a row of 20 pads to 24, making 4 x 24 = 96 > 64: it waits.
+  BatchOptions o = opts(16, 50000);
+  o.max_batch_tokens = 64;
+  o.pad_to_multiple_of = 8;
+  BatchPolicy p(o);
+  const std::uint32_t short_lengths[] = {5, 7, 3};
+  const std::uint32_t long_length[] = {20};
+  const std::uint32_t huge_length[] = {100};
+  Entry a = make(3, 0, 0, short_lengths), b = make(1, 0, 0, long_length), c = make(1, 0, 0, huge_length);
+  p.add(&a);
+  p.add(&b);
+  CHECK(!p.ready(0, kIdle).has_value());  // 8 + 8 + 8 + 24 = 48 padded tokens queued: they might fit
+  Batch out;
+  p.pop(50 * kMs, DispatchReason::kTimeout, out);
+  CHECK(out.size == 3 && out.spans[0].entry == &a);
+  out.clear();
+  p.add(&c);  // 24 + 104 > 64: the queue cannot all fit: a batch leaves
+  CHECK(p.ready(50 * kMs, kIdle) == DispatchReason::kBudget);
+  p.pop(50 * kMs, DispatchReason::kBudget, out);
+  CHECK(out.size == 1 && out.spans[0].entry == &b);
+  out.clear();
+  p.pop(50 * kMs, DispatchReason::kBudget, out);  // longer than the budget: alone
+  CHECK(out.size == 1 && out.spans[0].entry == &c && p.empty());
+}
+
+// ---- KeyedPolicy: grouping keys (docs/semantics.md, 12) ----
+
+namespace {
+Entry keyed(std::uint32_t count, std::uint64_t key, TimePoint at) {
+  Entry e = make(count, 0, at);
+  e.key = key;
+  return e;
+}
+}  // namespace
+
+TEST(keys_never_share_a_batch_and_fill_on_their_own) {
+  KeyedPolicy p(opts(4, 5000));
+  Entry a1 = keyed(3, 1, 0), b1 = keyed(3, 2, 0), a2 = keyed(1, 1, 1 * kMs);
+  p.add(&a1);
+  p.add(&b1);
+  CHECK(!p.ready(1 * kMs - 1, kIdle).has_value());  // 6 items queued, but no key has 4
+  CHECK_EQ(p.keys(), 2u);
+  p.add(&a2);
+  CHECK(p.ready(1 * kMs, kIdle) == DispatchReason::kFull);
+  Batch out;
+  p.pop(1 * kMs, DispatchReason::kFull, out);
+  CHECK_EQ(out.key, 1u);
+  CHECK(out.spans.size() == 2 && out.spans[0].entry == &a1 && out.spans[1].entry == &a2);
+  CHECK_EQ(p.size(), 3u);
+  CHECK_EQ(p.keys(), 1u);  // key 1 emptied: its policy is a spare again
+  CHECK_EQ(p.next_deadline(), 5 * kMs);  // key 2 times out on its own clock
+  CHECK(p.ready(5 * kMs, kIdle) == DispatchReason::kTimeout);
+  out.clear();
+  p.pop(5 * kMs, DispatchReason::kTimeout, out);
+  CHECK(out.key == 2u && out.size == 3u && p.empty());
+}
+
+TEST(a_timed_out_key_goes_before_a_full_one_and_drain_takes_the_fullest) {
+  Entry rare = keyed(1, 9, 0);
+  std::vector<Entry> busy(8);  // declared before the policy: it still holds some at the end
+  for (std::size_t i = 0; i < busy.size(); ++i) busy[i] = keyed(1, 1, 4 * kMs);
+  KeyedPolicy p(opts(4, 5000));
+  p.add(&rare);
+  for (auto& e : busy) p.add(&e);
+  // Key 1 is full, key 9 has waited its timeout: the rare key first.
+  CHECK(p.ready(5 * kMs, kIdle).has_value());
+  Batch out;
+  p.pop(5 * kMs, DispatchReason::kTimeout, out);
+  CHECK_EQ(out.key, 9u);
+  // Drain (the worker came back at 6 ms): of two keys not full, the fuller goes.
+  Entry x = keyed(2, 1, 0), y = keyed(5, 2, 1 * kMs), z = keyed(1, 3, 2 * kMs);
+  KeyedPolicy q(opts(8, 50000));
+  q.add(&x);
+  q.add(&y);
+  q.add(&z);
+  CHECK(q.ready(6 * kMs, 6 * kMs) == DispatchReason::kDrain);
+  out.clear();
+  q.pop(6 * kMs, DispatchReason::kDrain, out);
+  CHECK(out.key == 2u && out.size == 5u);
+}
+
+TEST(many_keys_use_the_index_and_lose_nothing) {
+  // More keys than the linear search covers; keys come and go.
+  KeyedPolicy p(opts(3, 1000));
+  std::vector<Entry> es(200);
+  std::size_t pushed = 0, popped = 0;
+  TimePoint now = 0;
+  for (std::size_t i = 0; i < es.size(); ++i) {
+    es[i] = keyed(1 + static_cast<std::uint32_t>(i % 3), 1 + (i * 7) % 23, now);
+    p.add(&es[i]);
+    pushed += es[i].count;
+    now += 100000;  // 0.1 ms
+    while (auto r = p.ready(now, kIdle)) {
+      Batch out;
+      p.pop(now, *r, out);
+      for (const Span& s : out.spans) CHECK_EQ(s.entry->key, out.key);
+      popped += out.size;
+    }
+  }
+  while (!p.empty()) {
+    now += 1000000;
+    while (auto r = p.ready(now, kIdle)) {
+      Batch out;
+      p.pop(now, *r, out);
+      for (const Span& s : out.spans) CHECK_EQ(s.entry->key, out.key);
+      popped += out.size;
+    }
+  }
+  CHECK_EQ(popped, pushed);
+  CHECK_EQ(p.keys(), 0u);
 }
 
 TEST_MAIN()

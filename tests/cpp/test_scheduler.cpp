@@ -382,6 +382,106 @@ static void fuzz(std::size_t workers, int producers, int calls_per_producer, std
   CHECK_EQ(s.stats().total_dispatched, static_cast<std::uint64_t>(items_pushed.load()));
 }
 
+TEST(deadline_expires_queued_items_unsent_and_counts_them) {
+  // Timeout 50 ms, deadline 10 ms: at 10 ms the call leaves the queue unsent
+  // (docs/semantics.md, section 11), reported by whoever looks.
+  FakeClock clock;
+  BatchOptions o = opts(8, 50000);
+  o.deadline_us = 10000;
+  Scheduler<FakeClock> s(o, clock);
+  Entry a = make(3), b = make(1);
+  b.deadline_ns = 4000000;  // its own, earlier deadline wins
+  CHECK(queued(s.try_push(&a)));
+  CHECK(queued(s.try_push(&b)));
+  CHECK_EQ(a.deadline_ns, 10000000);
+  CHECK_EQ(s.next_expiry(), 4000000);  // after this, a batch sent at once finishes too late
+  std::vector<Expired> gone;
+  clock.advance_us(4000);  // sent now (nothing observed yet: instant), it would just make it
+  s.expire_now(gone);
+  CHECK(gone.empty());
+  clock.advance_ns(1);
+  s.expire_now(gone);
+  CHECK(gone.size() == 1 && gone[0].entry == &b && gone[0].removed == 1u && gone[0].first_left == 0u);
+  CHECK_EQ(s.size_approx(), 3u);
+  clock.advance_us(6000);
+  Batch out;
+  CHECK(!s.try_pop(out));  // nothing to send: only an expiry to report
+  CHECK(out.expired.size() == 1 && out.expired[0].entry == &a && out.expired[0].removed == 3u);
+  CHECK_EQ(out.size, 0u);
+  CHECK_EQ(s.size_approx(), 0u);
+  CHECK_EQ(s.next_expiry(), kNever);
+  CHECK_EQ(s.stats().expired_items, 4u);
+  CHECK_EQ(s.stats().total_dispatched, 0u);
+}
+
+TEST(deadline_sends_early_given_the_observed_batch_time) {
+  // Batches take 3 ms (dispatch to hand-out). A call with a 20 ms deadline and
+  // a 50 ms timeout leaves by 20 - 3 - the 5 ms guard = 12 ms, reason
+  // "deadline"; once it could not finish by its deadline it expires instead.
+  FakeClock clock;
+  Scheduler<FakeClock> s(opts(8, 50000), clock);
+  Entry warm = make(8);
+  CHECK(queued(s.try_push(&warm)));
+  Batch out;
+  CHECK(s.try_pop(out));
+  clock.advance_us(3000);
+  s.finish_batch(out, 3000000, false);
+  s.batch_delivered(out);
+  CHECK_EQ(s.service_estimate_ns(), 3000000);
+  out.clear();
+  const TimePoint t0 = clock.now();
+  Entry a = make(2);
+  a.deadline_ns = t0 + 20000000;
+  CHECK(queued(s.try_push(&a)));
+  CHECK_EQ(s.next_deadline(), t0 + 12000000);
+  CHECK_EQ(s.next_expiry(), t0 + 17000000);
+  clock.advance_us(11999);
+  CHECK(!s.try_pop(out));
+  clock.advance_us(1);
+  CHECK(s.try_pop(out));
+  CHECK(out.reason == DispatchReason::kDeadline);
+  CHECK(out.expired.empty());
+  CHECK_EQ(out.size, 2u);
+  CHECK_EQ(s.stats().batches_by_reason[static_cast<int>(DispatchReason::kDeadline)], 1u);
+  s.finish_batch(out, 1, false);
+  out.clear();
+  // Pushed too late to make it even if sent now: it expires, it is not sent.
+  Entry late = make(1);
+  late.deadline_ns = clock.now() + 2500000;
+  CHECK(queued(s.try_push(&late)));
+  CHECK(!s.try_pop(out));
+  CHECK(out.expired.size() == 1 && out.expired[0].entry == &late);
+}
+
+TEST(watcher_reports_expiry_while_no_worker_looks) {
+  // A thread in wait_expired hears of an expiry at its time, and of a push
+  // with an earlier deadline than the one it sleeps for; shutdown ends it.
+  Scheduler<SteadyClock> s(opts(8, 60000000));
+  Entry far = make(1), near = make(1);
+  far.deadline_ns = s.clock().now() + 30000000000LL;  // 30 s
+  CHECK(queued(s.try_push(&far)));
+  std::vector<Expired> got;
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    std::vector<Expired> batch;
+    while (s.wait_expired(batch)) {
+      got.insert(got.end(), batch.begin(), batch.end());
+      done.store(true);
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // let it sleep for `far`
+  near.deadline_ns = s.clock().now() + 20000000;  // 20 ms
+  CHECK(queued(s.try_push(&near)));
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done.load() && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(done.load());
+  s.shutdown();
+  watcher.join();
+  CHECK(got.size() == 1 && got[0].entry == &near);
+  CHECK_EQ(s.drain().size(), 1u);  // `far` is still queued
+}
+
 TEST(fuzz_one_worker_greedy) { fuzz(1, 4, 20000, 0); }
 TEST(fuzz_one_worker_with_timeout) { fuzz(1, 4, 5000, 200); }
 TEST(fuzz_three_workers) { fuzz(3, 4, 20000, 50); }

@@ -34,7 +34,7 @@ from batched.types import AsyncCache, PriorityStrategy
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any, Callable, Generic, Optional, Protocol, Union, overload
+    from typing import Any, Callable, Hashable, Generic, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
@@ -74,6 +74,8 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
         max_queue_size: Optional[int] = None,
         num_workers: int = 1,
         aging_ms: float = 100.0,
+        deadline_ms: Optional[float] = None,
+        group_by: Optional[Callable[[Any], Hashable]] = None,
     ) -> None:
         self._setup(func, ProcessorOptions.of(locals()))
 

@@ -9,8 +9,13 @@ cdef CBatchOptions _core_options(object options, Collator collator) except *:
     o.small_batch_threshold = options.small_batch_threshold
     o.priority_rule = <CPriorityRule><int>options.priority_rule
     o.aging_us = <int64_t>(options.aging_ms * 1000.0 + 0.5)
+    o.deadline_us = 0 if options.deadline_ms is None else <int64_t>(options.deadline_ms * 1000.0 + 0.5)
     o.max_queue_size = 0 if options.max_queue_size is None else options.max_queue_size
     o.max_batch_length = 0 if options.max_batch_length is None else options.max_batch_length
+    padding = options.padding
+    if padding is not None and padding.max_batch_tokens is not None:
+        o.max_batch_tokens = padding.max_batch_tokens
+        o.pad_to_multiple_of = padding.pad_to_multiple_of or 1
     o.num_workers = options.num_workers
     # A rows call's pieces share one padded length only if it is not split.
     o.keep_calls_whole = collator.keep_calls_whole
@@ -31,6 +36,7 @@ cdef class Engine:
 
     def __cinit__(self, fn, options, str name, Collator collator, Driver driver):
         collator.measure_lengths = (options.max_batch_length is not None or
+                                    (options.padding is not None and options.padding.max_batch_tokens is not None) or
                                     options.priority_rule == <int>CPriorityRule.kSmallFirstThenShortest)
         self.sched = new CScheduler(_core_options(options, collator))
         self.options = options
@@ -38,6 +44,10 @@ cdef class Engine:
         self.name = name
         self.collator = collator
         self.driver = driver
+        self.deadlines = options.deadline_ms is not None
+        self.group_by = options.group_by
+        self.key_ids = {}
+        self.next_key_id = 1  # 0 is "no key"
         _live_engines.add(self)
 
     def __dealloc__(self):
@@ -57,7 +67,12 @@ cdef class Engine:
         if isinstance(request, list) and len(request) == 0:
             return []
         self.driver.refuse_reentry(self)
-        return self.wait_for(self.collator.new_call(request))
+        if self.group_by is None:
+            return self.wait_for(self.collator.new_call(request))
+        parts = self.split(request)
+        if type(parts) is not list:
+            return self.wait_for(self.keyed_call(request, parts))
+        return self.wait_for_parts(parts, len(request))
 
     def submit(self, request, loop):
         """Queues one call (not an empty list) for a caller on ``loop`` and
@@ -65,15 +80,111 @@ cdef class Engine:
         would return. A caller cancelled while awaiting it must call
         ``record.cancel()``: cheaper than a done-callback on every future."""
         self.driver.refuse_reentry(self)
-        cdef _Call c = self.collator.new_call(request)
+        cdef _Call c
+        if self.group_by is None:
+            c = self.collator.new_call(request)
+        else:
+            parts = self.split(request)
+            if type(parts) is list:
+                return _KeyedRecord(self, parts, len(request), loop)
+            c = self.keyed_call(request, parts)
         c.loop = loop
         c.future = loop.create_future()
         self.push(c)
         return c
 
+    # ---- grouping keys (docs/semantics.md, 12) ----
+
+    cdef object split(self, object request):
+        """The key of a call whose items share one (an item's, or a rows
+        call's features'), or, for a list of items of several keys, the
+        parts: a list of (key, positions, items), one per key, in order of
+        first appearance."""
+        group_by = self.group_by
+        if not isinstance(request, list) or not isinstance(self.collator, ItemCollator):
+            return _checked_key(self.name, group_by(request))
+        groups = {}
+        for i, item in enumerate(request):
+            key = _checked_key(self.name, group_by(item))
+            positions = groups.get(key)
+            if positions is None:
+                groups[key] = [i]
+            else:
+                positions.append(i)
+        if len(groups) == 1:
+            return next(iter(groups))
+        return [(key, positions, [request[i] for i in positions]) for key, positions in groups.items()]
+
+    cdef _Call keyed_call(self, object request, object key):
+        """A call record of ``request`` under ``key``: equal keys share an
+        id for the core while any call holds it (release_key)."""
+        cdef _Call c = self.collator.new_call(request)
+        held = self.key_ids.get(key)
+        if held is None:
+            held = [self.next_key_id, 0]
+            self.next_key_id += 1
+            self.key_ids[key] = held
+        held[1] += 1
+        c.key = key
+        c.entry.key = <uint64_t>held[0]
+        return c
+
+    cdef void release_key(self, _Call c):
+        """``c`` is done (or was never queued): it no longer holds its key."""
+        if c.entry.key == 0:
+            return
+        c.entry.key = 0
+        held = self.key_ids.get(c.key)
+        if held is not None:
+            held[1] -= 1
+            if held[1] == 0:
+                del self.key_ids[c.key]
+
+    cdef object wait_for_parts(self, list parts, Py_ssize_t n):
+        """A blocking list call of several keys: one call per key, all queued
+        before waiting for any, the results put back in the caller's order."""
+        cdef _Call c
+        calls = []
+        try:
+            for key, positions, items in parts:
+                c = self.keyed_call(items, key)
+                c.completion = new CCompletion()
+                self.push(c)
+                calls.append((positions, c))
+        except BaseException:
+            for _, c in calls:  # the parts queued already: their results are dropped
+                self.cancel_call(c)
+            raise
+        outcomes = []
+        for positions, c in calls:
+            self.wait_done(c)
+            try:
+                outcomes.append((positions, _outcome(c), None))
+            except BaseException as e:
+                outcomes.append((positions, None, e))
+        return _assemble(outcomes, n)
+
+    cdef int prepare(self, _Call c) except -1:
+        """Gives ``c`` the priority and the deadline in force where it is made
+        (batched.priority, batched.deadline: contextvars); refuses it if that
+        deadline has passed already."""
+        c.entry.priority = <int32_t>get_value(priority_var, 0)
+        at = get_value(deadline_var, None)
+        if at is not None:
+            if <int64_t>at <= monotonic_ns():
+                self.release_key(c)
+                raise DeadlineExceeded(
+                    f"batch processor {self.name!r}: the deadline of this call had passed when it was made")
+            c.entry.deadline_ns = <int64_t>at
+            self.deadlines = True
+        if self.deadlines and not self.driver.watching:
+            self.driver.watch(self)
+        return 0
+
     cdef int push(self, _Call c) except -1:
         """Queues ``c``. The GIL stays held: the push is a few atomic operations,
         and releasing the GIL here would cost a GIL hand-over per call."""
+        self.prepare(c)
         c.engine = self
         if not self.driver.started:
             self.driver.start(self)
@@ -88,6 +199,7 @@ cdef class Engine:
         cdef CPushStatus status
         cdef bint done = False
         cdef bint on_main = PyThread_get_thread_ident() == _main_thread_ident
+        self.prepare(c)
         c.engine = self
         c.completion = new CCompletion()
         if not self.driver.started:
@@ -102,18 +214,30 @@ cdef class Engine:
                     c.completion.wait()
                     done = True
         self.check_push(status, c)
-        while not done:
-            # The main thread waits in slices so Ctrl-C works; its items stay
-            # queued and their results are dropped.
-            PyErr_CheckSignals()
+        if not done:
+            self.wait_done(c)
+        return _outcome(c)
+
+    cdef int wait_done(self, _Call c) except -1:
+        """Waits for a queued blocking call. The main thread waits in slices
+        so Ctrl-C works; its items stay queued and their results are dropped."""
+        cdef bint done = False
+        if PyThread_get_thread_ident() != _main_thread_ident:
+            with nogil:
+                c.completion.wait()
+            return 0
+        while True:
             with nogil:
                 done = c.completion.wait_for_ms(_SIGNAL_CHECK_MS)
-        return _outcome(c)
+            if done:
+                return 0
+            PyErr_CheckSignals()
 
     cdef int check_push(self, CPushStatus status, _Call c) except -1:
         if push_queued(status):
             return 0
         Py_DECREF(c)  # the push did not take it
+        self.release_key(c)
         logger().debug("%r refused a call of %d items (%s)", self.name, c.entry.count,
                        "queue full" if status == kPushQueueFull else "no memory" if status == kPushNoMemory
                        else "shut down")
@@ -145,6 +269,26 @@ cdef class Engine:
             self.driver.cancelled(self)
         return 0
 
+    cdef int fail_expired(self, vector[CExpired]& expired, CPendingNotifications* to_notify) except -1:
+        """Fails the calls whose deadline could no longer be met: their items
+        left the queue unsent (docs/semantics.md, 11). Clears ``expired``."""
+        cdef size_t i
+        cdef _Call c
+        cdef dict by_loop = None
+        if expired.size() == 0:
+            return 0
+        error = DeadlineExceeded(
+            f"batch processor {self.name!r}: the deadline of this call passed, or could no longer be met, "
+            f"before its items were sent to a batch")
+        for i in range(expired.size()):
+            c = <_Call>expired[i].entry.owner
+            c.fail(error, expired[i].first_left)  # each caller raises its own copy (_outcome)
+            by_loop = self.complete(c, expired[i].removed, by_loop, to_notify)
+        expired.clear()
+        if by_loop is not None:
+            _post(by_loop)
+        return 0
+
     # ---- batches (both drivers) ----
 
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1:
@@ -156,11 +300,16 @@ cdef class Engine:
         cdef int64_t t1
         try:
             inputs = self.collator.inputs(batch)
+            token = None
+            if self.group_by is not None:  # batched.current_key(), in this worker's context
+                token = current_key_var.set((<_Call>batch.spans[0].entry.owner).key)
             t0 = monotonic_ns()
             try:
                 out = self.fn(inputs)
             finally:
                 t1 = monotonic_ns()
+                if token is not None:
+                    current_key_var.reset(token)
         except BaseException as e:  # the worker survives whatever happens here
             error = e
             t1 = monotonic_ns()
@@ -183,6 +332,7 @@ cdef class Engine:
             self.hand_out(batch, out, error, to_notify)
         except BaseException as e:  # a bug here must not strand callers
             self.fail_rest(batch, e, to_notify)
+        self.sched.batch_delivered(batch)  # the service estimate of deadlines
         return 0
 
     cdef int hand_out(self, CBatch& batch, object outs, object error,
@@ -256,6 +406,7 @@ cdef class Engine:
                 by_loop[c.loop] = [c]
             else:
                 (<list>calls).append(c)
+        self.release_key(c)
         Py_DECREF(c)  # the scheduler's reference, taken in push()
         return 0
 
@@ -322,6 +473,12 @@ cdef class Driver:
         self.started = True
         return 0
 
+    cdef int watch(self, Engine engine) except -1:
+        """Before the first push of a call with a deadline: from now on, calls
+        that expire are failed when they do, even while every batch slot is busy."""
+        self.watching = True
+        return 0
+
     cdef int pushed(self, Engine engine, CPushStatus status) except -1:
         """After a push that queued a call (``status`` says whether a batch may
         be ready now or the next deadline moved)."""
@@ -349,3 +506,83 @@ cdef object _reentry_error(Engine engine):
     return RuntimeError(
         f"batch function {engine.name!r} called its own processor from inside a batch: "
         f"that call would wait for the batch that makes it; call the function directly")
+
+
+cdef object _checked_key(str name, object key):
+    """A key of group_by, checked hashable (it is a dict key)."""
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(f"group_by of batch processor {name!r} returned an unhashable key: "
+                        f"{type(key).__name__} {key!r}") from None
+    return key
+
+
+cdef object _assemble(list outcomes, Py_ssize_t n):
+    """The results of a list call split by key, in the caller's order; or the
+    error of its first failed item. ``outcomes``: (positions, results, error)."""
+    cdef Py_ssize_t first = n
+    error = None
+    out = [None] * n
+    for positions, results, e in outcomes:
+        if e is not None:
+            if positions[0] < first:  # (a part's error is that of its earliest failed item)
+                first, error = positions[0], e
+            continue
+        for i, r in zip(positions, results):
+            out[i] = r
+    if error is not None:
+        raise error
+    return out
+
+
+cdef class _KeyedRecord:
+    """The record of an asyncio list call split by key: one call per key,
+    one future for the caller (Engine.submit)."""
+    cdef readonly object future
+    cdef list calls  # (positions, _Call)
+    cdef Py_ssize_t n
+    cdef Py_ssize_t left
+
+    def __init__(self, Engine engine, list parts, Py_ssize_t n, loop):
+        cdef _Call c
+        self.future = loop.create_future()
+        self.n = n
+        self.calls = []
+        try:
+            for key, positions, items in parts:
+                c = engine.keyed_call(items, key)
+                c.loop = loop
+                c.future = loop.create_future()
+                engine.push(c)
+                self.calls.append((positions, c))
+        except BaseException:
+            self.cancel()
+            raise
+        self.left = len(self.calls)
+        for _, c in self.calls:
+            c.future.add_done_callback(self._part_done)
+
+    def _part_done(self, fut):
+        cdef _Call c
+        self.left -= 1
+        if self.left or self.future.done():
+            return
+        outcomes = []
+        for positions, c in self.calls:
+            f = c.future
+            if f.cancelled():
+                return  # the caller was cancelled: nothing to deliver
+            e = f.exception()
+            outcomes.append((positions, None if e is not None else f.result(), e))
+        try:
+            self.future.set_result(_assemble(outcomes, self.n))
+        except BaseException as e:
+            self.future.set_exception(e)
+
+    def cancel(self):
+        """The awaiting caller was cancelled: every part leaves the queue."""
+        cdef _Call c
+        for _, c in self.calls:
+            c.future.cancel()
+            c.cancel()

@@ -25,9 +25,10 @@ cdef class LoopDriver(Driver):
     """The same policy, driven from one event loop instead of sleeping
     threads: after a push that may make a batch ready (the scheduler says so),
     after a batch returns, and when the one ``loop.call_at`` timer fires (armed
-    for the policy's next deadline), the driver pops what is ready and runs
-    each batch as a task on the loop, at most ``num_workers`` at once. Idle: no
-    timer. An engine with this driver serves callers of this loop only
+    for the policy's next deadline; while every batch slot is busy, for the
+    first expiry of a call with a deadline), the driver fails the calls that
+    expired, pops what is ready and runs each batch as a task on the loop, at
+    most ``num_workers`` at once. Idle: no timer. An engine with this driver serves callers of this loop only
     (batched.aio makes one per loop), so a batch always runs on its callers' loop.
     """
 
@@ -45,8 +46,11 @@ cdef class LoopDriver(Driver):
 
     cdef int pushed(self, Engine engine, CPushStatus status) except -1:
         # Otherwise the armed timer, or a batch that returns, will drive.
-        if status == kPushOkMayDispatch and self.in_flight < self.num_workers:
-            self.drive(engine)
+        if status == kPushOkMayDispatch:
+            if self.in_flight < self.num_workers:
+                self.drive(engine)
+            elif self.watching:
+                self.arm_timer(engine)  # its expiry may come before any batch returns
         return 0
 
     cdef int cancelled(self, Engine engine) except -1:
@@ -78,6 +82,7 @@ cdef class LoopDriver(Driver):
 
     cdef int after_fork(self) except -1:
         self.timer = None
+        self.watching = False
         self.running = set()
         self.in_flight = 0
         self.finished_ns = kNotFinished
@@ -86,11 +91,18 @@ cdef class LoopDriver(Driver):
     cdef int drive(self, Engine engine) except -1:
         """Dispatches what is ready, then arms the timer. On the loop's thread."""
         cdef _LoopBatch b
+        cdef vector[CExpired] expired
+        cdef bint popped
+        if self.in_flight >= self.num_workers and self.watching:
+            engine.sched.expire_now(expired)
+            engine.fail_expired(expired, NULL)
         while self.in_flight < self.num_workers:
             b = _LoopBatch.__new__(_LoopBatch)
             b.batch.finished_ns = self.finished_ns  # the batch that just returned: the drain rule
             self.finished_ns = kNotFinished
-            if not engine.sched.try_pop(b.batch):
+            popped = engine.sched.try_pop(b.batch)
+            engine.fail_expired(b.batch.expired, NULL)
+            if not popped:
                 break
             self.in_flight += 1
             b.t0 = monotonic_ns()
@@ -105,8 +117,14 @@ cdef class LoopDriver(Driver):
         return self.arm_timer(engine)
 
     cdef int arm_timer(self, Engine engine) except -1:
-        cdef int64_t deadline = engine.sched.next_deadline()
-        if deadline == kNeverNs or self.in_flight >= self.num_workers:
+        cdef int64_t deadline
+        if self.in_flight < self.num_workers:
+            deadline = engine.sched.next_deadline()
+        elif self.watching:
+            deadline = engine.sched.next_expiry()  # a batch that returns will drive; expiry cannot wait
+        else:
+            deadline = kNeverNs  # a batch that returns will drive
+        if deadline == kNeverNs:
             # nothing waits, or a batch that returns will drive: no timer
             if self.timer is not None:
                 self.timer.cancel()
@@ -117,6 +135,12 @@ cdef class LoopDriver(Driver):
                 return 0  # an earlier or equal timer is armed already
             self.timer.cancel()
         cdef double delay = max(0.0, (deadline - monotonic_ns()) / 1e9)
+        if delay > 0.05:
+            # Linux lets a long poll timeout (the loop's selector) fire late by
+            # 0.1 % of it (5 ms for 5 s); a deadline's guard is 5 ms (policy.h). Wake a
+            # little early instead: the drive then finds nothing ready and
+            # arms a short timer for the rest.
+            delay -= delay / 256 + 0.001
         self.timer = self.loop.call_at(self.loop.time() + delay, self.on_timer, engine)
         self.timer_deadline = deadline
         return 0
@@ -156,6 +180,8 @@ async def _run_on_loop(Engine engine, _LoopBatch b):
     out = None
     error = None
     _running_batch.set(b)  # this task's context, and that of tasks it starts
+    if engine.group_by is not None:
+        current_key_var.set((<_Call>b.batch.spans[0].entry.owner).key)  # batched.current_key()
     try:
         inputs = engine.collator.inputs(b.batch)
         b.t0 = monotonic_ns()

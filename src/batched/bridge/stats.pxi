@@ -27,6 +27,7 @@ cdef dict _snapshot(const CBatchStats& s, object latency_bounds_s):
         "failed_items": s.failed_items,
         "rejected_items": s.rejected_items,
         "cancelled_items": s.cancelled_items,
+        "expired_items": s.expired_items,
         "oldest_wait_ms": s.oldest_wait_ns / 1e6,
         "total_run_s": s.total_run_ns / 1e9,
         "queue_wait_ms": tuple([s.queue_wait.quantile(q) / 1e6 for q in (0.5, 0.95, 0.99)]),

@@ -13,7 +13,10 @@ cdef class ThreadDriver(Driver):
     in Scheduler::wait_pop without the GIL. A worker takes the GIL to run the
     batch function and hand out the results, and wakes the batch's blocking
     callers only after releasing it, so they do not queue for a GIL it still
-    holds. Pushes wake a sleeping worker themselves (scheduler.h)."""
+    holds. Pushes wake a sleeping worker themselves (scheduler.h). Once a
+    call has a deadline, one more thread watches the queue, so a caller hears
+    that its deadline could not be met when that happens, even while every
+    worker runs a batch."""
 
     def __init__(self, size_t num_workers):
         self.num_workers = num_workers
@@ -31,6 +34,17 @@ cdef class ThreadDriver(Driver):
                 self.threads.append(t)
             self.started = True
         logger().debug("%r started %d worker thread(s)", engine.name, self.num_workers)
+        return 0
+
+    cdef int watch(self, Engine engine) except -1:
+        with self.start_lock:
+            if self.watching or engine.closed:
+                return 0
+            t = threading.Thread(target=_watch, args=(engine,), daemon=True,
+                                 name=f"batched:{engine.name}:deadlines")
+            t.start()
+            self.threads.append(t)
+            self.watching = True
         return 0
 
     cdef int refuse_reentry(self, Engine engine) except -1:
@@ -52,6 +66,7 @@ cdef class ThreadDriver(Driver):
     cdef int after_fork(self) except -1:
         self.threads = []
         self.started = False
+        self.watching = False
         self.start_lock = threading.Lock()
         return 0
 
@@ -72,6 +87,22 @@ def _work(Engine engine):
         if not ok:
             return
         try:
-            engine.run_batch(batch, to_notify)
+            engine.fail_expired(batch.expired, &to_notify)
+            if batch.size:
+                engine.run_batch(batch, to_notify)
         except BaseException as e:  # a bug here must not strand callers
             engine.fail_rest(batch, e, to_notify)
+
+
+def _watch(Engine engine):
+    """The deadline watcher's body: fails calls as they expire."""
+    cdef vector[CExpired] expired
+    cdef CPendingNotifications to_notify
+    cdef bint ok
+    while True:
+        with nogil:
+            to_notify.notify_all()
+            ok = engine.sched.wait_expired(expired)
+        if not ok:
+            return
+        engine.fail_expired(expired, &to_notify)

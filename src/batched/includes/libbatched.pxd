@@ -20,7 +20,10 @@ cdef extern from "batched/options.h" namespace "batched" nogil:
         size_t small_batch_threshold
         CPriorityRule priority_rule
         uint64_t max_batch_length
+        uint64_t max_batch_tokens
+        uint32_t pad_to_multiple_of
         int64_t aging_us
+        int64_t deadline_us
         size_t max_queue_size
         size_t num_workers
         cbool keep_calls_whole
@@ -32,6 +35,8 @@ cdef extern from "batched/entry.h" namespace "batched" nogil:
         uint32_t count
         int32_t priority
         const uint32_t* lengths
+        int64_t deadline_ns
+        uint64_t key
         int64_t enqueue_ns
         uint32_t taken
         uint32_t first_left
@@ -41,9 +46,16 @@ cdef extern from "batched/entry.h" namespace "batched" nogil:
         uint32_t begin
         uint32_t count
 
+    cdef cppclass CExpired "batched::Expired":
+        CEntry* entry
+        uint32_t removed
+        uint32_t first_left
+
     cdef cppclass CBatch "batched::Batch":
         vector[CSpan] spans
+        vector[CExpired] expired
         size_t size
+        uint64_t key
         int64_t finished_ns
 
     cdef enum class CDispatchReason "batched::DispatchReason":
@@ -51,6 +63,7 @@ cdef extern from "batched/entry.h" namespace "batched" nogil:
         kTimeout "batched::DispatchReason::kTimeout"
         kBudget "batched::DispatchReason::kBudget"
         kDrain "batched::DispatchReason::kDrain"
+        kDeadline "batched::DispatchReason::kDeadline"
 
     const int64_t kNeverNs "batched::kNever"
     const int64_t kNotFinished "batched::Batch::kNotFinished"
@@ -80,21 +93,25 @@ cdef extern from "batched/stats.h" namespace "batched" nogil:
         uint64_t failed_items
         uint64_t rejected_items
         uint64_t cancelled_items
+        uint64_t expired_items
         int64_t oldest_wait_ns
         int64_t total_run_ns
-        uint64_t batches_by_reason[4]
+        uint64_t batches_by_reason[5]
         CLatencyHistogram queue_wait
         CLatencyHistogram batch_latency
         vector[uint64_t] batch_sizes
 
 
-cdef extern from "batched/policy.h" namespace "batched" nogil:
-    cdef cppclass CBatchPolicy "batched::BatchPolicy":
-        CBatchPolicy(const CBatchOptions& options) except +
+cdef extern from "batched/keyed_policy.h" namespace "batched" nogil:
+    cdef cppclass CKeyedPolicy "batched::KeyedPolicy":
+        CKeyedPolicy(const CBatchOptions& options) except +
         void add(CEntry* e) except +
         uint32_t remove(CEntry* e) except +
         optional[CDispatchReason] ready(int64_t now, int64_t busy_until)
         int64_t next_deadline()
+        int64_t next_expiry()
+        void set_service_ns(int64_t ns)
+        void expire(int64_t now, vector[CExpired]& out) except +
         void pop(int64_t now, CDispatchReason reason, CBatch& out) except +
         size_t size()
 
@@ -132,6 +149,11 @@ cdef extern from "_glue.h" nogil:
         uint32_t cancel(CEntry* entry) except +
         cbool try_pop(CBatch& out) except +
         int64_t next_deadline() except +
+        int64_t next_expiry() except +
+        void expire_now(vector[CExpired]& out) except +
+        cbool wait_expired(vector[CExpired]& out) except +
+        void batch_delivered(const CBatch& batch) except +
+        int64_t service_estimate_ns()
         size_t size_approx()
         CBatchStats stats() except +
         void reset_stats() except +

@@ -19,7 +19,7 @@ from batched.decorator import Dynamically, _is_coroutine_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Union, overload
+    from typing import Any, Callable, Hashable, Iterable, Literal, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
@@ -50,6 +50,8 @@ class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
       sizes, with rows of pad only whose outputs are dropped; with
       ``pad_to_multiple_of`` this keeps the shapes a compiled model sees few.
     - ``max_batch_length``: the most row length (summed, first feature) in a batch.
+    - ``max_batch_tokens``: the most rows × padded length (after
+      ``pad_to_multiple_of``, first feature) in a batch; a longer call goes alone.
     """
 
     def __init__(
@@ -67,9 +69,12 @@ class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
         pad_to_multiple_of: Optional[int] = None,
         batch_size_buckets: Optional[Iterable[int]] = None,
         max_batch_length: Optional[int] = None,
+        max_batch_tokens: Optional[int] = None,
         max_queue_size: Optional[int] = None,
         num_workers: int = 1,
         aging_ms: float = 100.0,
+        deadline_ms: Optional[float] = None,
+        group_by: Optional[Callable[[Any], Hashable]] = None,
         priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:
         self._setup(_func, ProcessorOptions.of(locals()))

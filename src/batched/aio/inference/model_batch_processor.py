@@ -16,7 +16,7 @@ from batched.types import PriorityStrategy
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable, Mapping
-    from typing import Any, Callable, Literal, Optional, Protocol, Union, overload
+    from typing import Any, Callable, Hashable, Literal, Optional, Protocol, Union, overload
 
     from typing_extensions import Unpack
 
@@ -33,7 +33,8 @@ class AsyncModelBatchProcessor(PaddingAttributes, AsyncBatchProcessor[Features, 
     ``await processor(features)`` (or ``processor(**features)``) gives this
     call's rows of the model's output. The parameters are those of
     ``AsyncBatchProcessor`` and of ``batched.inference.ModelBatchProcessor``;
-    ``max_batch_length`` counts row lengths (of the first feature). With a
+    ``max_batch_length`` counts row lengths (of the first feature),
+    ``max_batch_tokens`` rows × padded length. With a
     ``cache``, a call's whole feature dict is the key.
     """
 
@@ -74,9 +75,12 @@ class AsyncModelBatchProcessor(PaddingAttributes, AsyncBatchProcessor[Features, 
         device: Any = None,
         pad_to_multiple_of: Optional[int] = None,
         batch_size_buckets: Optional[Iterable[int]] = None,
+        max_batch_tokens: Optional[int] = None,
         max_queue_size: Optional[int] = None,
         num_workers: int = 1,
         aging_ms: float = 100.0,
+        deadline_ms: Optional[float] = None,
+        group_by: Optional[Callable[[Any], Hashable]] = None,
     ) -> None:
         self._setup(_func, ProcessorOptions.of(locals()))
 

@@ -1,0 +1,92 @@
+"""Request-scoped settings: a priority and a deadline for every call made
+inside a ``with`` block (docs/semantics.md, sections 3 and 11).
+
+    with batched.deadline(200):          # whatever this request calls must be done in 200 ms
+        with batched.priority(-1):       # and goes ahead of priority 0 (the default)
+            vec = embed(text)
+
+Both live in ``contextvars`` variables, so they follow the code that sets
+them: a thread, an asyncio task and the tasks it starts, a FastAPI handler or
+middleware. The bridge reads them when a call is queued (bridge/engine.pxi).
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+from batched._core import clock_ns, deadline_var, priority_var
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Optional
+
+_INT32 = (-(2**31), 2**31 - 1)
+_MAX_MS = 1e9  # as every duration option (batched._options.MAX_MS)
+
+
+class priority:
+    """``with batched.priority(level):`` calls made inside the block (and in the
+    tasks it starts) rank by ``level``: lower goes first, before the size rule
+    of ``small_batch_threshold`` and arrival order; 0 is the default. Aging
+    still applies, so no level starves another (docs/semantics.md, 3).
+
+    ``level`` is an int from -2**31 to 2**31 - 1. Blocks nest: the innermost
+    level applies."""
+
+    __slots__ = ("level", "_tokens")
+
+    def __init__(self, level: int) -> None:
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise TypeError(f"priority level must be an int, got {type(level).__name__} {level!r}")
+        if not _INT32[0] <= level <= _INT32[1]:
+            raise ValueError(f"priority level must be between -2**31 and 2**31 - 1, got {level}")
+        self.level = level
+        self._tokens: list[contextvars.Token[int]] = []
+
+    def __enter__(self) -> priority:
+        self._tokens.append(priority_var.set(self.level))
+        return self
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        priority_var.reset(self._tokens.pop())
+
+    def __repr__(self) -> str:
+        return f"batched.priority({self.level})"
+
+
+class deadline:
+    """``with batched.deadline(ms):`` calls made inside the block (and in the
+    tasks it starts) must be done within ``ms`` milliseconds of entering it.
+    Their items are sent early enough to finish in time, given the batch time
+    the processor has observed; an item that could no longer finish in time
+    leaves the queue unsent, and its caller gets ``batched.DeadlineExceeded``
+    (a ``TimeoutError``) at that moment (docs/semantics.md, 11). A call made
+    after the deadline has passed raises it at once.
+
+    Blocks nest: the earliest deadline applies (an inner block cannot extend
+    an outer one). A processor's ``deadline_ms`` option applies too, if earlier."""
+
+    __slots__ = ("ms", "_tokens")
+
+    def __init__(self, ms: float) -> None:
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)):
+            raise TypeError(f"deadline must be a number of milliseconds, got {type(ms).__name__} {ms!r}")
+        if not 0 <= ms <= _MAX_MS:  # also refuses nan
+            raise ValueError(f"deadline must be between 0 and {_MAX_MS:.0e} ms, got {ms}")
+        self.ms = ms
+        self._tokens: list[contextvars.Token[Optional[int]]] = []
+
+    def __enter__(self) -> deadline:
+        at = clock_ns() + int(self.ms * 1e6)
+        outer = deadline_var.get()
+        self._tokens.append(deadline_var.set(at if outer is None or at < outer else outer))
+        return self
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        deadline_var.reset(self._tokens.pop())
+
+    def __repr__(self) -> str:
+        return f"batched.deadline({self.ms})"
