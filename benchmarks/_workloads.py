@@ -98,7 +98,7 @@ class Workload:
     timeout_s: float = 120.0  # one run, one process
 
 
-THEMES = ("threads", "asyncio", "idle", "inference", "import", "gpu", "http", "ray")
+THEMES = ("threads", "asyncio", "idle", "inference", "import", "gpu", "http", "ray", "traffic")
 WORKLOADS: dict[str, Workload] = {}
 
 
@@ -675,11 +675,33 @@ def w_aio_cancel10k(cfg: dict, out: dict) -> None:
 
 
 
+def _row_requests(nthreads: int, pool: int, lo: int, hi: int, seed: int,
+                  torch: Any = None) -> list[list[tuple[dict[str, Any], int]]]:
+    """`pool` requests per thread, made before timing: one row {"input_ids",
+    "attention_mask"} int64 [1, L], L in lo..hi, and the result the model gives for it
+    ((ids * mask).sum(1) + mask.sum(1)); ids[0, 0] carries the thread id and the number."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    reqs = []
+    for tid in range(nthreads):
+        mine = []
+        for i in range(pool):
+            length = int(rng.integers(lo, hi + 1))
+            ids = rng.integers(1, 30_000, size=(1, length), dtype=np.int64)
+            ids[0, 0] = tid * 1_000_000 + i
+            mask = np.ones((1, length), dtype=np.int64)
+            expected = int(ids.sum()) + length
+            if torch is not None:
+                ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+            mine.append(({"input_ids": ids, "attention_mask": mask}, expected))
+        reqs.append(mine)
+    return reqs
+
+
 def _infer16(cfg: dict, out: dict) -> None:
     """16 threads in a closed loop, each calling a model with one row of random length
     ({"input_ids", "attention_mask"}, int64 [1, L]); every result is checked against its input."""
-    import numpy as np
-
     torch = None
     if cfg["backend"] == "torch":
         import torch
@@ -704,21 +726,7 @@ def _infer16(cfg: dict, out: dict) -> None:
                                   pad_tokens={"input_ids": 0}, padding_side="right")(model)
         _processors.append(f)
 
-    # Requests generated before timing: ids[0, 0] carries the thread id and the request's number.
-    rng = np.random.default_rng(16)
-    reqs: list[list[tuple[dict[str, Any], int]]] = []
-    for tid in range(nthreads):
-        mine = []
-        for i in range(pool):
-            length = int(rng.integers(lo, hi + 1))
-            ids = rng.integers(1, 30_000, size=(1, length), dtype=np.int64)
-            ids[0, 0] = tid * 1_000_000 + i
-            mask = np.ones((1, length), dtype=np.int64)
-            expected = int(ids.sum()) + length
-            if torch is not None:
-                ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-            mine.append(({"input_ids": ids, "attention_mask": mask}, expected))
-        reqs.append(mine)
+    reqs = _row_requests(nthreads, pool, lo, hi, 16, torch)
     for feats, expected in reqs[0][:4]:  # warm-up (starts the worker); checked too
         got = f(feats).tolist()
         if got != [expected]:
@@ -852,87 +860,121 @@ def w_pad64(cfg: dict, out: dict) -> None:
     out["info"].update(impl=impl, row_bytes=int(src.nbytes), padded_bytes=int(big.nbytes), max_len=max(lengths))
 
 
+class _Device:
+    """The modeled GPU (see GPU_MODEL): one batch at a time, in submission order (a
+    one-thread executor); a batch of n items costs launch_ms + n * per_item_ms, with the
+    GIL released. `started` records (start time, items) of every batch it ran."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.launch, self.per = float(cfg["launch_ms"]) / 1e3, float(cfg["per_item_ms"]) / 1e3
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="device")
+        self.started: list[tuple[float, list[Any]]] = []
+
+    def kernel(self, items: list[Any]) -> list[Any]:
+        _sizes.append(len(items))
+        self.started.append((time.perf_counter(), list(items)))
+        time.sleep(self.launch + self.per * len(items))  # the GIL is released while the device computes
+        return list(items)
+
+    def run(self, items: list[Any]) -> list[Any]:
+        """The user's (sync) model function: returns when the device has run the batch."""
+        return self.pool.submit(self.kernel, items).result()
+
+    async def arun(self, items: list[Any]) -> list[Any]:
+        import asyncio
+
+        return await asyncio.wrap_future(self.pool.submit(self.kernel, items))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _poisson(rate: float, until: float, seed: int) -> list[float]:
+    """Arrival times (s from the start) of a Poisson process; the same for every system."""
+    rng = random.Random(seed)
+    arrivals: list[float] = []
+    t = rng.expovariate(rate)
+    while t < until:
+        arrivals.append(t)
+        t += rng.expovariate(rate)
+    return arrivals
+
+
+async def _open_loop(arrivals: list[float], request: Callable[[int], Any], warm: float, secs: float,
+                     drain: float, t0: float) -> tuple[float, tuple[int, int]]:
+    """Starts request(i) (a coroutine function) at t0 + arrivals[i] (perf_counter), open
+    loop; waits for the stragglers until warm + secs + drain, then cancels them. Returns
+    the cut-off (s from t0) and the batch counts (_sizes) at the start and the end of
+    the measured window."""
+    import asyncio
+
+    clock = time.perf_counter
+    tasks = []
+    marks = [0, 0]
+    i, n = 0, len(arrivals)
+    while i < n:
+        now = clock() - t0
+        if not marks[0] and now >= warm:
+            marks[0] = len(_sizes)
+        while i < n and arrivals[i] <= now:
+            tasks.append(asyncio.ensure_future(request(i)))
+            i += 1
+        if i < n:
+            await asyncio.sleep(arrivals[i] - (clock() - t0))
+    await asyncio.sleep(max(0.0, warm + secs - (clock() - t0)))
+    marks[1] = len(_sizes)
+    _done, pending = await asyncio.wait(tasks, timeout=max(0.0, t0 + warm + secs + drain - clock())) \
+        if tasks else (set(), set())
+    cutoff = clock() - t0
+    for task in pending:  # still queued after the drain time: censored (counted at their age)
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return cutoff, (marks[0], marks[1])
+
+
 def w_gpu(cfg: dict, out: dict) -> None:
     """The modeled GPU (see GPU_MODEL) driven open loop at cfg["load"] x its capacity."""
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
-    launch, per = float(cfg["launch_ms"]) / 1e3, float(cfg["per_item_ms"]) / 1e3
     cap = gpu_capacity(cfg)
     rate = float(cfg["load"]) * cap
     warm, secs, drain = float(cfg["warmup_s"]), float(cfg["seconds"]), float(cfg["drain_s"])
-    device = ThreadPoolExecutor(1, thread_name_prefix="device")  # one batch at a time, in submission order
-
-    def kernel(items: list[int]) -> list[int]:
-        _sizes.append(len(items))
-        time.sleep(launch + per * len(items))  # the GIL is released while the device computes
-        return list(items)
-
-    def model(items: list[int]) -> list[int]:
-        """The user's (sync) model function: returns when the device has run the batch."""
-        return device.submit(kernel, items).result()
+    device = _Device(cfg)
 
     if IMPL == "none":
         async def call(i: int) -> int:  # one device call per request
-            return (await asyncio.wrap_future(device.submit(kernel, [i])))[0]
+            return (await device.arun([i]))[0]
     elif IMPL == "serve":  # @serve.batch takes an async function: it awaits the device
-        async def on_device(items: list[int]) -> list[int]:
-            return await asyncio.wrap_future(device.submit(kernel, items))
-
-        call = _serve_batch(on_device, cfg)
+        call = _serve_batch(device.arun, cfg)
     else:
         from batched import aio
 
-        call = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(model)
+        call = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]))(device.run)
         _processors.append(call)
 
-    rng = random.Random(int(cfg.get("seed", 0)) * 1000 + int(round(float(cfg["load"]) * 100)))
-    arrivals: list[float] = []  # seconds from the start; the same sequence for every system (same seed)
-    t = rng.expovariate(rate)
-    while t < warm + secs:
-        arrivals.append(t)
-        t += rng.expovariate(rate)
+    arrivals = _poisson(rate, warm + secs, int(cfg.get("seed", 0)) * 1000 + int(round(float(cfg["load"]) * 100)))
     n = len(arrivals)
     done_at = [float("nan")] * n
     bad = [0]
-    clock = time.perf_counter
-    t0 = 0.0
-    marks = [0, 0]
+    t0 = [0.0]
 
     async def request(i: int) -> None:
         r = await call(i)
-        done_at[i] = clock() - t0
+        done_at[i] = time.perf_counter() - t0[0]
         if r != i:
             bad[0] += 1
 
-    async def main() -> float:
-        nonlocal t0
+    async def main() -> tuple[float, tuple[int, int]]:
         for i in range(3):  # start the worker and the device thread
             if await call(-1 - i) != -1 - i:
                 out["errors"].append("warm-up call returned a wrong result")
-        tasks = []
-        t0 = clock()
-        i = 0
-        while i < n:
-            now = clock() - t0
-            if not marks[0] and now >= warm:
-                marks[0] = len(_sizes)
-            while i < n and arrivals[i] <= now:
-                tasks.append(asyncio.ensure_future(request(i)))
-                i += 1
-            if i < n:
-                await asyncio.sleep(arrivals[i] - (clock() - t0))
-        await asyncio.sleep(max(0.0, warm + secs - (clock() - t0)))
-        marks[1] = len(_sizes)
-        _done, pending = await asyncio.wait(tasks, timeout=max(0.0, t0 + warm + secs + drain - clock()))
-        cutoff = clock() - t0
-        for task in pending:  # still queued after the drain time: censored (counted at their age)
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        return cutoff
+        t0[0] = time.perf_counter()
+        return await _open_loop(arrivals, request, warm, secs, drain, t0[0])
 
-    cutoff = asyncio.run(main())
-    device.shutdown(wait=True, cancel_futures=True)
+    cutoff, marks = asyncio.run(main())
+    device.close()
     measured = [i for i in range(n) if warm <= arrivals[i] < warm + secs]
     lats = [(done_at[i] if done_at[i] == done_at[i] else cutoff) - arrivals[i] for i in measured]
     unfinished = sum(1 for i in measured if done_at[i] != done_at[i])
@@ -977,6 +1019,397 @@ for _pct in GPU_LOADS:
              f"async function awaiting the device, same settings",
              _c, _gpu_metrics(_pct == GPU_TARGET_LOAD), quick=GPU_QUICK, none=True, serve=True,
              default=False)(w_gpu)
+
+# ---------------------------------------------------------------- production traffic
+
+# The modeled GPU under traffic that is not one stream of equal items (docs/semantics.md,
+# sections 3, 11 and 12). batched 0.1.5 has no deadlines, priorities or keys: it runs the
+# same traffic with what it has (no deadline; arrival order; one processor per key).
+
+def _ALWAYS(o: float, r: float) -> bool:
+    """A target judged by its `also` condition alone (it compares metrics of ours)."""
+    return True
+
+
+def _has(feature: str) -> bool:
+    import batched
+
+    return hasattr(batched, feature)
+
+
+def _phase(cfg: dict[str, Any], load: float, make_call: Callable[[_Device], Any],
+           request_meta: Callable[[int], dict[str, Any]], seed: int) -> dict[str, Any]:
+    """One open-loop run on a fresh device and processor at `load` x capacity: per
+    request its arrival, when it was answered (nan if not), its outcome ("ok", "expired",
+    "wrong", "cancelled") and its metadata; and the device's batches."""
+    import asyncio
+
+    warm, secs, drain = float(cfg["warmup_s"]), float(cfg["seconds"]), float(cfg["drain_s"])
+    device = _Device(cfg)
+    call = make_call(device)
+    arrivals = _poisson(load * gpu_capacity(cfg), warm + secs, seed)
+    n = len(arrivals)
+    meta = [request_meta(i) for i in range(n)]
+    done_at = [float("nan")] * n
+    outcome = ["cancelled"] * n
+    t0 = [0.0]
+
+    async def request(i: int) -> None:
+        try:  # (age: how late the loop started it; a server counts a deadline from arrival)
+            r = await call(i, meta[i], time.perf_counter() - t0[0] - arrivals[i])
+        except TimeoutError:  # batched.DeadlineExceeded
+            outcome[i] = "expired"
+            done_at[i] = time.perf_counter() - t0[0]
+            return
+        done_at[i] = time.perf_counter() - t0[0]
+        outcome[i] = "ok" if r == i else "wrong"
+
+    async def main() -> tuple[float, tuple[int, int]]:
+        for i in range(3):  # start the worker and the device thread
+            await call(-1 - i, request_meta(-1 - i), 0.0)
+        t0[0] = time.perf_counter()
+        return await _open_loop(arrivals, request, warm, secs, drain, t0[0])
+
+    cutoff, marks = asyncio.run(main())
+    device.close()
+    for p in _processors:
+        stop = getattr(p, "shutdown", None)
+        if stop is not None:
+            stop()
+    _processors.clear()
+    return {"arrivals": arrivals, "done_at": done_at, "outcome": outcome, "meta": meta, "cutoff": cutoff,
+            "marks": marks, "started": [(t - t0[0], items) for t, items in device.started], "warm": warm,
+            "secs": secs, "n": n}
+
+
+def _window(ph: dict[str, Any]) -> list[int]:
+    return [i for i in range(ph["n"]) if ph["warm"] <= ph["arrivals"][i] < ph["warm"] + ph["secs"]]
+
+
+def _answered_per_s(ph: dict[str, Any], within: float = float("inf")) -> float:
+    """Requests answered with their result inside the window, within `within` s of arrival, per s."""
+    w0, w1 = ph["warm"], ph["warm"] + ph["secs"]
+    ok = sum(1 for i in range(ph["n"]) if ph["outcome"][i] == "ok" and w0 <= ph["done_at"][i] < w1
+             and ph["done_at"][i] - ph["arrivals"][i] <= within)
+    return ok / ph["secs"]
+
+
+def _aio_model(cfg: dict[str, Any], device: _Device, **options: Any) -> Any:
+    from batched import aio
+
+    f = aio.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]), **options)(device.run)
+    _processors.append(f)
+    return f
+
+
+def _plain_calls(cfg: dict[str, Any]) -> Callable[[_Device], Any]:
+    """For _phase: requests awaiting a plain aio processor of the device."""
+
+    def make(device: _Device) -> Any:
+        f = _aio_model(cfg, device)
+
+        async def call(i: int, meta: dict, age_s: float) -> Any:
+            return await f(i)
+
+        return call
+
+    return make
+
+
+DEADLINE150 = dict(GPU_MODEL, load=1.5, deadline_ms=100.0, seconds=4.0)
+
+
+@workload("deadline150", "traffic",
+          "modeled GPU (8 ms + 0.1 ms/item), aio, Poisson arrivals at 150 % of capacity, every request "
+          "with a 100 ms deadline (`with batched.deadline(100)`; 0.1.5 has none); batch_size=32, "
+          "timeout_ms=5; beside it the same set-up at 100 % load without deadlines, and (ours) at 150 % "
+          "without deadlines",
+          DEADLINE150,
+          [Metric("capacity_rps", "answered/s at 100 % load", rate),
+           Metric("on_time_rps", "answered within 100 ms/s, 150 %", rate,
+                  "≥ 0.9× answered/s at 100 % load", _ALWAYS,
+                  also=lambda med: (med["on_time_rps"]["ours"] or 0) >= 0.9 * (med["capacity_rps"]["ours"] or 1)),
+           Metric("on_time_pct", "answered within 100 ms, 150 %", lambda v: f"{v:.1f} %"),
+           Metric("on_time_rps_no_deadline", "ours without deadlines: within 100 ms/s", rate),
+           Metric("expired_pct", "DeadlineExceeded", lambda v: f"{v:.1f} %"),
+           Metric("late_sent", "sent after its deadline had passed", count, "0", lambda o, r: o == 0),
+           Metric("late_answers", "computed, answered late", count),
+           AVG_BATCH],
+          quick=GPU_QUICK, default=False, timeout_s=240.0)
+def w_deadline150(cfg: dict, out: dict) -> None:
+    deadlines = _has("deadline")
+    limit_s = float(cfg["deadline_ms"]) / 1e3
+    seed = int(cfg.get("seed", 0)) * 1000 + 150
+
+    plain = _plain_calls(cfg)
+
+    def with_deadline(device: _Device) -> Any:
+        import batched
+
+        f = _aio_model(cfg, device)
+
+        async def call(i: int, meta: dict, age_s: float) -> Any:
+            # as a FastAPI middleware would set it, from the request's arrival
+            with batched.deadline(max(0.0, float(cfg["deadline_ms"]) - 1e3 * age_s)):
+                return await f(i)
+
+        return call
+
+    base = _phase(cfg, 1.0, plain, lambda i: {}, seed)
+    ph = _phase(cfg, float(cfg["load"]), with_deadline if deadlines else plain, lambda i: {}, seed + 1)
+    m = out["metrics"]
+    m["capacity_rps"] = _answered_per_s(base)
+    m["on_time_rps"] = _answered_per_s(ph, limit_s)
+    win = _window(ph)
+    m["on_time_pct"] = 100.0 * sum(1 for i in win if ph["outcome"][i] == "ok"
+                                   and ph["done_at"][i] - ph["arrivals"][i] <= limit_s) / max(1, len(win))
+    m["expired_pct"] = 100.0 * sum(1 for i in win if ph["outcome"][i] == "expired") / max(1, len(win))
+    arrivals = ph["arrivals"]
+    late_sent = late_answers = 0
+    for t, items in ph["started"]:
+        for i in items:
+            if i >= 0 and t > arrivals[i] + limit_s:
+                late_sent += 1
+    for i in range(ph["n"]):
+        if ph["outcome"][i] == "ok" and ph["done_at"][i] - arrivals[i] > limit_s:
+            late_answers += 1
+    m["late_sent"], m["late_answers"] = float(late_sent), float(late_answers)
+    if deadlines:
+        nod = _phase(cfg, float(cfg["load"]), plain, lambda i: {}, seed + 1)
+        m["on_time_rps_no_deadline"] = _answered_per_s(nod, limit_s)
+    sizes = [len(items) for _, items in ph["started"]]
+    m["avg_batch"] = sum(sizes) / max(1, len(sizes))
+    bad = sum(1 for o in ph["outcome"] if o == "wrong")
+    if bad:
+        out["errors"].append(f"{bad} requests got another request's result")
+    out["info"].update(requests=ph["n"], measured=len(win), deadlines=deadlines)
+
+
+INTERACTIVE = dict(GPU_MODEL, interactive_load=0.2, bulk_callers=2, bulk_items=1000, seconds=4.0)
+
+
+@workload("interactive_bulk", "traffic",
+          "modeled GPU (8 ms + 0.1 ms/item), aio; 2 callers each sending 1,000-item calls back to back "
+          "(the device saturated) and one-item calls, Poisson at 20 % of capacity, "
+          "inside `with batched.priority(-1)` (0.1.5: no priorities); batch_size=32, timeout_ms=5",
+          INTERACTIVE,
+          [Metric("batch_ms", "one batch (32 items)", lambda v: f"{v:.1f} ms"),
+           Metric("interactive_p50_us", "interactive p50", micros),
+           Metric("interactive_p99_us", "interactive p99", micros, "≤ 2 batch times", _ALWAYS,
+                  also=lambda med: (med["interactive_p99_us"]["ours"] or 1e18) <= 2e3 * med["batch_ms"]["ours"]),
+           Metric("bulk_pct", "bulk items/s, % of capacity", lambda v: f"{v:.1f} %"),
+           Metric("bulk_share_pct", "bulk, % of what interactive leaves", lambda v: f"{v:.1f} %", "≥ 80 %",
+                  lambda o, r: o >= 80.0),
+           Metric("device_pct", "device throughput, % of capacity", lambda v: f"{v:.1f} %"),
+           AVG_BATCH],
+          quick=GPU_QUICK, default=False, timeout_s=180.0)
+def w_interactive_bulk(cfg: dict, out: dict) -> None:
+    import asyncio
+
+    priorities = _has("priority")
+    warm, secs, drain = float(cfg["warmup_s"]), float(cfg["seconds"]), float(cfg["drain_s"])
+    cap = gpu_capacity(cfg)
+    device = _Device(cfg)
+    f = _aio_model(cfg, device)
+    arrivals = _poisson(float(cfg["interactive_load"]) * cap, warm + secs, int(cfg.get("seed", 0)) * 1000 + 20)
+    n = len(arrivals)
+    done_at = [float("nan")] * n
+    bulk_done: list[tuple[float, int]] = []  # (when, items)
+    bad = [0]
+    t0 = [0.0]
+    stop = [False]
+
+    async def interactive(i: int) -> None:
+        if priorities:
+            import batched
+
+            with batched.priority(-1):
+                r = await f(i)
+        else:
+            r = await f(i)
+        done_at[i] = time.perf_counter() - t0[0]
+        if r != i:
+            bad[0] += 1
+
+    async def bulk(k: int) -> None:
+        j = 0
+        while not stop[0]:
+            base = 10_000_000 * (k + 1) + j * int(cfg["bulk_items"])
+            items = list(range(base, base + int(cfg["bulk_items"])))
+            r = await f(items)
+            bulk_done.append((time.perf_counter() - t0[0], len(items)))
+            if r != items:
+                bad[0] += 1
+            j += 1
+
+    async def main() -> tuple[float, tuple[int, int]]:
+        await f(-1)
+        t0[0] = time.perf_counter()
+        bulks = [asyncio.ensure_future(bulk(k)) for k in range(int(cfg["bulk_callers"]))]
+        result = await _open_loop(arrivals, interactive, warm, secs, drain, t0[0])
+        stop[0] = True
+        for b in bulks:
+            b.cancel()
+        await asyncio.gather(*bulks, return_exceptions=True)
+        return result
+
+    cutoff, marks = asyncio.run(main())
+    device.close()
+    win = [i for i in range(n) if warm <= arrivals[i] < warm + secs]
+    lats = [(done_at[i] if done_at[i] == done_at[i] else cutoff) - arrivals[i] for i in win]
+    started = [(t - t0[0], items) for t, items in device.started if warm <= t - t0[0] < warm + secs]
+    bulk_items = sum(1 for _, items in started for x in items if x >= 10_000_000)
+    inter_items = sum(1 for _, items in started for x in items if 0 <= x < 10_000_000)
+    m = out["metrics"]
+    b = int(cfg["batch_size"])
+    m["batch_ms"] = float(cfg["launch_ms"]) + b * float(cfg["per_item_ms"])
+    m["interactive_p50_us"] = percentile(lats, 50) * 1e6
+    m["interactive_p99_us"] = percentile(lats, 99) * 1e6
+    m["bulk_pct"] = 100.0 * bulk_items / secs / cap
+    m["bulk_share_pct"] = 100.0 * bulk_items / secs / max(1.0, cap - inter_items / secs)
+    m["device_pct"] = 100.0 * (bulk_items + inter_items) / secs / cap
+    _batch_stats(marks[0], out, marks[1])
+    if bad[0]:
+        out["errors"].append(f"{bad[0]} calls got another call's results")
+    out["info"].update(interactive=len(win), priorities=priorities)
+
+
+KEYS = dict(GPU_MODEL, load=1.2, timeout_ms=200.0, shares=(70, 20, 9, 1), seconds=6.0)
+
+
+@workload("keys4", "traffic",
+          "modeled GPU (8 ms + 0.1 ms/item), aio, Poisson arrivals at 120 % of capacity (saturated), "
+          "4 keys at 70/20/9/1 %; ours: one processor with group_by; 0.1.5: one processor per key on the "
+          "same device; single key: the same load with one key; batch_size=32, timeout_ms=200",
+          KEYS,
+          [Metric("single_key_rps", "throughput, one key", rate),
+           Metric("keyed_rps", "throughput, 4 keys", rate, "≥ 0.9× one key", _ALWAYS,
+                  also=lambda med: (med["keyed_rps"]["ours"] or 0) >= 0.9 * (med["single_key_rps"]["ours"] or 1)),
+           Metric("rare_p99_us", "1 % key p99", micros, "≤ timeout + 2 batch times", _ALWAYS,
+                  also=lambda med: (med["rare_p99_us"]["ours"] or 1e18) <= 1e3 * (200.0 + 2 * 11.2)),
+           Metric("rare_p50_us", "1 % key p50", micros),
+           Metric("mixed_batches", "batches mixing keys", count, "0", lambda o, r: o == 0),
+           AVG_BATCH],
+          quick=GPU_QUICK, default=False, timeout_s=240.0)
+def w_keys4(cfg: dict, out: dict) -> None:
+    grouping = _has("current_key")
+    shares = [int(x) for x in cfg["shares"]]
+    keys = [k for k, share in enumerate(shares) for _ in range(share)]  # 100 slots
+    rng = random.Random(int(cfg.get("seed", 0)) * 1000 + 4)
+    key_of = {}
+
+    def meta(i: int) -> dict[str, Any]:
+        if i not in key_of:
+            key_of[i] = keys[rng.randrange(100)] if i >= 0 else 0
+        return {"key": key_of[i]}
+
+    def keyed(device: _Device) -> Any:
+        if grouping:
+            f = _aio_model(cfg, device, group_by=lambda i: key_of.get(i, 0))
+
+            async def call(i: int, m: dict, age_s: float) -> Any:
+                return await f(i)
+        else:  # one processor per key, as a user of 0.1.5 would
+            per_key = [_aio_model(cfg, device) for _ in shares]
+
+            async def call(i: int, m: dict, age_s: float) -> Any:
+                return await per_key[m["key"]](i)
+
+        return call
+
+    seed = int(cfg.get("seed", 0)) * 1000 + 120
+    one = _phase(cfg, float(cfg["load"]), _plain_calls(cfg), lambda i: {"key": 0}, seed)
+    ph = _phase(cfg, float(cfg["load"]), keyed, meta, seed)
+    m = out["metrics"]
+    m["single_key_rps"] = _answered_per_s(one)
+    m["keyed_rps"] = _answered_per_s(ph)
+    rare = len(shares) - 1
+    win = [i for i in _window(ph) if ph["meta"][i]["key"] == rare]
+    lats = [(ph["done_at"][i] if ph["done_at"][i] == ph["done_at"][i] else ph["cutoff"]) - ph["arrivals"][i]
+            for i in win]
+    m["rare_p99_us"] = percentile(lats, 99) * 1e6
+    m["rare_p50_us"] = percentile(lats, 50) * 1e6
+    m["mixed_batches"] = float(sum(1 for _, items in ph["started"]
+                                   if len({key_of.get(i, 0) for i in items}) > 1))
+    sizes = [len(items) for t, items in ph["started"] if ph["warm"] <= t < ph["warm"] + ph["secs"]]
+    m["avg_batch"] = sum(sizes) / max(1, len(sizes))
+    bad = sum(1 for o in ph["outcome"] if o == "wrong")
+    if bad:
+        out["errors"].append(f"{bad} requests got another request's result")
+    out["info"].update(rare_requests=len(win), grouping=grouping)
+
+
+PADDING_TOKENS = {"threads": 64, "seconds": 3.0, "min_len": 16, "max_len": 512, "batch_size": 32,
+                  "timeout_ms": 5.0, "max_batch_tokens": 4096, "us_per_token": 0.5, "pool": 64}
+
+
+@workload("padding_tokens", "traffic",
+          "inference.dynamically, 64 threads, closed loop, 1 row of 16..512 int64 tokens per call; the model "
+          "costs 0.5 µs per padded token (GIL released); plain: batch_size=32; tokens (ours): "
+          "max_batch_tokens=4096 with PriorityStrategy.LENGTH, batch_size=32; timeout_ms=5",
+          PADDING_TOKENS,
+          [Metric("padded_per_real", "padded tokens per real token", lambda v: f"{v:.2f}",
+                  "< 0.1.5", lambda o, r: o < r),
+           Metric("padded_per_real_plain", "ours, plain batch_size: padded per real", lambda v: f"{v:.2f}"),
+           Metric("max_tokens", "largest batch, padded tokens", count, "≤ 4,096", lambda o, r: o <= 4096),
+           Metric("items_per_s", "rows/s", rate),
+           Metric("items_per_s_plain", "ours, plain batch_size: rows/s", rate),
+           Metric("padding_efficiency", "stats.padding_efficiency", lambda v: f"{v:.2f}"),
+           AVG_BATCH],
+          quick={"seconds": 0.7}, default=False, timeout_s=120.0)
+def w_padding_tokens(cfg: dict, out: dict) -> None:
+    from batched import inference
+
+    tokens_budget = _has("current_key")  # (this project; 0.1.5 has no max_batch_tokens)
+    nthreads, seconds, pool = int(cfg["threads"]), float(cfg["seconds"]), int(cfg["pool"])
+    lo, hi = int(cfg["min_len"]), int(cfg["max_len"])
+    per_token = float(cfg["us_per_token"]) / 1e6
+    counts = {"real": 0, "padded": 0, "max": 0}
+
+    def model(features: dict[str, Any]) -> Any:
+        ids, mask = features["input_ids"], features["attention_mask"]
+        _sizes.append(int(ids.shape[0]))
+        counts["real"] += int(mask.sum())
+        counts["padded"] += int(ids.size)
+        counts["max"] = max(counts["max"], int(ids.size))
+        time.sleep(per_token * ids.size)  # the device computes every padded token
+        return (ids * mask).sum(1) + mask.sum(1)
+
+    reqs = _row_requests(nthreads, pool, lo, hi, 17)
+
+    def request(tid: int, i: int) -> tuple[dict[str, Any], list[int]]:
+        feats, expected = reqs[tid][i % pool]
+        return feats, [expected]
+
+    def run(**options: Any) -> tuple[dict[str, Any], float]:
+        f = inference.dynamically(batch_size=int(cfg["batch_size"]), timeout_ms=float(cfg["timeout_ms"]),
+                                  pad_tokens={"input_ids": 0}, padding_side="right", **options)(model)
+        _processors.append(f)
+        f(reqs[0][0][0])
+        counts.update(real=0, padded=0, max=0)
+        res: dict[str, Any] = {"metrics": {}, "errors": out["errors"], "info": {}}
+        _closed_loop(f, nthreads, seconds, request, res)
+        eff = getattr(f.stats, "padding_efficiency", None)
+        return dict(counts, items_per_s=res["metrics"].get("items_per_s", 0.0),
+                    avg_batch=res["metrics"].get("avg_batch", 0.0)), float(eff or 0.0)
+
+    plain, eff_plain = run()
+    m = out["metrics"]
+    if tokens_budget:
+        from batched.types import PriorityStrategy
+
+        tok, eff = run(max_batch_tokens=int(cfg["max_batch_tokens"]), priority_strategy=PriorityStrategy.LENGTH)
+        m["padded_per_real_plain"] = plain["padded"] / max(1, plain["real"])
+        m["items_per_s_plain"] = plain["items_per_s"]
+    else:
+        tok, eff = plain, eff_plain
+    m["padded_per_real"] = tok["padded"] / max(1, tok["real"])
+    m["max_tokens"] = float(tok["max"])
+    m["items_per_s"] = tok["items_per_s"]
+    if tokens_budget:  # (0.1.5's stats have no padding_efficiency)
+        m["padding_efficiency"] = eff
+    m["avg_batch"] = tok["avg_batch"]
+
 
 # ---------------------------------------------------------------- Ray Serve over HTTP
 

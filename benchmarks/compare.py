@@ -4,7 +4,7 @@ vs no batching.
 Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib only; Ray Serve, for
 @serve.batch and the ray workloads, needs Python >= 3.10):
 
-    python benchmarks/compare.py --suite          # EVERYTHING, one command (~25 min + first set-up): every
+    python benchmarks/compare.py --suite          # EVERYTHING, one command (~30 min + first set-up): every
                                                   # workload below, the modeled GPU at 6 offered loads, the
                                                   # real model over HTTP (demo/loadtest.py), 3 interleaved
                                                   # repeats, then the plots (benchmarks/plots.py -> docs/img/)
@@ -12,6 +12,7 @@ Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib on
     python benchmarks/compare.py                  # the micro workloads: 5 interleaved repeats (~4 min + first build)
     python benchmarks/compare.py --quick          # CI-sized smoke run: 1 repeat, short workloads
     python benchmarks/compare.py --only gpu       # the modeled GPU workload at every offered load
+    python benchmarks/compare.py --only traffic --repeats 3   # deadlines, priorities, keys, token budget
     python benchmarks/compare.py --only http_embed64 --repeats 3   # the real model over HTTP
     python benchmarks/compare.py --only aio_tasks2000,gpu,ray --systems ours,serve --repeats 3
                                                   # ours vs Ray Serve's @serve.batch (the peer table)

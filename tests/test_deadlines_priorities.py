@@ -10,6 +10,7 @@ are short and the timeouts long, and every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -188,3 +189,42 @@ def test_inference_processors_honour_deadlines(submit: FrontEnd) -> None:
 def test_bad_values_are_clear_errors(make: Any, error: type, message: str) -> None:
     with pytest.raises(error, match=message.replace("*", r"\*")):
         make()
+
+
+def test_a_due_bulk_call_leaves_room_for_higher_priority_calls(submit: FrontEnd) -> None:
+    # batch_size=4, aging_ms=0. Batch 2 takes bulk call A's first 4 items and
+    # passes bulk call B over, so B is due for batch 3. Two one-item calls at
+    # priority -1 are queued by then: B takes 2 items (at least one, and room
+    # for them), they take the other 2 (docs/semantics.md, 3).
+    entered = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
+    batches: list[list[int]] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        batches.append(list(xs))
+        k = len(batches) - 1
+        if k < 2:
+            entered[k].set()
+            assert release[k].wait(TIMEOUT)
+        return xs
+
+    proc = submit.make(fn, batch_size=4, timeout_ms=0, aging_ms=0, small_batch_threshold=1)
+    first = submit(proc, [0])
+    assert entered[0].wait(TIMEOUT)
+    a = submit(proc, list(range(100, 108)))
+    wait_until(lambda: proc.stats.queue_size == 8, "call A to queue")
+    b = submit(proc, list(range(200, 208)))
+    wait_until(lambda: proc.stats.queue_size == 16, "call B to queue")
+    release[0].set()
+    assert entered[1].wait(TIMEOUT)
+    high = []
+    for n, x in enumerate((1, 2)):
+        high.append(submit.within(lambda: batched.priority(-1), proc, [x]))
+        wait_until(lambda: proc.stats.queue_size == 13 + n, "a priority call to queue")
+    release[1].set()
+    assert first.result(TIMEOUT) == [0]
+    assert a.result(TIMEOUT) == list(range(100, 108)) and b.result(TIMEOUT) == list(range(200, 208))
+    assert [f.result(TIMEOUT) for f in high] == [[1], [2]]
+    assert batches[1] == [100, 101, 102, 103]
+    assert batches[2] == [200, 201, 1, 2], batches
+    proc.shutdown()

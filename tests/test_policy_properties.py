@@ -341,42 +341,54 @@ class Driver:
     def check_order(self, now: int, taken: list[tuple[int, int]], queued_before: dict[int, list[int]],
                     due: dict[int, int]) -> None:
         """docs/semantics.md, 3: the batch first takes the due calls (passed
-        over for aging_ms), longest passed over first, each in full and in its
-        order unless the batch is then full; then items in rank order, leaving
+        over for aging_ms), longest passed over first, each in its order and
+        in full unless the batch is then full, or unless it leaves room for
+        the items queued in calls of a higher explicit priority (calls not
+        kept whole; at least one item); then items in rank order, leaving
         none behind that ranks before one it took."""
         i = 0
         last_passed = None
-        while i < len(taken) and taken[i][0] in due:
+        capped = False  # a due call left room: the rest of the batch is in rank order
+        left = {cid: len(idxs) for cid, idxs in queued_before.items()}
+        while i < len(taken) and taken[i][0] in due and not capped:
             cid = taken[i][0]
             assert last_passed is None or due[cid] >= last_passed, "due calls out of order"
             last_passed = due[cid]
-            mine = [idx for c, idx in taken[i:] if c == cid]
             run = 0
             while i < len(taken) and taken[i][0] == cid:
                 i += 1
                 run += 1
             assert [idx for _, idx in taken[i - run:i]] == sorted(queued_before[cid])[:run], (
                 f"due call {cid}: items not in their order")
-            if i < len(taken):  # the batch went on: this due call was taken in full
-                assert run == len(queued_before[cid]), f"due call {cid} left behind while the batch went on"
-            del mine
+            if i < len(taken):  # the batch went on: this due call took all it may
+                room = self.sc.batch - (i - run)
+                limit = room
+                if not self.sc.keep_whole:
+                    mine = self.books[cid].call.priority
+                    reserve = sum(n for c, n in left.items() if c != cid and self.books[c].call.priority < mine)
+                    limit = 1 if reserve >= room else room - reserve
+                want = min(len(queued_before[cid]), limit)
+                assert run == want, f"due call {cid}: took {run} items, expected {want}"
+                capped = run < len(queued_before[cid])
+            left[cid] -= run
         if i == 0:
             assert not due or len(taken) == 0, f"due calls {sorted(due)} passed over again: {taken}"
         rest = taken[i:]
         if not rest:
             return
-        for cid in due:
-            assert cid not in {c for c, _ in rest}, "a due call in the rank-ordered part"
-            assert len(queued_before[cid]) == sum(1 for c, _ in taken if c == cid), (
-                f"due call {cid} not taken in full before the others")
+        if not capped:
+            for cid in due:
+                assert cid not in {c for c, _ in rest}, "a due call in the rank-ordered part"
+                assert len(queued_before[cid]) == sum(1 for c, _ in taken if c == cid), (
+                    f"due call {cid} not taken in full before the others")
         keys = [self.rank(self.books[cid], idx) for cid, idx in rest]
         assert keys == sorted(keys), f"batch not in rank order: {rest}"
         last = keys[-1]
         took = set(taken)
-        for cid, left in queued_before.items():
-            if cid in due:
+        for cid, idxs in queued_before.items():
+            if cid in due and not capped:
                 continue
-            for idx in left:
+            for idx in idxs:
                 if (cid, idx) not in took:
                     key = self.rank(self.books[cid], idx)
                     assert key > last, f"call {cid} item {idx} ({key}) left behind by a batch that took {rest}"

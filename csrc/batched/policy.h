@@ -24,6 +24,8 @@
 //      1. due calls: a call that batches have passed over (they left without
 //         any of its items) for aging_us goes first, with as many of its
 //         items as fit, in their order; the call passed over longest first.
+//         It leaves room for the queued items of calls of a higher explicit
+//         priority (unless calls are kept whole), but takes at least one.
 //      2. rank order: the rest by (explicit priority, size class, length,
 //         arrival). The size class is 0 for a call of at most
 //         small_batch_threshold items and 1 for a larger one (kSmallFirst,
@@ -215,10 +217,17 @@ class BatchPolicy {
       take_call(e, out, fill);
       if (!finish_if_done(e)) break;  // still queued: the batch is full, or it waits for the next one
     }
-    // 1. Due calls, passed over longest first (the head of the service list).
+    // 1. Due calls, passed over longest first (the head of the service list),
+    //    each leaving room for the items of a higher explicit priority, but
+    //    taking at least one item (the bound of docs/semantics.md, 3).
     while (fill.open && out.size < max_batch_size_ && service_head_ != nullptr && due(service_head_, now)) {
       Entry* e = service_head_;
-      take_call(e, out, fill);
+      std::size_t limit = max_batch_size_ - out.size;
+      if (!keep_calls_whole_) {
+        const std::size_t reserve = queued_above(e->priority, limit);
+        limit = reserve >= limit ? 1 : limit - reserve;
+      }
+      take_call(e, out, fill, limit);
       if (!finish_if_done(e)) break;  // still queued: the batch is full, or it waits for the next one
     }
     // 2. Rank order.
@@ -287,6 +296,21 @@ class BatchPolicy {
     return priority << 32 | Rank{bulk} << 31 | std::min<std::uint32_t>(u->length, 0x7FFFFFFFu);
   }
 
+  // Items queued in calls of a higher explicit priority (a lower level) than
+  // `priority`, counted up to `enough`: the room a due call leaves them.
+  std::size_t queued_above(std::int32_t priority, std::size_t enough) const noexcept {
+    const Rank bound = Rank{static_cast<std::uint32_t>(priority) ^ 0x80000000u} << 32;
+    std::size_t n = 0;
+    for (const Level& l : levels_) {
+      if (l.rank >= bound) break;
+      for (const Unit* u = l.head; u != nullptr && n < enough; u = u->next) {
+        n += u->index == Unit::kWholeCall ? u->entry->count - u->entry->taken : 1;
+      }
+      if (n >= enough) break;
+    }
+    return n;
+  }
+
   bool due(const Entry* e, TimePoint now) const noexcept {
     return e->passed_over_ns != kNever && now - e->passed_over_ns >= aging_ns_;
   }
@@ -351,14 +375,15 @@ class BatchPolicy {
   }
 
   // Takes what fits of `e`'s queued items, in index order.
-  void take_call(Entry* e, Batch& out, Fill& f) {
+  void take_call(Entry* e, Batch& out, Fill& f, std::size_t limit = static_cast<std::size_t>(-1)) {
+    const std::size_t end = max_batch_size_ - out.size < limit ? max_batch_size_ : out.size + limit;
     if (e->items != nullptr) {  // item units: the call's queued items, wherever they rank
-      for (std::uint32_t i = 0; i < e->count && f.open && out.size < max_batch_size_; ++i) {
+      for (std::uint32_t i = 0; i < e->count && f.open && out.size < end; ++i) {
         if (e->items[i].queued) take_item(e->items[i], out, f);
       }
       return;
     }
-    const std::uint32_t room = static_cast<std::uint32_t>(max_batch_size_ - out.size);
+    const std::uint32_t room = static_cast<std::uint32_t>(end - out.size);
     if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&
         !fits_whole(e, room, out.size, f)) {
       f.open = false;  // it waits for the next batch instead of being split
