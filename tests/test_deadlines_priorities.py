@@ -228,3 +228,47 @@ def test_a_due_bulk_call_leaves_room_for_higher_priority_calls(submit: FrontEnd)
     assert batches[1] == [100, 101, 102, 103]
     assert batches[2] == [200, 201, 1, 2], batches
     proc.shutdown()
+
+
+def test_one_block_object_serves_many_tasks_and_threads_at_once() -> None:
+    # A module-level URGENT = batched.priority(-1): entered and left by tasks in
+    # interleaved order, each sees its own level and gets its own back.
+    import asyncio
+
+    from batched._core import deadline_var, priority_var
+
+    urgent = batched.priority(-1)
+    soon = batched.deadline(1_000)
+
+    async def task(enter: asyncio.Event, leave: asyncio.Event) -> tuple[int, bool]:
+        with urgent, soon:
+            enter.set()
+            await leave.wait()
+            inside = (priority_var.get(), deadline_var.get() is not None)
+        assert priority_var.get() == 0 and deadline_var.get() is None
+        return inside
+
+    async def main() -> None:
+        events = [(asyncio.Event(), asyncio.Event()) for _ in range(2)]
+        tasks = [asyncio.ensure_future(task(*e)) for e in events]
+        for enter, _ in events:
+            await enter.wait()
+        events[0][1].set()  # the first to enter leaves first
+        assert await tasks[0] == (-1, True)
+        events[1][1].set()
+        assert await tasks[1] == (-1, True)
+
+    asyncio.run(main())
+    results: list[Any] = []
+
+    def in_thread() -> None:
+        with urgent:
+            time.sleep(0.01)
+            results.append(priority_var.get())
+
+    threads = [threading.Thread(target=in_thread) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert results == [-1] * 4 and priority_var.get() == 0

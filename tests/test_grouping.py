@@ -173,3 +173,20 @@ def test_max_batch_tokens_values_are_checked() -> None:
         ModelBatchProcessor(lambda f: f, max_batch_tokens=512, batch_size_buckets=[8, 32])
     with pytest.raises(TypeError, match="max_batch_tokens"):
         ModelBatchProcessor(lambda f: f, max_batch_tokens=2.5)  # type: ignore[arg-type]
+
+
+def test_a_split_list_raises_the_error_of_its_first_failed_item(submit: FrontEnd) -> None:
+    # Key 1 holds positions 0 and 2 (2 fails alone), key 2 position 1 (its batch fails):
+    # position 1 is the first failed item, whatever part it is in.
+    def fn(xs: list[str]) -> list[Any]:
+        if batched.current_key() == 2:
+            raise RuntimeError(f"the batch of key 2 failed: {xs}")
+        return [ValueError(f"item {x} failed") if x == "c" else x.upper() for x in xs]
+
+    proc = submit.make(fn, batch_size=8, timeout_ms=1, group_by=lambda x: 2 if x == "b" else 1)
+    err = submit(proc, ["a", "b", "c"]).exception(TIMEOUT)
+    assert isinstance(err, RuntimeError) and "key 2 failed" in str(err), repr(err)
+    err = submit(proc, ["a", "c"]).exception(TIMEOUT)
+    assert isinstance(err, ValueError) and "item c failed" in str(err)
+    assert submit(proc, ["a", "d"]).result(TIMEOUT) == ["A", "D"]
+    proc.shutdown()

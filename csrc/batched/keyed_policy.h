@@ -194,7 +194,7 @@ class KeyedPolicy {
   static constexpr std::size_t kIndexFrom = 8;
 
   Slot* find(std::uint64_t key) noexcept {
-    if (active_.size() < kIndexFrom) {
+    if (active_.size() < kIndexFrom || index_.empty()) {  // (empty: building it ran out of memory)
       for (Slot& s : active_)
         if (s.key == key) return &s;
       return nullptr;

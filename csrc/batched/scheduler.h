@@ -18,7 +18,8 @@
 // Deadlines: a call with a deadline (Entry::deadline_ns, BatchOptions::
 // deadline_us) expires, unsent, once a batch sent at once could no longer
 // finish by it (the service estimate: the longest that one of the last 16
-// batches took from dispatch to hand-out, observed through batch_delivered). Whoever looks at the queue
+// batches took from dispatch to hand-out, within the last 10 s, observed
+// through batch_delivered). Whoever looks at the queue
 // expires what is due and reports it: wait_pop and try_pop in Batch::expired
 // (even with no batch), expire_now for an event loop's timer, and
 // wait_expired for a watcher thread, which a thread driver runs so that a
@@ -215,7 +216,7 @@ class Scheduler {
   TimePoint next_deadline() {
     std::lock_guard<std::mutex> lock(mu_);
     absorb_inbox();
-    policy_.set_service_ns(service_ns_.load(std::memory_order_relaxed));
+    policy_.set_service_ns(service_at(clock_.now()));
     return policy_.next_deadline();
   }
 
@@ -224,7 +225,7 @@ class Scheduler {
   TimePoint next_expiry() {
     std::lock_guard<std::mutex> lock(mu_);
     absorb_inbox();
-    policy_.set_service_ns(service_ns_.load(std::memory_order_relaxed));
+    policy_.set_service_ns(service_at(clock_.now()));
     return policy_.next_expiry();
   }
 
@@ -251,9 +252,10 @@ class Scheduler {
       expire_into(clock_.now(), out);
       if (!out.empty()) return true;
       const TimePoint until = policy_.next_expiry();
-      // Eventcount, as for workers: publish the wake-up time, then look once more.
+      // Eventcount, as for workers: publish the wake-up time, then look once
+      // more, at the inbox and at the service estimate (batch_delivered).
       watch_until_.store(until, std::memory_order_seq_cst);
-      if (inbox_.empty_approx()) {
+      if (inbox_.empty_approx() && service_ns_.load(std::memory_order_seq_cst) == policy_.service_ns()) {
         clock_.wait_until(watch_cv_, lock, until, [this] { return watch_wake_ || closed_; });
         watch_wake_ = false;
       }
@@ -263,20 +265,27 @@ class Scheduler {
 
   // After the results of a batch from wait_pop/try_pop are handed out:
   // updates the service estimate that deadlines use, the longest time from
-  // dispatch to hand-out among the last kServiceSamples batches (a batch sent
-  // now is taken to last as long as the slowest recent one). Thread-safe.
+  // dispatch to hand-out among the last kServiceSamples batches handed out
+  // within kServiceWindowNs (a batch sent now is taken to last as long as the
+  // slowest recent one; a one-off slow batch, a warm-up, ages out, so a
+  // processor whose calls all expire sends again). Thread-safe.
   void batch_delivered(const Batch& batch) {
-    const TimePoint sample = std::max<TimePoint>(0, clock_.now() - batch.dispatch_ns);
-    TimePoint estimate = 0;
+    const TimePoint now = clock_.now();
+    const TimePoint sample = std::max<TimePoint>(0, now - batch.dispatch_ns);
+    TimePoint was, estimate;
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
-      service_samples_[service_next_++ % kServiceSamples] = sample;
-      for (TimePoint s : service_samples_) estimate = std::max(estimate, s);
+      service_samples_[service_next_++ % kServiceSamples] = Sample{sample, now};
+      was = service_ns_.load(std::memory_order_relaxed);
+      estimate = refresh_service(now);
     }
-    const TimePoint was = service_ns_.exchange(estimate, std::memory_order_relaxed);
-    // A longer estimate brings expiries forward: the watcher looks again.
+    // A longer estimate brings expiries forward: the watcher looks again
+    // (it re-reads the estimate after publishing watch_until_: one of the two sees the other).
     if (estimate > was && watch_until_.load(std::memory_order_seq_cst) != kNotWatching) wake_watcher();
   }
+
+  // How long a sample counts for the service estimate.
+  static constexpr TimePoint kServiceWindowNs = 10'000'000'000;  // 10 s
 
   // The current service estimate (0 before the first batch). Thread-safe.
   TimePoint service_estimate_ns() const noexcept { return service_ns_.load(std::memory_order_relaxed); }
@@ -376,9 +385,33 @@ class Scheduler {
     watch_cv_.notify_one();
   }
 
+  // The service estimate at `now` (samples older than the window no longer count).
+  TimePoint service_at(TimePoint now) {
+    if (now <= service_valid_until_.load(std::memory_order_acquire)) return service_ns_.load(std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    return refresh_service(now);
+  }
+
+  // Requires stats_mu_. Recomputes the estimate from the samples of the window.
+  TimePoint refresh_service(TimePoint now) {
+    TimePoint estimate = 0, at = 0;
+    bool any = false;
+    for (const Sample& s : service_samples_) {
+      if (s.at == kNoSample || now - s.at > kServiceWindowNs) continue;
+      if (!any || s.duration > estimate || (s.duration == estimate && s.at > at)) {
+        estimate = s.duration;
+        at = s.at;
+        any = true;
+      }
+    }
+    service_ns_.store(estimate, std::memory_order_seq_cst);
+    service_valid_until_.store(any ? at + kServiceWindowNs : kNever, std::memory_order_release);
+    return estimate;
+  }
+
   // Requires mu_. Moves the expired calls into `out` and counts them.
   void expire_into(TimePoint now, std::vector<Expired>& out) {
-    policy_.set_service_ns(service_ns_.load(std::memory_order_relaxed));
+    policy_.set_service_ns(service_at(now));
     std::size_t items = 0;
     policy_.expire(now, [&](Entry* e, std::uint32_t removed, std::uint32_t first_left) {
       e->taken = e->count;  // nothing of it is queued any more (as after cancel)
@@ -463,8 +496,18 @@ class Scheduler {
   mutable std::mutex stats_mu_;  // guards stats_ and the service samples; taken after mu_ when both are held
   BatchStats stats_;
   static constexpr std::size_t kServiceSamples = 16;
-  std::array<TimePoint, kServiceSamples> service_samples_{};  // the last batches' times, dispatch to hand-out
+  struct Sample {
+    TimePoint duration;  // dispatch to hand-out
+    TimePoint at;        // when it was handed out; kNoSample: none yet
+  };
+  static constexpr TimePoint kNoSample = std::numeric_limits<TimePoint>::min();
+  std::array<Sample, kServiceSamples> service_samples_ = [] {
+    std::array<Sample, kServiceSamples> a{};
+    for (Sample& s : a) s = Sample{0, kNoSample};
+    return a;
+  }();
   std::size_t service_next_ = 0;
+  std::atomic<TimePoint> service_valid_until_{kNever};  // when the estimate may age (refresh_service)
 };
 
 }  // namespace batched

@@ -19,9 +19,28 @@ from batched._core import clock_ns, deadline_var, priority_var
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
-    from typing import Optional
+    from typing import Any, Optional
 
 _INT32 = (-(2**31), 2**31 - 1)
+
+# The tokens of the blocks entered in this context, innermost last: (block,
+# token). Per context, so one block object may be entered by many tasks or
+# threads at once (a module-level URGENT = batched.priority(-1)).
+_entered: contextvars.ContextVar[tuple[tuple[object, contextvars.Token[Any]], ...]] = contextvars.ContextVar(
+    "batched_request_blocks", default=())
+
+
+def _push(block: object, token: contextvars.Token[Any]) -> None:
+    _entered.set(_entered.get() + ((block, token),))
+
+
+def _pop(block: object) -> contextvars.Token[Any]:
+    stack = _entered.get()
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][0] is block:
+            _entered.set(stack[:i] + stack[i + 1:])
+            return stack[i][1]
+    raise RuntimeError(f"{block!r} was not entered in this context")
 _MAX_MS = 1e9  # as every duration option (batched._options.MAX_MS)
 
 
@@ -34,7 +53,7 @@ class priority:
     ``level`` is an int from -2**31 to 2**31 - 1. Blocks nest: the innermost
     level applies."""
 
-    __slots__ = ("level", "_tokens")
+    __slots__ = ("level",)
 
     def __init__(self, level: int) -> None:
         if isinstance(level, bool) or not isinstance(level, int):
@@ -42,15 +61,14 @@ class priority:
         if not _INT32[0] <= level <= _INT32[1]:
             raise ValueError(f"priority level must be between -2**31 and 2**31 - 1, got {level}")
         self.level = level
-        self._tokens: list[contextvars.Token[int]] = []
 
     def __enter__(self) -> priority:
-        self._tokens.append(priority_var.set(self.level))
+        _push(self, priority_var.set(self.level))
         return self
 
     def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
                  tb: Optional[TracebackType]) -> None:
-        priority_var.reset(self._tokens.pop())
+        priority_var.reset(_pop(self))
 
     def __repr__(self) -> str:
         return f"batched.priority({self.level})"
@@ -68,7 +86,7 @@ class deadline:
     Blocks nest: the earliest deadline applies (an inner block cannot extend
     an outer one). A processor's ``deadline_ms`` option applies too, if earlier."""
 
-    __slots__ = ("ms", "_tokens")
+    __slots__ = ("ms",)
 
     def __init__(self, ms: float) -> None:
         if isinstance(ms, bool) or not isinstance(ms, (int, float)):
@@ -76,17 +94,16 @@ class deadline:
         if not 0 <= ms <= _MAX_MS:  # also refuses nan
             raise ValueError(f"deadline must be between 0 and {_MAX_MS:.0e} ms, got {ms}")
         self.ms = ms
-        self._tokens: list[contextvars.Token[Optional[int]]] = []
 
     def __enter__(self) -> deadline:
         at = clock_ns() + int(self.ms * 1e6)
         outer = deadline_var.get()
-        self._tokens.append(deadline_var.set(at if outer is None or at < outer else outer))
+        _push(self, deadline_var.set(at if outer is None or at < outer else outer))
         return self
 
     def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
                  tb: Optional[TracebackType]) -> None:
-        deadline_var.reset(self._tokens.pop())
+        deadline_var.reset(_pop(self))
 
     def __repr__(self) -> str:
         return f"batched.deadline({self.ms})"

@@ -30,6 +30,17 @@ Entry make(std::uint32_t count, void* owner = nullptr) {
   return e;
 }
 
+// Pushes `e`, pops it as one batch that takes `us` (dispatch to hand-out), and
+// reports its hand-out: the service estimate of deadlines sees it.
+void run_one_batch(Scheduler<FakeClock>& s, FakeClock& clock, Entry& e, std::int64_t us) {
+  CHECK(queued(s.try_push(&e)));
+  Batch out;
+  CHECK(s.try_pop(out));
+  clock.advance_us(us);
+  s.finish_batch(out, us * 1000, false);
+  s.batch_delivered(out);
+}
+
 // Runs fn on a thread; false if it did not finish within `seconds` (a hang).
 template <class Fn>
 bool finishes_within(double seconds, Fn fn) {
@@ -421,14 +432,9 @@ TEST(deadline_sends_early_given_the_observed_batch_time) {
   FakeClock clock;
   Scheduler<FakeClock> s(opts(8, 50000), clock);
   Entry warm = make(8);
-  CHECK(queued(s.try_push(&warm)));
-  Batch out;
-  CHECK(s.try_pop(out));
-  clock.advance_us(3000);
-  s.finish_batch(out, 3000000, false);
-  s.batch_delivered(out);
+  run_one_batch(s, clock, warm, 3000);
   CHECK_EQ(s.service_estimate_ns(), 3000000);
-  out.clear();
+  Batch out;
   const TimePoint t0 = clock.now();
   Entry a = make(2);
   a.deadline_ns = t0 + 20000000;
@@ -451,6 +457,32 @@ TEST(deadline_sends_early_given_the_observed_batch_time) {
   CHECK(queued(s.try_push(&late)));
   CHECK(!s.try_pop(out));
   CHECK(out.expired.size() == 1 && out.expired[0].entry == &late);
+}
+
+TEST(a_slow_batch_ages_out_of_the_service_estimate) {
+  // One 2 s batch (a warm-up) would make every 100 ms deadline expire on
+  // arrival, and with nothing sent the estimate would never change: samples
+  // count for kServiceWindowNs only.
+  FakeClock clock;
+  Scheduler<FakeClock> s(opts(8, 50000), clock);
+  Entry warm = make(8);
+  run_one_batch(s, clock, warm, 2000000);
+  Batch out;
+  Entry a = make(1);
+  a.deadline_ns = clock.now() + 100000000;
+  CHECK(queued(s.try_push(&a)));
+  CHECK(!s.try_pop(out));
+  CHECK(out.expired.size() == 1 && out.expired[0].entry == &a);  // 2 s > 100 ms: expired at once
+  out.clear();
+  clock.advance_ns(Scheduler<FakeClock>::kServiceWindowNs + 1);
+  Entry b = make(1);
+  b.deadline_ns = clock.now() + 100000000;
+  CHECK(queued(s.try_push(&b)));
+  CHECK_EQ(s.next_expiry(), b.deadline_ns);  // the estimate is 0 again
+  CHECK(!s.try_pop(out));
+  CHECK(out.expired.empty());
+  s.shutdown();
+  CHECK_EQ(s.drain().size(), 1u);
 }
 
 TEST(watcher_reports_expiry_while_no_worker_looks) {

@@ -161,7 +161,7 @@ cdef class Engine:
             try:
                 outcomes.append((positions, _outcome(c), None))
             except BaseException as e:
-                outcomes.append((positions, None, e))
+                outcomes.append((positions[c.error_index], None, e))
         return _assemble(outcomes, n)
 
     cdef int prepare(self, _Call c) except -1:
@@ -520,14 +520,15 @@ cdef object _checked_key(str name, object key):
 
 cdef object _assemble(list outcomes, Py_ssize_t n):
     """The results of a list call split by key, in the caller's order; or the
-    error of its first failed item. ``outcomes``: (positions, results, error)."""
+    error of its first failed item. ``outcomes``: (positions, results, None),
+    or (the caller's position of the part's first failed item, None, error)."""
     cdef Py_ssize_t first = n
     error = None
     out = [None] * n
     for positions, results, e in outcomes:
         if e is not None:
-            if positions[0] < first:  # (a part's error is that of its earliest failed item)
-                first, error = positions[0], e
+            if positions < first:
+                first, error = positions, e
             continue
         for i, r in zip(positions, results):
             out[i] = r
@@ -574,7 +575,8 @@ cdef class _KeyedRecord:
             if f.cancelled():
                 return  # the caller was cancelled: nothing to deliver
             e = f.exception()
-            outcomes.append((positions, None if e is not None else f.result(), e))
+            outcomes.append((positions[c.error_index] if e is not None else positions,
+                             None if e is not None else f.result(), e))
         try:
             self.future.set_result(_assemble(outcomes, self.n))
         except BaseException as e:

@@ -51,7 +51,8 @@ class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
       ``pad_to_multiple_of`` this keeps the shapes a compiled model sees few.
     - ``max_batch_length``: the most row length (summed, first feature) in a batch.
     - ``max_batch_tokens``: the most rows × padded length (after
-      ``pad_to_multiple_of``, first feature) in a batch; a longer call goes alone.
+      ``pad_to_multiple_of``, first feature) in a batch; a call that does not fit
+      is split at the budget, a single longer row goes alone.
     """
 
     def __init__(
