@@ -442,6 +442,7 @@ cdef class Engine:
         the driver restarted on the next call. The old scheduler and the calls
         in it are left alone (leaked): no thread of this process waits on them."""
         self.sched = new CScheduler(_core_options(self.options, self.collator))
+        self.key_ids = {}  # the parent's calls no longer hold their keys here
         if self.closed:
             self.sched.shutdown()
         self.driver.after_fork()
