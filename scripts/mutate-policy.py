@@ -1,13 +1,15 @@
 """Mutation check of the batching policy: would the property tests notice?
 
 Each mutation below breaks one rule of docs/semantics.md in
-csrc/batched/policy.h. For each, this rebuilds the test module
-batched._testing with it, puts it into the package installed in .venv, and
-runs tests/test_policy_properties.py, which must fail. The original header is
-put back and rebuilt at the end, whatever happens.
+csrc/batched/policy.h or keyed_policy.h. For each, this rebuilds the test
+module batched._testing with it, puts it into the package installed in .venv,
+and runs the property tests (tests/test_policy_properties.py,
+test_deadline_properties.py, test_key_properties.py), which must fail. The
+original headers are put back and rebuilt at the end, whatever happens.
 
     bash scripts/test.sh            # once: .venv with the package installed
     .venv/bin/python scripts/mutate-policy.py
+    .venv/bin/python scripts/mutate-policy.py budget    # only the mutations whose name has "budget"
 
 Takes a few minutes on 2 cores; prints one line per mutation: caught or MISSED.
 """
@@ -22,11 +24,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "csrc" / "batched" / "policy.h"
+KEYED = ROOT / "csrc" / "batched" / "keyed_policy.h"
+PROPERTY_TESTS = ["test_policy_properties.py", "test_deadline_properties.py", "test_key_properties.py"]
 BUILD = ROOT / "build" / "mutate"
 MODULE = "_testing" + sysconfig.get_config_var("EXT_SUFFIX")
 
-# (what it breaks, the text in policy.h, what it becomes)
-MUTATIONS = [
+# (what it breaks, the text in policy.h, what it becomes[, the header if not policy.h])
+MUTATIONS: list[tuple[str, ...]] = [
     ("aging off: no call is ever due",
      "    return e->passed_over_ns != kNever && now - e->passed_over_ns >= aging_ns_;",
      "    return false && now - e->passed_over_ns >= aging_ns_;"),
@@ -49,8 +53,8 @@ MUTATIONS = [
      "    const Rank priority = static_cast<std::uint32_t>(e->priority) ^ 0x80000000u;",
      "    const Rank priority = 0;"),
     ("only the first due call per batch",
-     "      if (!finish_if_done(e)) break;",
-     "      finish_if_done(e);\n      break;"),
+     "      take_call(e, out, fill, limit);\n      if (!finish_if_done(e)) break;",
+     "      take_call(e, out, fill, limit);\n      finish_if_done(e);\n      break;"),
     ("the newest passed-over call taken first",
      "service_head_ != nullptr && due(service_head_, now)) {\n      Entry* e = service_head_;",
      "service_tail_ != nullptr && due(service_tail_, now)) {\n      Entry* e = service_tail_;"),
@@ -58,11 +62,42 @@ MUTATIONS = [
      "        out.spans.back().begin + out.spans.back().count == u.index) {",
      "        out.spans.back().begin + out.spans.back().count + 1 == u.index) {"),
     ("budget off by one",
-     "    if (f.length + l > budget_ && size > 0) {",
-     "    if (f.length + l > budget_ + 1 && size > 0) {"),
+     "    const bool over = (budget_ != 0 && f.length + l > budget_) ||",
+     "    const bool over = (budget_ != 0 && f.length + l > budget_ + 1) ||"),
     ("keep_calls_whole off",
      "    if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&",
      "    if (false && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&"),
+    # issue 14: deadlines, the token budget, the room a due call leaves, keys
+    ("expiry ignores the batch-time estimate",
+     "    while (!deadlines_.empty() && now > deadlines_.front()->deadline_ns - service_ns_) {",
+     "    while (!deadlines_.empty() && now > deadlines_.front()->deadline_ns) {"),
+    ("no urgent calls first",
+     "!deadlines_.empty() && urgent(deadlines_.front(), now)) {",
+     "!deadlines_.empty() && false) {"),
+    ("the deadline rule never fires",
+     "    if (now >= send_by()) return DispatchReason::kDeadline;",
+     "    if (false) return DispatchReason::kDeadline;"),
+    ("token budget off by one row",
+     "                      (tokens_ != 0 && (size + 1) * longest > tokens_);",
+     "                      (tokens_ != 0 && size * longest > tokens_);"),
+    ("token budget counts lengths unrounded",
+     "    return (static_cast<std::uint64_t>(l) + multiple_ - 1) / multiple_ * multiple_;",
+     "    return l;"),
+    ("a due call leaves no room for higher priorities",
+     "        limit = reserve >= limit ? 1 : limit - reserve;",
+     "        limit = limit;"),
+    ("a due call leaves all the room (takes nothing)",
+     "        limit = reserve >= limit ? 1 : limit - reserve;",
+     "        limit = reserve >= limit ? 0 : limit - reserve;"),
+    ("keys: no timed-out class",
+     "      } else if (now >= p.timeout_time()) {",
+     "      } else if (false) {", "keyed_policy.h"),
+    ("keys: within a class, the key served most recently first",
+     "      if (cls < best_class || (cls == best_class && order < best_order)) {",
+     "      if (cls < best_class || (cls == best_class && order > best_order)) {", "keyed_policy.h"),
+    ("keys: a key's turn not recorded",
+     "    s->served = ++served_seq_;",
+     "    ++served_seq_;", "keyed_policy.h"),
 ]
 
 
@@ -94,7 +129,7 @@ def build_and_test(target: Path) -> tuple[bool, str]:
         return False, "build failed: " + (p.stdout + p.stderr)[-300:]
     shutil.copy(BUILD / MODULE, target)
     t = run([sys.executable, "-m", "pytest", "-c", "../pyproject.toml", "--rootdir", "..", "-q", "-x",
-             "-p", "no:cacheprovider", "test_policy_properties.py"], cwd=ROOT / "tests", timeout=1800)
+             "-p", "no:cacheprovider", *PROPERTY_TESTS], cwd=ROOT / "tests", timeout=1800)
     lines = [line for line in t.stdout.splitlines() if line.strip()]
     return t.returncode != 0, lines[-1] if lines else t.stderr[-200:]
 
@@ -102,24 +137,33 @@ def build_and_test(target: Path) -> tuple[bool, str]:
 def main() -> int:
     target = installed_module()
     configure()
-    original = POLICY.read_text()
+    originals = {POLICY: POLICY.read_text(), KEYED: KEYED.read_text()}
     missed = 0
     try:
         failed, line = build_and_test(target)
         print(f"unmutated: {'FAILS' if failed else 'passes'}  [{line}]", flush=True)
         if failed:
             return 1
-        for name, before, after in MUTATIONS:
-            if before not in original:
-                print(f"SKIPPED (text not found; update this script): {name}", flush=True)
+        only = sys.argv[1] if len(sys.argv) > 1 else ""
+        for name, before, after, *where in MUTATIONS:
+            if only not in name:
+                continue
+            header = KEYED if where == ["keyed_policy.h"] else POLICY
+            original = originals[header]
+            if original.count(before) != 1:
+                print(f"SKIPPED (text not found once; update this script): {name}", flush=True)
                 missed += 1
                 continue
-            POLICY.write_text(original.replace(before, after, 1))
-            caught, line = build_and_test(target)
+            header.write_text(original.replace(before, after, 1))
+            try:
+                caught, line = build_and_test(target)
+            finally:
+                header.write_text(original)
             missed += not caught
             print(f"{'caught' if caught else 'MISSED'}: {name}  [{line}]", flush=True)
     finally:
-        POLICY.write_text(original)
+        for header, text in originals.items():
+            header.write_text(text)
         build_and_test(target)
     return 1 if missed else 0
 
