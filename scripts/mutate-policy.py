@@ -90,7 +90,7 @@ MUTATIONS: list[tuple[str, ...]] = [
      "        limit = reserve >= limit ? 1 : limit - reserve;",
      "        limit = reserve >= limit ? 0 : limit - reserve;"),
     ("keys: no timed-out class",
-     "      } else if (now >= p.timeout_time()) {",
+     "      } else if (now >= p.timeout_deadline()) {",
      "      } else if (false) {", "keyed_policy.h"),
     ("keys: within a class, the key served most recently first",
      "      if (cls < best_class || (cls == best_class && order < best_order)) {",

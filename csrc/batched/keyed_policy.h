@@ -80,10 +80,10 @@ class KeyedPolicy {
       if (!r) continue;
       int cls;
       std::int64_t order;
-      if (*r == DispatchReason::kDeadline || now >= p.send_by_time()) {
+      if (now >= p.send_by()) {  // (also when the key is full: ready() says kFull first)
         cls = 1;
-        order = p.send_by_time();
-      } else if (now >= p.timeout_time()) {
+        order = p.send_by();
+      } else if (now >= p.timeout_deadline()) {
         cls = 2;
         order = static_cast<std::int64_t>(s.served);
       } else if (*r == DispatchReason::kFull || *r == DispatchReason::kBudget) {

@@ -197,10 +197,18 @@ class BatchPolicy {
     return arrival_head_ == nullptr ? kNever : arrival_head_->enqueue_ns;
   }
 
-  // When the timeout rule fires (kNever if empty), and the deadline rule
-  // (kNever if no queued call has a deadline): KeyedPolicy ranks keys by them.
-  TimePoint timeout_time() const noexcept { return timeout_deadline(); }
-  TimePoint send_by_time() const noexcept { return send_by(); }
+  // When the timeout rule fires (kNever if empty): the oldest item's arrival + timeout.
+  TimePoint timeout_deadline() const noexcept {
+    if (arrival_head_ == nullptr) return kNever;
+    const TimePoint arrival = arrival_head_->enqueue_ns;
+    return arrival > kNever - timeout_ns_ ? kNever : arrival + timeout_ns_;
+  }
+
+  // When the deadline rule fires (kNever if no queued call has a deadline):
+  // the latest time a batch may leave with the call of the earliest deadline.
+  TimePoint send_by() const noexcept {
+    return deadlines_.empty() ? kNever : deadlines_.front()->deadline_ns - service_ns_ - kDeadlineGuardNs;
+  }
 
   // When ready() turns true by itself: the timeout or the deadline rule.
   TimePoint next_deadline() const noexcept { return std::min(timeout_deadline(), send_by()); }
@@ -318,17 +326,6 @@ class BatchPolicy {
   // Whether `e` must go now to finish by its deadline.
   bool urgent(const Entry* e, TimePoint now) const noexcept {
     return now >= e->deadline_ns - service_ns_ - kDeadlineGuardNs;
-  }
-
-  TimePoint timeout_deadline() const noexcept {
-    if (arrival_head_ == nullptr) return kNever;
-    const TimePoint arrival = arrival_head_->enqueue_ns;
-    return arrival > kNever - timeout_ns_ ? kNever : arrival + timeout_ns_;
-  }
-
-  // The latest time a batch may leave with the call of the earliest deadline.
-  TimePoint send_by() const noexcept {
-    return deadlines_.empty() ? kNever : deadlines_.front()->deadline_ns - service_ns_ - kDeadlineGuardNs;
   }
 
   // The lowest index of `e` not dispatched (nor removed) yet.

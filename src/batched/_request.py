@@ -19,9 +19,12 @@ from batched._core import clock_ns, deadline_var, priority_var
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
-    from typing import Any, Optional
+    from typing import Any, ClassVar, Optional, TypeVar
+
+    _B = TypeVar("_B", bound="_Block")
 
 _INT32 = (-(2**31), 2**31 - 1)
+_MAX_MS = 1e9  # as every duration option (batched._options.MAX_MS)
 
 # The tokens of the blocks entered in this context, innermost last: (block,
 # token). Per context, so one block object may be entered by many tasks or
@@ -41,10 +44,28 @@ def _pop(block: object) -> contextvars.Token[Any]:
             _entered.set(stack[:i] + stack[i + 1:])
             return stack[i][1]
     raise RuntimeError(f"{block!r} was not entered in this context")
-_MAX_MS = 1e9  # as every duration option (batched._options.MAX_MS)
 
 
-class priority:
+class _Block:
+    """A ``with`` block that sets one request-scoped variable for the code
+    inside it; subclasses say which (``_var``) and to what (``_value``)."""
+
+    __slots__ = ()
+    _var: ClassVar[contextvars.ContextVar[Any]]
+
+    def _value(self) -> Any:
+        raise NotImplementedError
+
+    def __enter__(self: _B) -> _B:
+        _push(self, self._var.set(self._value()))
+        return self
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self._var.reset(_pop(self))
+
+
+class priority(_Block):
     """``with batched.priority(level):`` calls made inside the block (and in the
     tasks it starts) rank by ``level``: lower goes first, before the size rule
     of ``small_batch_threshold`` and arrival order; 0 is the default. Aging
@@ -54,6 +75,7 @@ class priority:
     level applies."""
 
     __slots__ = ("level",)
+    _var = priority_var
 
     def __init__(self, level: int) -> None:
         if isinstance(level, bool) or not isinstance(level, int):
@@ -62,19 +84,14 @@ class priority:
             raise ValueError(f"priority level must be between -2**31 and 2**31 - 1, got {level}")
         self.level = level
 
-    def __enter__(self) -> priority:
-        _push(self, priority_var.set(self.level))
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        priority_var.reset(_pop(self))
+    def _value(self) -> int:
+        return self.level
 
     def __repr__(self) -> str:
         return f"batched.priority({self.level})"
 
 
-class deadline:
+class deadline(_Block):
     """``with batched.deadline(ms):`` calls made inside the block (and in the
     tasks it starts) must be done within ``ms`` milliseconds of entering it.
     Their items are sent early enough to finish in time, given the batch time
@@ -87,6 +104,7 @@ class deadline:
     an outer one). A processor's ``deadline_ms`` option applies too, if earlier."""
 
     __slots__ = ("ms",)
+    _var = deadline_var
 
     def __init__(self, ms: float) -> None:
         if isinstance(ms, bool) or not isinstance(ms, (int, float)):
@@ -95,15 +113,10 @@ class deadline:
             raise ValueError(f"deadline must be between 0 and {_MAX_MS:.0e} ms, got {ms}")
         self.ms = ms
 
-    def __enter__(self) -> deadline:
-        at = clock_ns() + int(self.ms * 1e6)
+    def _value(self) -> int:
+        at: int = clock_ns() + int(self.ms * 1e6)
         outer = deadline_var.get()
-        _push(self, deadline_var.set(at if outer is None or at < outer else outer))
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        deadline_var.reset(_pop(self))
+        return at if outer is None or at < outer else outer
 
     def __repr__(self) -> str:
         return f"batched.deadline({self.ms})"

@@ -112,6 +112,20 @@ struct OpenOnExit {
   ~OpenOnExit() { gate->release(); }
 };
 
+// A batch function that records every input it gets (under `mu`) and blocks
+// on the gate in the batch that holds input 0, so a test can queue work
+// behind it.
+auto gated_recorder(std::shared_ptr<Gate> gate, std::mutex& mu, std::vector<int>& seen) {
+  return [gate, &mu, &seen](std::vector<int>& in) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      seen.insert(seen.end(), in.begin(), in.end());
+    }
+    if (in[0] == 0) gate->pass();
+    return in;
+  };
+}
+
 // An input that counts live instances: nothing may leak or be destroyed twice.
 struct Counted {
   static std::atomic<int> live;
@@ -638,14 +652,7 @@ TEST(priority_metadata_orders_the_queue) {
   std::vector<int> order;
   BatchOptions o = opts(1, 0);
   o.aging_us = 60000000;  // no aging during the test, however slow the machine
-  Batcher<int, int> b(o, [gate, &mu, &order](std::vector<int>& in) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      order.push_back(in[0]);
-    }
-    if (in[0] == 0) gate->pass();
-    return in;
-  });
+  Batcher<int, int> b(o, gated_recorder(gate, mu, order));
   OpenOnExit open{gate};
   auto f0 = b.submit(0);
   CHECK(gate->wait_entered(1));
@@ -668,14 +675,7 @@ TEST(a_deadline_fails_the_caller_when_it_passes_not_when_a_worker_frees) {
   auto gate = std::make_shared<Gate>();
   std::mutex mu;
   std::vector<int> seen;
-  Batcher<int, int> b(opts(4, 0), [gate, &mu, &seen](std::vector<int>& in) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      seen.insert(seen.end(), in.begin(), in.end());
-    }
-    if (in[0] == 0) gate->pass();
-    return in;
-  });
+  Batcher<int, int> b(opts(4, 0), gated_recorder(gate, mu, seen));
   OpenOnExit open{gate};
   auto first = b.submit(0);
   CHECK(gate->wait_entered(1));
