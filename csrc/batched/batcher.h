@@ -148,7 +148,9 @@ class Batcher {
   // std::system_error if a thread cannot start. Allocates.
   template <class Fn, class = std::enable_if_t<std::is_invocable_v<Fn&, std::vector<In>&>>>
   Batcher(const BatchOptions& options, Fn fn, std::string name = "batcher")
-      : sched_(options), name_(std::move(name)) {
+      : sched_(options),
+        name_(std::move(name)),
+        lengths_matter_(options.max_batch_length != 0 || options.max_batch_tokens != 0) {
     using R = std::invoke_result_t<Fn&, std::vector<In>&>;
     if constexpr (std::is_same_v<R, std::vector<Out>>) {
       fn_ = std::move(fn);
@@ -282,7 +284,12 @@ class Batcher {
   // The core's own snapshot (dispatch counts, histograms). Thread-safe.
   BatchStats core_stats() const { return sched_.stats(); }
 
-  const BatchOptions& options() const noexcept { return sched_.options(); }
+  // The options in force. Thread-safe.
+  BatchOptions options() const { return sched_.options(); }
+
+  // Changes the live settings (batch size, timeout, aging, adaptive waits,
+  // max_queue_size, deadline): Scheduler::configure. Thread-safe.
+  void configure(const BatchOptions& options) { sched_.configure(options); }
   const std::string& name() const noexcept { return name_; }
 
   // ---- implementation details follow ----
@@ -334,9 +341,9 @@ class Batcher {
       fail_push(give_back, std::invalid_argument("batcher '" + name_ + "': SubmitOptions::lengths has " +
                                                  std::to_string(meta.lengths.size()) + " elements for a call of " +
                                                  std::to_string(n) + " inputs"));
-    if (options().max_batch_length != 0 || options().max_batch_tokens != 0) r.set_lengths(meta);  // else length 1 each
+    if (lengths_matter_) r.set_lengths(meta);  // else length 1 each
     r.pending.store(e.count, std::memory_order_relaxed);
-    const std::size_t max_queue = options().max_queue_size;
+    const std::size_t max_queue = sched_.max_queue_size();
     PushStatus status = sched_.try_push(&e);
     if (status == PushStatus::kQueueFull && wait_for_room && n <= max_queue) status = push_when_room(&e);
     if (queued(status)) return;
@@ -377,7 +384,7 @@ class Batcher {
 
   // After a dispatch: wakes submitters waiting for room (bounded queues only).
   void on_dispatched() {
-    if (options().max_queue_size == 0) return;
+    if (sched_.max_queue_size() == 0) return;
     bool waiters;
     {
       std::lock_guard<std::mutex> lock(room_mu_);
@@ -390,7 +397,7 @@ class Batcher {
   void worker_main() {
     Batch batch;
     std::vector<In> inputs;
-    inputs.reserve(options().max_batch_size);
+    inputs.reserve(sched_.options().max_batch_size);
     while (sched_.wait_pop(batch)) {
       on_dispatched();
       fail_expired(batch.expired);
@@ -528,7 +535,9 @@ class Batcher {
   }
 
   Scheduler<SteadyClock> sched_;
+
   const std::string name_;
+  const bool lengths_matter_;  // a length budget (fixed at construction: Scheduler::configure)
   std::function<std::vector<Out>(std::vector<In>&)> fn_;
   std::function<std::vector<Result<Out>>(std::vector<In>&)> fn_results_;
 

@@ -123,6 +123,9 @@ struct Batch {
   TimePoint dispatch_ns = 0;
   // When the batch function returned (Scheduler::finish_batch), or kNotFinished.
   TimePoint finished_ns = kNotFinished;
+  // How often the front end split it in two and retried the parts (split_on;
+  // Scheduler::batch_split): its run time then says nothing of a batch's cost.
+  std::uint32_t splits = 0;
 
   static constexpr TimePoint kNotFinished = std::numeric_limits<TimePoint>::min();
 
@@ -131,8 +134,52 @@ struct Batch {
     expired.clear();
     size = 0;
     finished_ns = kNotFinished;
+    splits = 0;
   }
   bool empty() const noexcept { return size == 0; }
 };
+
+// Splits `whole` (at least 2 items) into two batches of about half its items
+// each, for a retry of a batch that was too big (split_on): `first` takes
+// the first ceil(size / 2) items in batch order, `second` the rest. With
+// `whole_spans` (calls whose rows must stay together) it cuts only between
+// spans, where nearest the middle; false if it cannot cut (one span).
+// `first` and `second` are overwritten; they keep `whole`'s key, reason and
+// dispatch time.
+inline bool split_in_two(const Batch& whole, Batch& first, Batch& second, bool whole_spans) {
+  if (whole.size < 2 || (whole_spans && whole.spans.size() < 2)) return false;
+  std::size_t cut = (whole.size + 1) / 2;
+  if (whole_spans) {  // the span boundary nearest the middle
+    std::size_t at = 0, best = 0;
+    for (std::size_t i = 0; i + 1 < whole.spans.size(); ++i) {
+      at += whole.spans[i].count;
+      const auto off = [cut](std::size_t x) { return x > cut ? x - cut : cut - x; };
+      if (best == 0 || off(at) < off(best)) best = at;
+    }
+    cut = best;
+  }
+  for (Batch* b : {&first, &second}) {
+    b->clear();
+    b->key = whole.key;
+    b->reason = whole.reason;
+    b->dispatch_ns = whole.dispatch_ns;
+  }
+  std::size_t seen = 0;
+  for (const Span& s : whole.spans) {
+    if (seen >= cut) {
+      second.spans.push_back(s);
+    } else if (seen + s.count <= cut) {
+      first.spans.push_back(s);
+    } else {  // the cut falls inside this span
+      const std::uint32_t head = static_cast<std::uint32_t>(cut - seen);
+      first.spans.push_back(Span{s.entry, s.begin, head});
+      second.spans.push_back(Span{s.entry, s.begin + head, s.count - head});
+    }
+    seen += s.count;
+  }
+  first.size = cut;
+  second.size = whole.size - cut;
+  return true;
+}
 
 }  // namespace batched

@@ -124,6 +124,20 @@ class KeyedPolicy {
     service_ns_ = ns;
     for (Slot& s : active_) s.policy->set_service_ns(ns);
   }
+
+  // As BatchPolicy's, for every key.
+  void configure(const BatchOptions& options) noexcept {
+    options_ = options;
+    for (Slot& s : active_) s.policy->configure(options);
+  }
+  void set_cap(std::size_t cap) noexcept {
+    cap_ = cap;
+    for (Slot& s : active_) s.policy->set_cap(cap);
+  }
+  void set_adaptive_wait(AdaptiveWait w) noexcept {
+    wait_ = w;
+    for (Slot& s : active_) s.policy->set_adaptive_wait(w);
+  }
   TimePoint service_ns() const noexcept { return service_ns_; }
 
   TimePoint next_deadline() const noexcept {
@@ -212,6 +226,9 @@ class KeyedPolicy {
     } else {
       p = std::make_unique<BatchPolicy>(options_);
     }
+    p->configure(options_);  // (a spare may predate a configure)
+    p->set_cap(cap_);
+    p->set_adaptive_wait(wait_);
     p->set_service_ns(service_ns_);
     // Reserve first: a throw below leaves nothing half-added (the policy is
     // kept as a spare).
@@ -258,7 +275,9 @@ class KeyedPolicy {
 
   static constexpr std::size_t kMaxSpare = 64;
 
-  const BatchOptions options_;
+  BatchOptions options_;
+  std::size_t cap_ = static_cast<std::size_t>(-1);
+  AdaptiveWait wait_;
   std::vector<Slot> active_;  // keys with queued items
   std::unordered_map<std::uint64_t, std::size_t> index_;  // key -> slot, once kIndexFrom keys are queued
   std::vector<std::unique_ptr<BatchPolicy>> spare_;

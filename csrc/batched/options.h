@@ -61,6 +61,12 @@ struct BatchOptions {
   // (docs/semantics.md, section 11). A call's own Entry::deadline_ns applies
   // if earlier. (deadline_ms)
   std::int64_t deadline_us = 0;
+  // If set, timeout_us is only the upper bound of a batch's wait: the
+  // Scheduler learns the cost of a batch as a line in its size and the
+  // arrival rate, and a batch waits for more items only while that is
+  // expected to lower latency (tuning.h, AdaptiveWait; docs/semantics.md, 13).
+  // (adaptive)
+  bool adaptive = false;
   // If non-zero, try_push fails once this many items are queued. (max_queue_size)
   std::size_t max_queue_size = 0;
   // Number of workers taking batches from one policy. (num_workers)

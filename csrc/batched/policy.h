@@ -69,6 +69,7 @@
 #include <batched/clock.h>
 #include <batched/entry.h>
 #include <batched/options.h>
+#include <batched/tuning.h>
 
 namespace batched {
 
@@ -80,6 +81,7 @@ class BatchPolicy {
       : max_batch_size_(options.max_batch_size),
         timeout_ns_(options.timeout_us * 1000),
         aging_ns_(options.aging_us * 1000),
+        adaptive_{options.adaptive},
         budget_(options.max_batch_length),
         tokens_(options.max_batch_tokens),
         multiple_(std::max<std::uint32_t>(1, options.pad_to_multiple_of)),
@@ -151,7 +153,7 @@ class BatchPolicy {
   // Batch::kNotFinished if it was idle.
   std::optional<DispatchReason> ready(TimePoint now, TimePoint busy_until) const noexcept {
     if (queued_items_ == 0) return std::nullopt;
-    if (queued_items_ >= max_batch_size_) return DispatchReason::kFull;
+    if (queued_items_ >= limit_) return DispatchReason::kFull;
     if (budget_ != 0 && queued_length_ > budget_) return DispatchReason::kBudget;
     // (the queued rows cannot all fit: even padded to each one's own length)
     if (tokens_ != 0 && queued_tokens_ > tokens_) return DispatchReason::kBudget;
@@ -197,11 +199,41 @@ class BatchPolicy {
     return arrival_head_ == nullptr ? kNever : arrival_head_->enqueue_ns;
   }
 
-  // When the timeout rule fires (kNever if empty): the oldest item's arrival + timeout.
+  // When the timeout rule fires (kNever if empty): the oldest item's arrival
+  // + timeout (under adaptive waits, + the wait in force: set_adaptive_wait).
   TimePoint timeout_deadline() const noexcept {
     if (arrival_head_ == nullptr) return kNever;
     const TimePoint arrival = arrival_head_->enqueue_ns;
-    return arrival > kNever - timeout_ns_ ? kNever : arrival + timeout_ns_;
+    const TimePoint wait = !adaptive_ ? timeout_ns_ : queued_items_ >= adaptive_.enough ? 0 : adaptive_.wait_ns;
+    return arrival > kNever - wait ? kNever : arrival + wait;
+  }
+
+  // Live settings (Scheduler::configure): the batch size, the timeout, aging
+  // and whether waits adapt, in force from the next ready()/pop(). The other
+  // options are fixed for the policy's life.
+  void configure(const BatchOptions& options) noexcept {
+    max_batch_size_ = options.max_batch_size;
+    timeout_ns_ = options.timeout_us * 1000;
+    aging_ns_ = options.aging_us * 1000;
+    adaptive_.on = options.adaptive;
+    limit_ = std::min(max_batch_size_, cap_);
+  }
+
+  // The largest batch the function has been seen to run (Scheduler: split_on;
+  // tuning.h SizeCap): batches hold at most this many items, if fewer than
+  // max_batch_size.
+  void set_cap(std::size_t cap) noexcept {
+    cap_ = std::max<std::size_t>(1, cap);
+    limit_ = std::min(max_batch_size_, cap_);
+  }
+  std::size_t limit() const noexcept { return limit_; }
+
+  // Under adaptive waits (BatchOptions::adaptive), the wait the Scheduler has
+  // learned replaces the timeout: a batch leaves once w.enough items are
+  // queued or its oldest item has waited w.wait_ns (at most timeout_us).
+  void set_adaptive_wait(AdaptiveWait w) noexcept {
+    adaptive_.enough = w.enough;
+    adaptive_.wait_ns = w.wait_ns;
   }
 
   // When the deadline rule fires (kNever if no queued call has a deadline):
@@ -220,7 +252,7 @@ class BatchPolicy {
     ++batch_seq_;
     Fill fill;
     // 0. Urgent calls, earliest deadline first (the top of the deadline heap).
-    while (fill.open && out.size < max_batch_size_ && !deadlines_.empty() && urgent(deadlines_.front(), now)) {
+    while (fill.open && out.size < limit_ && !deadlines_.empty() && urgent(deadlines_.front(), now)) {
       Entry* e = deadlines_.front();
       take_call(e, out, fill);
       if (!finish_if_done(e)) break;  // still queued: the batch is full, or it waits for the next one
@@ -228,9 +260,9 @@ class BatchPolicy {
     // 1. Due calls, passed over longest first (the head of the service list),
     //    each leaving room for the items of a higher explicit priority, but
     //    taking at least one item (the bound of docs/semantics.md, 3).
-    while (fill.open && out.size < max_batch_size_ && service_head_ != nullptr && due(service_head_, now)) {
+    while (fill.open && out.size < limit_ && service_head_ != nullptr && due(service_head_, now)) {
       Entry* e = service_head_;
-      std::size_t limit = max_batch_size_ - out.size;
+      std::size_t limit = limit_ - out.size;
       if (!keep_calls_whole_) {
         const std::size_t reserve = queued_above(e->priority, limit);
         limit = reserve >= limit ? 1 : limit - reserve;
@@ -239,7 +271,7 @@ class BatchPolicy {
       if (!finish_if_done(e)) break;  // still queued: the batch is full, or it waits for the next one
     }
     // 2. Rank order.
-    while (fill.open && out.size < max_batch_size_ && !levels_.empty()) {
+    while (fill.open && out.size < limit_ && !levels_.empty()) {
       Unit* u = levels_.front().head;
       Entry* e = u->entry;
       if (u->index == Unit::kWholeCall) {
@@ -373,7 +405,7 @@ class BatchPolicy {
 
   // Takes what fits of `e`'s queued items, in index order.
   void take_call(Entry* e, Batch& out, Fill& f, std::size_t limit = static_cast<std::size_t>(-1)) {
-    const std::size_t end = max_batch_size_ - out.size < limit ? max_batch_size_ : out.size + limit;
+    const std::size_t end = limit_ - out.size < limit ? limit_ : out.size + limit;
     if (e->items != nullptr) {  // item units: the call's queued items, wherever they rank
       for (std::uint32_t i = 0; i < e->count && f.open && out.size < end; ++i) {
         if (e->items[i].queued) take_item(e->items[i], out, f);
@@ -381,7 +413,7 @@ class BatchPolicy {
       return;
     }
     const std::uint32_t room = static_cast<std::uint32_t>(end - out.size);
-    if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&
+    if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= limit_ &&
         !fits_whole(e, room, out.size, f)) {
       f.open = false;  // it waits for the next batch instead of being split
       return;
@@ -617,9 +649,18 @@ class BatchPolicy {
     if (it->head == nullptr) levels_.erase(it);
   }
 
-  const std::size_t max_batch_size_;
-  const TimePoint timeout_ns_;
-  const TimePoint aging_ns_;
+  // Live settings (configure), and what the Scheduler learns (set_cap, set_adaptive_wait).
+  std::size_t max_batch_size_;
+  TimePoint timeout_ns_;
+  TimePoint aging_ns_;
+  std::size_t cap_ = static_cast<std::size_t>(-1);
+  std::size_t limit_ = max_batch_size_;  // min(max_batch_size_, cap_): the most items a batch takes
+  struct Adaptive {
+    bool on;
+    std::size_t enough = 1;
+    TimePoint wait_ns = 0;
+    explicit operator bool() const noexcept { return on; }
+  } adaptive_;
   const std::uint64_t budget_;
   const std::uint64_t tokens_;
   const std::uint64_t multiple_;

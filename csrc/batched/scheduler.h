@@ -47,6 +47,7 @@
 #include <batched/options.h>
 #include <batched/keyed_policy.h>
 #include <batched/stats.h>
+#include <batched/tuning.h>
 
 namespace batched {
 
@@ -70,14 +71,62 @@ class Scheduler {
       : options_((options.validate(), options)),
         item_units_(KeyedPolicy::uses_item_units(options_)),
         clock_(std::move(clock)),
-        policy_(options_) {
+        policy_(options_),
+        cap_(options_.max_batch_size) {
     stats_.batch_sizes.assign(options_.max_batch_size + 1, 0);
+    publish_live(options_);
   }
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  const BatchOptions& options() const noexcept { return options_; }
+  // The options in force (configure changes some). Thread-safe.
+  BatchOptions options() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return options_;
+  }
   const Clock& clock() const noexcept { return clock_; }
+
+  // Changes the live settings: max_batch_size, timeout_us, aging_us and
+  // adaptive in force from the next batch (BatchPolicy::configure), and
+  // max_queue_size and deadline_us for the pushes that follow. The other
+  // fields are fixed at construction: they must be equal to the current
+  // ones. Throws std::invalid_argument (nothing changed) otherwise, or if
+  // `next` is invalid. Wakes the workers and the watcher, whose plans may
+  // change. A new batch size resets what split_on learned (SizeCap).
+  // Thread-safe.
+  void configure(const BatchOptions& next) {
+    next.validate();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (next.small_batch_threshold != options_.small_batch_threshold || next.priority_rule != options_.priority_rule ||
+          next.max_batch_length != options_.max_batch_length || next.max_batch_tokens != options_.max_batch_tokens ||
+          next.pad_to_multiple_of != options_.pad_to_multiple_of || next.num_workers != options_.num_workers ||
+          next.keep_calls_whole != options_.keep_calls_whole) {
+        throw std::invalid_argument(
+            "only max_batch_size, timeout_us, aging_us, deadline_us, max_queue_size and adaptive can change "
+            "after construction");
+      }
+      std::lock_guard<std::mutex> stats_lock(stats_mu_);
+      if (next.max_batch_size != options_.max_batch_size) {
+        if (stats_.batch_sizes.size() < next.max_batch_size + 1) stats_.batch_sizes.resize(next.max_batch_size + 1, 0);
+        cap_ = SizeCap(next.max_batch_size);
+        cap_now_.store(cap_.cap(), std::memory_order_relaxed);
+      }
+      options_ = next;
+      policy_.configure(next);
+      policy_.set_cap(cap_.cap());
+      cap_applied_ = cap_.cap();
+      if (!next.adaptive) {
+        wait_ = AdaptiveWait();
+        policy_.set_adaptive_wait(wait_);
+      }
+      publish_live(next);
+      wake_ = true;
+      watch_wake_ = true;
+    }
+    cv_.notify_all();
+    watch_cv_.notify_all();
+  }
 
   // Queues `e` (count >= 1; priority and lengths set). Takes the entry iff
   // queued(status). Lock-free unless a worker sleeps. Does not allocate,
@@ -108,7 +157,10 @@ class Scheduler {
     }
     e->enqueue_ns = clock_.now();
     e->taken = 0;
-    if (deadline_ns_ != 0 && e->enqueue_ns + deadline_ns_ < e->deadline_ns) e->deadline_ns = e->enqueue_ns + deadline_ns_;
+    const TimePoint every_deadline_ns = deadline_ns_.load(std::memory_order_relaxed);
+    if (every_deadline_ns != 0 && e->enqueue_ns + every_deadline_ns < e->deadline_ns) {
+      e->deadline_ns = e->enqueue_ns + every_deadline_ns;
+    }
     const TimePoint deadline = e->deadline_ns;  // `e` belongs to the consumer once pushed
     const std::uint64_t e_key = e->key;           // (a key's batch fills and times out on its own)
     inbox_.push(e);
@@ -123,8 +175,9 @@ class Scheduler {
     // A deadline may move the time to look, for a worker (the deadline rule)
     // and for the watcher (expiry): both hear of it. The watcher publishes
     // the time it sleeps to before its last look at the inbox (seq_cst).
-    const bool may_dispatch = before == 0 || before + n >= options_.max_batch_size ||
-                              options_.max_batch_length != 0 || options_.max_batch_tokens != 0 || options_.timeout_us == 0 || deadline != kNever ||
+    // (each_push_may_dispatch_: a length budget, timeout 0, adaptive waits)
+    const bool may_dispatch = before == 0 || before + n >= push_batch_size_.load(std::memory_order_relaxed) ||
+                              each_push_may_dispatch_.load(std::memory_order_relaxed) || deadline != kNever ||
                               e_key != 0;
     if (may_dispatch || undeadlined_.load(std::memory_order_seq_cst) > 0) wake_one_if_sleeping();
     if (deadline != kNever && deadline - service_ns_.load(std::memory_order_relaxed) <
@@ -166,6 +219,7 @@ class Scheduler {
       absorb_inbox();
       const TimePoint now = clock_.now();
       expire_into(now, out.expired);
+      tune(now);
       if (auto reason = policy_.ready(now, busy_until)) {
         take(now, *reason, out);
         // More may be ready for another worker: hand the turn on.
@@ -204,6 +258,7 @@ class Scheduler {
     absorb_inbox();
     const TimePoint now = clock_.now();
     expire_into(now, out.expired);
+    tune(now);
     if (auto reason = policy_.ready(now, busy_until)) {
       take(now, *reason, out);
       return true;
@@ -216,7 +271,9 @@ class Scheduler {
   TimePoint next_deadline() {
     std::lock_guard<std::mutex> lock(mu_);
     absorb_inbox();
-    policy_.set_service_ns(service_at(clock_.now()));
+    const TimePoint now = clock_.now();
+    policy_.set_service_ns(service_at(now));
+    tune(now);
     return policy_.next_deadline();
   }
 
@@ -278,6 +335,10 @@ class Scheduler {
       service_samples_[service_next_++ % kServiceSamples] = Sample{sample, now};
       was = service_ns_.load(std::memory_order_relaxed);
       estimate = refresh_service(now);
+      if (batch.splits == 0 && batch.size > 0) {  // (a split batch's time is not one batch's cost)
+        cost_.observe(batch.size, sample);
+        fixed_ns_.store(cost_.fixed_ns(), std::memory_order_relaxed);
+      }
     }
     // A longer estimate brings expiries forward: the watcher looks again
     // (it re-reads the estimate after publishing watch_until_: one of the two sees the other).
@@ -294,16 +355,44 @@ class Scheduler {
   // function took run_ns) and stamps it with the time, for wait_pop's drain
   // rule. Thread-safe.
   void finish_batch(Batch& batch, std::int64_t run_ns, bool failed) {
+    finish_batch_items(batch, run_ns, failed ? batch.size : 0);
+  }
+
+  // The same, when `failed_items` of the batch failed (a split batch: some
+  // of its parts may have succeeded).
+  void finish_batch_items(Batch& batch, std::int64_t run_ns, std::size_t failed_items) {
     batch.finished_ns = clock_.now();
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.total_processed += batch.size;
     stats_.total_batches += 1;
-    if (failed) {
+    if (failed_items != 0) {
       stats_.failed_batches += 1;
-      stats_.failed_items += batch.size;
+      stats_.failed_items += failed_items;
+    } else if (batch.splits == 0 && cap_.cap() < cap_.max()) {  // the cap may probe upward
+      cap_.succeeded(batch.size);
+      cap_now_.store(cap_.cap(), std::memory_order_relaxed);
     }
     stats_.total_run_ns += run_ns;
     stats_.batch_latency.record(run_ns);
+  }
+
+  // The front end split a batch (or part) of `n` items that was too big
+  // (split_on) to retry its two parts. Counts the split in `top` (the batch
+  // as dispatched) and in the stats, and lowers the batch cap (tuning.h
+  // SizeCap) for the batches that follow. Thread-safe.
+  void batch_split(Batch& top, std::size_t n) {
+    top.splits += 1;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.split_batches += 1;
+    cap_.too_big(n);
+    cap_now_.store(cap_.cap(), std::memory_order_relaxed);
+  }
+
+  // A part of a split batch, of `n` items, ran without being too big. Thread-safe.
+  void part_succeeded(std::size_t n) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    cap_.succeeded(n);
+    cap_now_.store(cap_.cap(), std::memory_order_relaxed);
   }
 
   // Closes the scheduler: later pushes fail with kClosed and every worker in
@@ -341,6 +430,9 @@ class Scheduler {
     return closed_;
   }
 
+  // max_queue_size in force (0: unbounded). Thread-safe, lock-free.
+  std::size_t max_queue_size() const noexcept { return max_queue_size_.load(std::memory_order_relaxed); }
+
   // Racy observer: items pushed and not yet dispatched. Thread-safe.
   std::size_t size_approx() const noexcept { return queued_.load(std::memory_order_relaxed); }
 
@@ -349,16 +441,27 @@ class Scheduler {
   // mutex to copy about 9 KiB. Thread-safe.
   BatchStats stats() const {
     TimePoint oldest;
+    double rate;
+    AdaptiveWait wait;
     {
       std::lock_guard<std::mutex> lock(mu_);
       absorb_inbox();  // the oldest item may not have reached the policy yet
       oldest = policy_.oldest_enqueue_ns();
+      rate = rate_.per_ns(clock_.now());
+      wait = wait_;
     }
     std::lock_guard<std::mutex> stats_lock(stats_mu_);
     BatchStats s = stats_;
     s.oldest_wait_ns = oldest == kNever ? 0 : std::max<std::int64_t>(0, clock_.now() - oldest);
     s.queued_items = size_approx();
     s.rejected_items = rejected_.load(std::memory_order_relaxed);
+    s.batch_cap = cap_.cap();
+    s.cost_fixed_ns = cost_.fixed_ns();
+    s.cost_per_item_ns = cost_.per_item_ns();
+    s.cost_samples = cost_.samples();
+    s.arrival_per_s = rate * 1e9;
+    s.adaptive_enough = wait.enough;
+    s.adaptive_wait_ns = wait.wait_ns;
     return s;
   }
 
@@ -366,8 +469,9 @@ class Scheduler {
   // queued). Thread-safe.
   void reset_stats() {
     std::lock_guard<std::mutex> lock(stats_mu_);
+    const std::size_t sizes = stats_.batch_sizes.size();  // (max_batch_size + 1, or more after a configure)
     stats_ = BatchStats();
-    stats_.batch_sizes.assign(options_.max_batch_size + 1, 0);
+    stats_.batch_sizes.assign(sizes, 0);
     rejected_.store(0, std::memory_order_relaxed);
   }
 
@@ -428,13 +532,14 @@ class Scheduler {
   // if max_queue_size would be exceeded. Bounded queues use a CAS loop, so a
   // call that does not fit never makes a concurrent smaller call look full.
   bool reserve(std::size_t n, std::size_t& before) noexcept {
-    if (options_.max_queue_size == 0) {
+    const std::size_t limit = max_queue_size_.load(std::memory_order_relaxed);
+    if (limit == 0) {
       before = queued_.fetch_add(n, std::memory_order_relaxed);
       return true;
     }
     std::size_t cur = queued_.load(std::memory_order_relaxed);
     do {
-      if (n > options_.max_queue_size || cur > options_.max_queue_size - n) return false;
+      if (n > limit || cur > limit - n) return false;
     } while (!queued_.compare_exchange_weak(cur, cur + n, std::memory_order_relaxed));
     before = cur;
     return true;
@@ -452,12 +557,41 @@ class Scheduler {
   // Requires mu_. Const because moving entries from the inbox to the policy
   // changes no observable state: both hold the queued items.
   void absorb_inbox() const {
+    const bool adaptive = options_.adaptive;
     for (Entry* e = inbox_.take_all(); e != nullptr;) {
       Entry* next = e->inbox_next;
       e->inbox_next = nullptr;
       policy_.add(e);
+      if (adaptive) rate_.observe(e->enqueue_ns, e->count);
       e = next;
     }
+  }
+
+  // Requires mu_. Gives the policy what was learned: the batch cap
+  // (split_on) and, under adaptive waits, the wait (tuning.h AdaptiveWait).
+  void tune(TimePoint now) {
+    const std::size_t cap = cap_now_.load(std::memory_order_relaxed);
+    if (cap != cap_applied_) {
+      policy_.set_cap(cap);
+      cap_applied_ = cap;
+    }
+    if (!options_.adaptive) return;
+    const AdaptiveWait w = AdaptiveWait::of(rate_.per_ns(now), fixed_ns_.load(std::memory_order_relaxed),
+                                            options_.timeout_us * 1000, std::min(cap, options_.max_batch_size));
+    if (w.enough != wait_.enough || w.wait_ns != wait_.wait_ns) {
+      policy_.set_adaptive_wait(w);
+      wait_ = w;
+    }
+  }
+
+  // Requires mu_ (or construction). What try_push reads of the live
+  // settings without the lock.
+  void publish_live(const BatchOptions& o) noexcept {
+    push_batch_size_.store(o.max_batch_size, std::memory_order_relaxed);
+    each_push_may_dispatch_.store(o.max_batch_length != 0 || o.max_batch_tokens != 0 || o.timeout_us == 0 || o.adaptive,
+                                  std::memory_order_relaxed);
+    max_queue_size_.store(o.max_queue_size, std::memory_order_relaxed);
+    deadline_ns_.store(o.deadline_us * 1000, std::memory_order_relaxed);
   }
 
   // Requires mu_.
@@ -471,10 +605,14 @@ class Scheduler {
     for (const Span& s : out.spans) stats_.queue_wait.record(now - s.entry->enqueue_ns, s.count);
   }
 
-  const BatchOptions options_;
+  BatchOptions options_;   // guarded by mu_ (configure); try_push reads the copies below
   const bool item_units_;  // pushes allocate one Unit per item (see try_push)
-  const TimePoint deadline_ns_ = options_.deadline_us * 1000;  // 0: no deadline for every call
   const Clock clock_;
+  // The live settings try_push reads without the lock (publish_live).
+  std::atomic<std::size_t> push_batch_size_{0};
+  std::atomic<bool> each_push_may_dispatch_{false};
+  std::atomic<std::size_t> max_queue_size_{0};
+  std::atomic<TimePoint> deadline_ns_{0};  // 0: no deadline for every call
 
   mutable MpscInbox<Entry, &Entry::inbox_next> inbox_;  // mutable: see absorb_inbox
   alignas(64) std::atomic<std::uint64_t> gate_{0};     // pushes in progress | kClosedBit
@@ -492,6 +630,9 @@ class Scheduler {
   bool watch_wake_ = false;
   bool closed_ = false;
   mutable KeyedPolicy policy_;  // mutable: see absorb_inbox
+  mutable ArrivalRate rate_;    // observed in absorb_inbox, under adaptive waits
+  AdaptiveWait wait_;           // the wait last given to the policy
+  std::size_t cap_applied_ = static_cast<std::size_t>(-1);  // the cap last given to the policy
 
   mutable std::mutex stats_mu_;  // guards stats_ and the service samples; taken after mu_ when both are held
   BatchStats stats_;
@@ -507,6 +648,10 @@ class Scheduler {
     return a;
   }();
   std::size_t service_next_ = 0;
+  BatchCostModel cost_;                       // batch time against size (batch_delivered)
+  std::atomic<double> fixed_ns_{0.0};         // cost_.fixed_ns(), for tune() under mu_
+  SizeCap cap_;                               // split_on's batch cap (batch_split, finish_batch_items)
+  std::atomic<std::size_t> cap_now_{static_cast<std::size_t>(-1)};  // cap_.cap(), for tune() under mu_
   std::atomic<TimePoint> service_valid_until_{kNever};  // when the estimate may age (refresh_service)
 };
 

@@ -27,6 +27,15 @@ struct BatchStats {
   LatencyHistogram queue_wait;            // per item: push to dispatch
   LatencyHistogram batch_latency;         // per batch: run time of the batch function
   std::vector<std::uint64_t> batch_sizes; // batch_sizes[n]: batches of n items
+  // What the scheduler has learned (tuning.h; docs/semantics.md, 13).
+  std::uint64_t split_batches = 0;        // batches (or parts) split in two as too big (split_on)
+  std::size_t batch_cap = 0;              // the most items a batch takes now: max_batch_size, or less after splits
+  double cost_fixed_ns = 0;               // batch time = cost_fixed_ns + cost_per_item_ns * size, as fitted
+  double cost_per_item_ns = 0;
+  std::uint64_t cost_samples = 0;         // batches the fit has seen
+  double arrival_per_s = 0;               // items arriving per second (measured under adaptive waits only)
+  std::size_t adaptive_enough = 1;        // adaptive waits: a batch leaves with this many items...
+  std::int64_t adaptive_wait_ns = 0;      // ...or once its oldest has waited this long
 };
 
 }  // namespace batched

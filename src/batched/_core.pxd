@@ -66,6 +66,7 @@ cdef class Driver:
     cdef int refuse_reentry(self, Engine engine) except -1
     cdef int stop(self, Engine engine, bint wait, object timeout) except -1
     cdef int after_fork(self) except -1
+    cdef int configured(self, Engine engine) except -1
 
 
 cdef class ThreadDriver(Driver):
@@ -99,6 +100,8 @@ cdef class Engine:
     cdef readonly object group_by  # the grouping key of an item or a call's features, or None
     cdef dict key_ids              # key -> [id for the core, calls holding it]
     cdef uint64_t next_key_id
+    cdef tuple split_types         # split_on: exception classes...
+    cdef frozenset split_names     # ...and qualified names
     cdef object __weakref__
 
     cdef _Call keyed_call(self, object request, object key)
@@ -111,6 +114,11 @@ cdef class Engine:
     cdef int push(self, _Call c) except -1
     cdef int check_push(self, CPushStatus status, _Call c) except -1
     cdef object wait_for(self, _Call c)
+    cdef int take_split_on(self, tuple split_on) except -1
+    cdef bint too_big(self, object error, CBatch& batch)
+    cdef tuple call_fn(self, CBatch& batch, int64_t* run_ns)
+    cdef tuple checked(self, CBatch& batch, object out, object error)
+    cdef int deliver(self, CBatch& batch, object out, object error, CPendingNotifications* to_notify) except -1
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1
     cdef int end_batch(self, CBatch& batch, object out, object error, int64_t run_ns,
                        CPendingNotifications& to_notify) except -1
@@ -121,3 +129,22 @@ cdef class Engine:
     cdef int finish(self, _Call c, dict by_loop, CPendingNotifications* to_notify) except -1
     cdef int cancel_call(self, _Call c) except -1
     cdef int fail_expired(self, vector[CExpired]& expired, CPendingNotifications* to_notify) except -1
+
+
+cdef class _Part:
+    cdef CBatch batch
+
+
+cdef class _Splitter:
+    cdef Engine engine
+    cdef CBatch* top
+    cdef list stack
+    cdef int64_t run_ns
+    cdef size_t failed
+
+    cdef int start(self, Engine engine, CBatch& batch, int64_t run_ns) except -1
+    cdef int split(self, CBatch& whole) except -1
+    cdef int part_done(self, _Part p, object out, object error, int64_t run_ns,
+                       CPendingNotifications* to_notify) except -1
+    cdef int fail_all(self, _Part current, object error, CPendingNotifications* to_notify) except -1
+    cdef int finish(self) except -1

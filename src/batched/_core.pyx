@@ -45,6 +45,7 @@ from batched.includes.libbatched cimport (
     monotonic_ns,
     push_queued,
     reason_name,
+    split_in_two,
 )
 
 import atexit

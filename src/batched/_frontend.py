@@ -9,6 +9,7 @@ imports nothing slow: asyncio and the padding module load on first use.
 from __future__ import annotations
 
 import operator
+import threading
 
 from batched._options import ProcessorOptions
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from batched.types import PriorityStrategy
 
 _asyncio: Any = None  # imported by the first await: asyncio is slow to import
+_configure_lock = threading.Lock()  # one configure() at a time, whichever processor
 
 
 if TYPE_CHECKING:
@@ -68,6 +70,27 @@ class Processor(_Options):
         return _rebuild, (type(self), self.batch_func, self.options)
 
 
+    def configure(self, **changes: Any) -> None:
+        """Changes settings while calls run: ``batch_size``, ``timeout_ms``,
+        ``max_queue_size``, ``aging_ms``, ``deadline_ms``, ``adaptive`` and
+        ``split_on``. Checked as the constructor checks them (TypeError,
+        ValueError: nothing changes); in force from the next batch (a
+        ``deadline_ms`` or ``max_queue_size`` from the next call). The other
+        options are fixed once the processor is made (ValueError).
+        Thread-safe: any thread, while batches run.
+        """
+        with _configure_lock:
+            self._put_options(self.options.replace(changes))
+
+    def _put_options(self, options: ProcessorOptions) -> None:
+        """Puts changed live options in force on every engine."""
+        for engine in self._engines():
+            engine.configure(options)
+        self.options = options
+
+    def _engines(self) -> list[Engine]:
+        raise NotImplementedError
+
     @property
     def priority_strategy(self) -> PriorityStrategy:  # type: ignore[override]  # never None here
         """The strategy in effect: PRIORITY (small calls first) unless another was given."""
@@ -78,7 +101,7 @@ class Processor(_Options):
 
 for _name in ProcessorOptions.__slots__:
     # the inference front ends show the padding options' parts (PaddingAttributes)
-    if _name not in ("padding", "priority_strategy"):
+    if _name not in ("padding", "priority_strategy") and not _name.startswith("_"):
         setattr(Processor, _name, property(operator.attrgetter(f"options.{_name}")))
 
 

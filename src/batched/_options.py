@@ -20,11 +20,19 @@ from collections.abc import Mapping
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
-    from typing import Any, Optional
+    from typing import Any, Optional, Union
 
     from batched.types import AsyncCache, PriorityStrategy
 
 MAX_MS = 1e9  # the C++ core keeps durations in ns; this keeps them far from overflow
+
+#: The options Processor.configure may change while calls run (docs/api.md).
+LIVE = ("batch_size", "timeout_ms", "max_queue_size", "aging_ms", "deadline_ms", "adaptive", "split_on")
+#: Names in a signature's locals() that are not options.
+_NOT_OPTIONS = frozenset({"self", "_func", "func", "__class__"})
+#: split_on of the inference front ends when none is given: a CUDA (or other
+#: accelerator) out-of-memory error of torch, named so that torch is not imported.
+TORCH_OOM = "torch.OutOfMemoryError"
 
 # PriorityStrategy (by value) -> the C++ PriorityRule (csrc/batched/options.h).
 # No strategy (the threaded front ends; aio's default): small calls first.
@@ -51,6 +59,9 @@ class ProcessorOptions:
         "priority_strategy",
         "cache",
         "padding",
+        "adaptive",
+        "split_on",
+        "_given",
     )
 
     batch_size: int
@@ -70,6 +81,11 @@ class ProcessorOptions:
     cache: Optional[AsyncCache[Any, Any]]
     #: the inference front ends' padding options; None for the others
     padding: Optional[PaddingOptions]
+    #: waits adapt to the load, timeout_ms being the longest (docs/semantics.md, 13)
+    adaptive: bool
+    #: the exceptions (classes, or qualified names) on which a batch is split in two and retried
+    split_on: tuple[Union[type[BaseException], str], ...]
+    _given: dict[str, Any]  # the arguments as given, for replace()
 
     @classmethod
     def of(cls, params: Mapping[str, Any]) -> ProcessorOptions:
@@ -96,7 +112,24 @@ class ProcessorOptions:
         if params.get("batch_item_cls") is not None:
             _warn_batch_item_cls_once()
         o.padding = PaddingOptions.of(params, o.batch_size) if "padding_side" in params else None
+        adaptive = params.get("adaptive", False)
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"adaptive must be True or False, got {type(adaptive).__name__} {adaptive!r}")
+        o.adaptive = adaptive
+        o.split_on = _split_on(params.get("split_on"), inference=o.padding is not None)
+        o._given = {k: v for k, v in params.items() if k not in _NOT_OPTIONS}
         return o
+
+    def replace(self, changes: Mapping[str, Any]) -> ProcessorOptions:
+        """These options with ``changes`` (Processor.configure), checked as
+        the constructor checks them; only LIVE options may change."""
+        for name in changes:
+            if name not in self._given:
+                raise TypeError(f"configure() got an unknown option {name!r}")
+            if name not in LIVE:
+                raise ValueError(f"{name} is fixed once the processor is made; configure() changes "
+                                 f"{', '.join(LIVE)}")
+        return ProcessorOptions.of({**self._given, **changes})
 
     @property
     def priority_rule(self) -> int:
@@ -107,7 +140,8 @@ class ProcessorOptions:
         return _RULE_OF_STRATEGY[int(self.priority_strategy)]
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k) is not None)
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__
+                          if not k.startswith("_") and getattr(self, k) is not None)
         return f"ProcessorOptions({shown})"
 
 
@@ -188,6 +222,26 @@ def milliseconds(name: str, value: Any) -> float:
     if value > MAX_MS:
         raise ValueError(f"{name} must be at most {MAX_MS:.0e} ms (11.6 days), got {value}")
     return float(value)
+
+
+def _split_on(value: Any, inference: bool) -> tuple[Union[type[BaseException], str], ...]:
+    if value is None:
+        return (TORCH_OOM,) if inference else ()
+    if isinstance(value, (type, str)):
+        value = (value,)
+    try:
+        kinds = tuple(value)
+    except TypeError:
+        raise TypeError(f"split_on must be a tuple of exception classes (or their qualified names), "
+                        f"got {type(value).__name__} {value!r}") from None
+    for k in kinds:
+        if isinstance(k, str) and "." in k.strip(".") and " " not in k:
+            continue
+        if isinstance(k, type) and issubclass(k, BaseException):
+            continue
+        raise TypeError(f"split_on must hold exception classes or qualified names such as "
+                        f"'torch.OutOfMemoryError', got {k!r}")
+    return kinds
 
 
 def _strategy(value: Any) -> Optional[PriorityStrategy]:

@@ -54,6 +54,22 @@ class Percentiles(NamedTuple):
     p99: float = 0.0
 
 
+class Learned(NamedTuple):
+    """What a processor has learned of its batch function and its traffic
+    (docs/semantics.md, 13): the time of a batch of n items, fitted as
+    ``batch_cost_ms + per_item_ms * n``, and, under ``adaptive=True``, the
+    arrival rate and the wait it sets: a batch leaves with
+    ``adaptive_batch`` items or once its oldest item has waited
+    ``adaptive_wait_ms`` (1 and 0.0: at once)."""
+
+    batch_cost_ms: float = 0.0
+    per_item_ms: float = 0.0
+    batches_seen: int = 0
+    arrivals_per_s: float = 0.0
+    adaptive_batch: int = 1
+    adaptive_wait_ms: float = 0.0
+
+
 @dataclass
 class BatchProcessorStats:
     """A consistent snapshot of a processor's statistics.
@@ -91,6 +107,13 @@ class BatchProcessorStats:
     #: inference processors: real rows' steps / steps of the padded batches
     #: (1.0: no padding at all); None for other processors or before a batch
     padding_efficiency: Optional[float] = None
+    #: batches (or parts of one) split in two and retried because the batch
+    #: function raised one of ``split_on`` (the batch was too big)
+    split_batches: int = 0
+    #: the most items a batch takes now: batch_size, or less after splits
+    batch_cap: int = 0
+    #: the batch cost and arrival rate learned, and the adaptive wait
+    learned: Learned = field(default_factory=Learned)
 
     def update(self, batch_size: int, processing_time: float) -> None:
         """Adds one batch (0.1.5 API; processors keep their counts in the core)."""
@@ -112,7 +135,8 @@ class BatchProcessorStats:
     ) -> BatchProcessorStats:
         """The snapshot of a processor from a core snapshot (Engine.stats: its
         keys are this class's field names, plus "total_run_s")."""
-        values: dict[str, Any] = {k: Percentiles(*v) if isinstance(v, tuple) else v for k, v in s.items() if k in _FIELDS}
+        values: dict[str, Any] = {k: _TUPLES.get(k, Percentiles)(*v) if isinstance(v, tuple) else v
+                                  for k, v in s.items() if k in _FIELDS}
         batches = s["total_batches"]
         return cls(
             **values,
@@ -124,8 +148,9 @@ class BatchProcessorStats:
 
 
 _FIELDS = frozenset(f.name for f in fields(BatchProcessorStats))
+_TUPLES: dict[str, Any] = {"learned": Learned}  # the other tuples are Percentiles
 # Gauges of several queues combine by their largest value; every other number adds up.
-_LARGEST = frozenset({"oldest_wait_ms"})
+_LARGEST = frozenset({"oldest_wait_ms", "batch_cap"})
 
 
 def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,7 +171,7 @@ def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
         elif isinstance(first, tuple) and isinstance(first[0], list):  # exporters' (counts, sum, count)
             merged[key] = ([sum(c) for c in zip(*(v[0] for v in values))], sum(v[1] for v in values),
                            sum(v[2] for v in values))
-        elif isinstance(first, tuple):  # percentiles
+        elif isinstance(first, tuple):  # percentiles, what was learned: the largest of each
             merged[key] = tuple(max(v[i] for v in values) for i in range(len(first)))
         else:
             merged[key] = max(values) if key in _LARGEST else sum(values)

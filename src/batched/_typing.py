@@ -62,6 +62,11 @@ ItemsMethod = Callable[[S, list[T]], Results[U]]
 AsyncItemsFn = Callable[[list[T]], Union[Results[U], Awaitable[Results[U]]]]
 AsyncItemsMethod = Callable[[S, list[T]], Union[Results[U], Awaitable[Results[U]]]]
 #: A model function (without ``spread_kwargs``): the padded features -> its output.
+#: split_on: the exceptions that mean "this batch was too big": exception
+#: classes, or their qualified names ("torch.OutOfMemoryError"), matched
+#: without importing their module.
+SplitOn = tuple[Union[type[BaseException], str], ...]
+
 ModelFn = Callable[[PaddedFeatures], R]
 ModelMethod = Callable[[S, PaddedFeatures], R]
 
@@ -99,6 +104,8 @@ class OptionArgs(TypedDict, total=False):
     deadline_ms: Optional[float]
     group_by: Optional[Callable[[Any], Hashable]]
     priority_strategy: Optional[PriorityStrategy]
+    adaptive: bool
+    split_on: Optional[SplitOn]
 
 
 class AllOptionArgs(OptionArgs, total=False):

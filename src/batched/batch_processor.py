@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from batched._core import Collator
     from batched._stats import BatchProcessorStats
-    from batched._typing import ItemsFn, ItemsMethod, OptionArgs, PerInstance, S
+    from batched._typing import ItemsFn, ItemsMethod, OptionArgs, PerInstance, S, SplitOn
     from batched.types import PriorityStrategy, T, U
 else:
     from batched.decorator import RuntimeGeneric as Generic
@@ -59,6 +59,8 @@ class BatchProcessor(Processor, Generic[T, U]):
         aging_ms: float = 100.0,
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
+        adaptive: bool = False,
+        split_on: Optional[SplitOn] = None,
         priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:
         self._setup(_func, ProcessorOptions.of(locals()))
@@ -74,6 +76,9 @@ class BatchProcessor(Processor, Generic[T, U]):
 
     def _make_collator(self) -> Collator:
         return ItemCollator(name_of(self.batch_func))
+
+    def _engines(self) -> list[Engine]:
+        return [self._engine]
 
     def _engine_function(self) -> Callable[..., Any]:
         """What the engine calls with each batch."""

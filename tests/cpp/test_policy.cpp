@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "check.h"
+#include "entries.h"
 
 using namespace batched;
 
@@ -13,12 +14,7 @@ namespace {
 constexpr TimePoint kMs = 1000000;
 constexpr TimePoint kIdle = Batch::kNotFinished;
 
-BatchOptions opts(std::size_t batch, std::int64_t timeout_us) {
-  BatchOptions o;
-  o.max_batch_size = batch;
-  o.timeout_us = timeout_us;
-  return o;
-}
+using batched_test::opts;
 
 Entry make(std::uint32_t count, std::int32_t priority, TimePoint at, const std::uint32_t* lengths = nullptr) {
   Entry e;

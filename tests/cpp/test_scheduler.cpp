@@ -11,24 +11,14 @@
 #include <vector>
 
 #include "check.h"
+#include "entries.h"
 
 using namespace batched;
 
 namespace {
 
-BatchOptions opts(std::size_t batch, std::int64_t timeout_us) {
-  BatchOptions o;
-  o.max_batch_size = batch;
-  o.timeout_us = timeout_us;
-  return o;
-}
-
-Entry make(std::uint32_t count, void* owner = nullptr) {
-  Entry e;
-  e.count = count;
-  e.owner = owner;
-  return e;
-}
+using batched_test::make;
+using batched_test::opts;
 
 // Pushes `e`, pops it as one batch that takes `us` (dispatch to hand-out), and
 // reports its hand-out: the service estimate of deadlines sees it.

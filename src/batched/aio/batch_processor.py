@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from batched._core import Collator
-    from batched._typing import AsyncItemsFn, AsyncItemsMethod, AsyncOptionArgs, PerInstance, S
+    from batched._typing import AsyncItemsFn, AsyncItemsMethod, AsyncOptionArgs, PerInstance, S, SplitOn
     from batched.types import T, U
 else:
     from batched.decorator import RuntimeGeneric as Generic
@@ -76,6 +76,8 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
         aging_ms: float = 100.0,
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
+        adaptive: bool = False,
+        split_on: Optional[SplitOn] = None,
     ) -> None:
         self._setup(func, ProcessorOptions.of(locals()))
 
@@ -144,6 +146,10 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
 
     def _engines(self) -> list[Engine]:
         return self._engines_ref()()
+
+    def _put_options(self, options: ProcessorOptions) -> None:
+        with self._lookup_lock:  # an engine made for a new loop meanwhile gets them too
+            super()._put_options(options)
 
     if TYPE_CHECKING:
         # A list is always several items (as at run time), so list[T] goes first.

@@ -19,6 +19,7 @@ cdef CBatchOptions _core_options(object options, Collator collator) except *:
     o.num_workers = options.num_workers
     # A rows call's pieces share one padded length only if it is not split.
     o.keep_calls_whole = collator.keep_calls_whole
+    o.adaptive = options.adaptive
     return o
 
 
@@ -48,6 +49,7 @@ cdef class Engine:
         self.group_by = options.group_by
         self.key_ids = {}
         self.next_key_id = 1  # 0 is "no key"
+        self.take_split_on(options.split_on)
         _live_engines.add(self)
 
     def __dealloc__(self):
@@ -57,6 +59,41 @@ cdef class Engine:
             self.sched.shutdown()
             del self.sched
             self.sched = NULL
+
+    # ---- live settings ----
+
+    def configure(self, options):
+        """Puts ``options`` (the processor's, changed by Processor.configure
+        in batched._options.LIVE only) in force from the next batch."""
+        cdef CBatchOptions o = _core_options(options, self.collator)
+        try:
+            with nogil:
+                self.sched.configure(o)
+        except ValueError as e:  # (std::invalid_argument: the Python checks should have caught it)
+            raise ValueError(f"batch processor {self.name!r}: {e}") from None
+        self.options = options
+        self.take_split_on(options.split_on)
+        if options.deadline_ms is not None:
+            self.deadlines = True  # the next push starts the watcher if there is none
+        self.driver.configured(self)
+
+    cdef int take_split_on(self, tuple split_on) except -1:
+        self.split_types = tuple([k for k in split_on if not isinstance(k, str)])
+        self.split_names = frozenset([k for k in split_on if isinstance(k, str)])
+        return 0
+
+    cdef bint too_big(self, object error, CBatch& batch):
+        """Whether ``error`` says the batch was too big (split_on) and the
+        batch can be split: its parts are then retried (docs/semantics.md, 13)."""
+        if batch.size < 2 or error is None or (self.collator.keep_calls_whole and batch.spans.size() < 2):
+            return False  # (one item, or one call whose rows stay together: it cannot be cut)
+        if self.split_types and isinstance(error, self.split_types):
+            return True
+        if self.split_names:
+            for cls in type(error).__mro__:
+                if f"{cls.__module__}.{cls.__qualname__}" in self.split_names:
+                    return True
+        return False
 
     # ---- callers ----
 
@@ -293,7 +330,27 @@ cdef class Engine:
 
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1:
         """Runs a batch of a plain function (thread driver). Whatever fails
-        (collating, the function, its output) becomes the callers' error."""
+        (collating, the function, its output) becomes the callers' error; a
+        batch that was too big (split_on) is retried in parts."""
+        cdef int64_t run_ns = 0
+        out, error = self.call_fn(batch, &run_ns)
+        if not self.too_big(error, batch):
+            return self.end_batch(batch, out, error, run_ns, to_notify)
+        cdef _Splitter parts = _Splitter.__new__(_Splitter)
+        cdef _Part p = None
+        parts.start(self, batch, run_ns)
+        try:
+            while parts.stack:
+                p = parts.stack.pop()
+                out, error = self.call_fn(p.batch, &run_ns)
+                parts.part_done(p, out, error, run_ns, &to_notify)
+                p = None
+        except BaseException as e:  # a bug here must not strand callers
+            parts.fail_all(p, e, &to_notify)
+        return parts.finish()
+
+    cdef tuple call_fn(self, CBatch& batch, int64_t* run_ns):
+        """(out, error) of the function on ``batch``'s inputs; its run time in ``run_ns``."""
         error = None
         out = None
         cdef int64_t t0 = monotonic_ns()
@@ -313,26 +370,37 @@ cdef class Engine:
         except BaseException as e:  # the worker survives whatever happens here
             error = e
             t1 = monotonic_ns()
-        return self.end_batch(batch, out, error, t1 - t0, to_notify)
+        run_ns[0] = t1 - t0
+        return out, error
 
     cdef int end_batch(self, CBatch& batch, object out, object error, int64_t run_ns,
                        CPendingNotifications& to_notify) except -1:
         """A batch has run (``out``, or ``error``): checks the output, counts
         the batch, hands out every call's share (or the error)."""
+        out, error = self.checked(batch, out, error)
+        self.sched.finish_batch(batch, run_ns, error is not None)
+        self.deliver(batch, out, error, &to_notify)
+        self.sched.batch_delivered(batch)  # the service estimate of deadlines
+        return 0
+
+    cdef tuple checked(self, CBatch& batch, object out, object error):
+        """(out, error) once the collator has checked ``out``."""
         if error is None:
             try:
                 out = self.collator.outputs(out, batch)
             except BaseException as e:
                 error = e
-        self.sched.finish_batch(batch, run_ns, error is not None)
+        return out, error
+
+    cdef int deliver(self, CBatch& batch, object out, object error, CPendingNotifications* to_notify) except -1:
+        """Hands out a checked batch's (or part's) results, or its error."""
         if error is not None:
             logger().warning("batch function of %r failed on a batch of %d items: %s: %s",
                              self.name, batch.size, type(error).__name__, error, exc_info=error)
         try:
-            self.hand_out(batch, out, error, to_notify)
+            self.hand_out(batch, out, error, to_notify[0])
         except BaseException as e:  # a bug here must not strand callers
-            self.fail_rest(batch, e, to_notify)
-        self.sched.batch_delivered(batch)  # the service estimate of deadlines
+            self.fail_rest(batch, e, to_notify[0])
         return 0
 
     cdef int hand_out(self, CBatch& batch, object outs, object error,
@@ -460,6 +528,80 @@ cdef class Engine:
         return _snapshot(self.sched.stats(), latency_bounds_s)
 
 
+# ---- split and retry (split_on; docs/semantics.md, 13) ----
+
+cdef class _Part:
+    """A part of a batch that was too big, run on its own (its batch: _core.pxd)."""
+
+
+cdef class _Splitter:
+    """Works through a batch that was too big (the function raised one of
+    split_on): its two halves are retried, each split again while it is too
+    big, down to single items (a call kept whole is not cut: with one call
+    left, its error goes to its caller). Each part's results are handed out
+    when it succeeds. Both drivers use it: they pop a part from ``stack``,
+    run it, and report it with part_done; finish() counts the batch once."""
+    # (attributes in _core.pxd) top: the batch as dispatched, which its driver
+    # keeps alive until finish(); stack: the parts to run, the next one last;
+    # run_ns: the function's time, every attempt; failed: items that got an error.
+
+    cdef int start(self, Engine engine, CBatch& batch, int64_t run_ns) except -1:
+        self.engine = engine
+        self.top = &batch
+        self.stack = []
+        self.run_ns = run_ns
+        self.split(batch)
+        return 0
+
+    cdef int split(self, CBatch& whole) except -1:
+        """Queues the two halves of ``whole`` (the top batch, or a part)."""
+        cdef _Part first = _Part.__new__(_Part)
+        cdef _Part second = _Part.__new__(_Part)
+        if not split_in_two(whole, first.batch, second.batch, self.engine.collator.keep_calls_whole):
+            raise AssertionError("split a batch that cannot be cut")  # (too_big said it could)
+        self.engine.sched.batch_split(self.top[0], whole.size)
+        logger().info("%r: a batch of %d items was too big; its halves are retried (%d and %d items)",
+                      self.engine.name, whole.size, first.batch.size, second.batch.size)
+        self.stack.append(second)
+        self.stack.append(first)
+        # The parts hand out every span now: the top batch keeps none.
+        cdef size_t s
+        for s in range(whole.spans.size()):
+            whole.spans[s].count = 0
+        return 0
+
+    cdef int part_done(self, _Part p, object out, object error, int64_t run_ns,
+                       CPendingNotifications* to_notify) except -1:
+        """A part ran: splits it again if it was too big, or hands it out."""
+        self.run_ns += run_ns
+        if self.engine.too_big(error, p.batch):
+            self.split(p.batch)
+            return 0
+        out, error = self.engine.checked(p.batch, out, error)
+        if error is None:
+            self.engine.sched.part_succeeded(p.batch.size)
+        else:
+            self.failed += p.batch.size
+        self.engine.deliver(p.batch, out, error, to_notify)
+        return 0
+
+    cdef int fail_all(self, _Part current, object error, CPendingNotifications* to_notify) except -1:
+        """Last resort (an internal error, a cancelled task): the part being
+        run (if any) and those not run yet fail with ``error``."""
+        cdef _Part p
+        for p in ([current] if current is not None else []) + self.stack:
+            self.failed += p.batch.size
+            self.engine.fail_rest(p.batch, error, to_notify[0])
+        self.stack = []
+        return 0
+
+    cdef int finish(self) except -1:
+        """Every part is handed out: counts the batch, once."""
+        self.engine.sched.finish_batch_items(self.top[0], self.run_ns, self.failed)
+        self.engine.sched.batch_delivered(self.top[0])
+        return 0
+
+
 # ---- drivers: who runs an engine's batches ----
 #
 # Both take batches from the same C++ scheduler and policy; they differ only
@@ -500,6 +642,11 @@ cdef class Driver:
 
     cdef int after_fork(self) except -1:
         """In the child of a fork."""
+        return 0
+
+    cdef int configured(self, Engine engine) except -1:
+        """After Engine.configure (on any thread): the plan may have changed.
+        Workers that sleep in the scheduler were woken by it."""
         return 0
 
 

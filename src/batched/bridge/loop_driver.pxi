@@ -13,6 +13,7 @@ cdef class _LoopBatch:
     cdef bint ended
     cdef Engine engine
     cdef LoopDriver driver
+    cdef _Splitter parts  # once the batch was too big (split_on): its parts
 
     def on_task_done(self, task):
         self.driver.running.discard(task)
@@ -151,11 +152,24 @@ cdef class LoopDriver(Driver):
         if not engine.closed:
             self.drive(engine)
 
-    def after_batch(self, Engine engine):
-        """A batch returned (a callback of its own, so the armed timer, if
-        any, stays armed: drive() keeps it, moves it or cancels it)."""
+    def redrive(self, Engine engine):
+        """A batch returned, or the settings changed (a callback of its own,
+        so the armed timer, if any, stays armed: drive() keeps it, moves it or
+        cancels it)."""
         if not engine.closed:
             self.drive(engine)
+
+    cdef int configured(self, Engine engine) except -1:
+        if self.loop.is_closed():
+            return 0
+        if _running_loop() is self.loop:
+            self.loop.call_soon(self.redrive, engine)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self.redrive, engine)
+            except RuntimeError:
+                pass  # closed meanwhile
+        return 0
 
     def end(self, _LoopBatch b, object out, object error):
         """Hands out the results of a batch, then drives again. Called once
@@ -164,7 +178,13 @@ cdef class LoopDriver(Driver):
             return
         b.ended = True
         cdef CPendingNotifications none_to_notify  # asyncio callers only: nothing to notify
-        b.engine.end_batch(b.batch, out, error, monotonic_ns() - b.t0, none_to_notify)
+        if b.parts is None:
+            b.engine.end_batch(b.batch, out, error, monotonic_ns() - b.t0, none_to_notify)
+        else:  # split: the parts handed out what they ran; the rest fail with ``error``
+            if b.parts.stack:
+                b.parts.fail_all(None, error or RuntimeError("the batch was cancelled while its parts ran"),
+                                 &none_to_notify)
+            b.parts.finish()
         self.in_flight -= 1
         self.finished_ns = b.batch.finished_ns
         if not b.engine.closed and not self.loop.is_closed():
@@ -172,7 +192,7 @@ cdef class LoopDriver(Driver):
             # callers cancelled meanwhile (a loop shutting down cancels them
             # all) take their items out first, and no task is started from a
             # task that is being cancelled.
-            self.loop.call_soon(self.after_batch, b.engine)
+            self.loop.call_soon(self.redrive, b.engine)
 
 
 async def _run_on_loop(Engine engine, _LoopBatch b):
@@ -188,9 +208,37 @@ async def _run_on_loop(Engine engine, _LoopBatch b):
         out = await engine.fn(inputs)
     except BaseException as e:  # delivered to the callers; the driver goes on
         error = e
+    if engine.too_big(error, b.batch):
+        error = await _run_parts(engine, b)
+        out = None
     b.driver.end(b, out, error)
     if error is not None and not isinstance(error, (Exception, KeyboardInterrupt, SystemExit)):
         # CancelledError, GeneratorExit: the task itself was stopped. A
         # KeyboardInterrupt/SystemExit of the function went to its callers
         # (wrapped); raised from the task, it would stop the loop.
         raise error
+
+
+async def _run_parts(Engine engine, _LoopBatch b):
+    """The batch was too big (split_on): runs its parts one after the other
+    (_Splitter). Returns None, or the error that stopped the task (its
+    cancellation): end() fails the parts not run with it."""
+    cdef CPendingNotifications none_to_notify
+    cdef _Part p
+    cdef int64_t t0
+    b.parts = _Splitter.__new__(_Splitter)
+    b.parts.start(engine, b.batch, monotonic_ns() - b.t0)
+    while b.parts.stack:
+        p = b.parts.stack.pop()
+        out = None
+        error = None
+        t0 = monotonic_ns()
+        try:
+            out = await engine.fn(engine.collator.inputs(p.batch))
+        except BaseException as e:
+            error = e
+        if error is not None and not isinstance(error, (Exception, KeyboardInterrupt, SystemExit)):
+            b.parts.stack.append(p)  # (the task is stopped: this part fails with the rest)
+            return error
+        b.parts.part_done(p, out, error, monotonic_ns() - t0, &none_to_notify)
+    return None

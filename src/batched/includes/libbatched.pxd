@@ -27,6 +27,7 @@ cdef extern from "batched/options.h" namespace "batched" nogil:
         size_t max_queue_size
         size_t num_workers
         cbool keep_calls_whole
+        cbool adaptive
 
 
 cdef extern from "batched/entry.h" namespace "batched" nogil:
@@ -57,6 +58,9 @@ cdef extern from "batched/entry.h" namespace "batched" nogil:
         size_t size
         uint64_t key
         int64_t finished_ns
+        uint32_t splits
+
+    cbool split_in_two "batched::split_in_two" (const CBatch& whole, CBatch& first, CBatch& second, cbool whole_spans) except +
 
     cdef enum class CDispatchReason "batched::DispatchReason":
         kFull "batched::DispatchReason::kFull"
@@ -100,6 +104,14 @@ cdef extern from "batched/stats.h" namespace "batched" nogil:
         CLatencyHistogram queue_wait
         CLatencyHistogram batch_latency
         vector[uint64_t] batch_sizes
+        uint64_t split_batches
+        size_t batch_cap
+        double cost_fixed_ns
+        double cost_per_item_ns
+        uint64_t cost_samples
+        double arrival_per_s
+        size_t adaptive_enough
+        int64_t adaptive_wait_ns
 
 
 cdef extern from "batched/keyed_policy.h" namespace "batched" nogil:
@@ -144,6 +156,10 @@ cdef extern from "_glue.h" nogil:
         CPushStatus try_push(CEntry* entry)
         cbool wait_pop(CBatch& out) except +
         void finish_batch(CBatch& batch, int64_t run_ns, cbool failed) except +
+        void finish_batch_items(CBatch& batch, int64_t run_ns, size_t failed_items) except +
+        void batch_split(CBatch& top, size_t n) except +
+        void part_succeeded(size_t n) except +
+        void configure(const CBatchOptions& options) except +
         void shutdown() except +
         vector[CEntry*] drain() except +
         uint32_t cancel(CEntry* entry) except +

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from batched._padding import RowsCollator
-    from batched._typing import Features, MethodLike, ModelFn, ModelMethod, ModelOptionArgs, PerInstance, R, S
+    from batched._typing import Features, MethodLike, ModelFn, ModelMethod, ModelOptionArgs, PerInstance, R, S, SplitOn
     from batched.types import Feature, PriorityStrategy
 else:
     R = Features = None  # for type checkers only
@@ -76,6 +76,8 @@ class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
         aging_ms: float = 100.0,
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
+        adaptive: bool = False,
+        split_on: Optional[SplitOn] = None,
         priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:
         self._setup(_func, ProcessorOptions.of(locals()))

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from batched._padding import RowsCollator
-    from batched._typing import AsyncModelOptionArgs, Features, MethodLike, ModelFn, ModelMethod, PerInstance, R, S
+    from batched._typing import AsyncModelOptionArgs, Features, MethodLike, ModelFn, ModelMethod, PerInstance, R, S, SplitOn
     from batched.types import AsyncCache, Feature
 else:
     R = Features = None  # for type checkers only
@@ -81,6 +81,8 @@ class AsyncModelBatchProcessor(PaddingAttributes, AsyncBatchProcessor[Features, 
         aging_ms: float = 100.0,
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
+        adaptive: bool = False,
+        split_on: Optional[SplitOn] = None,
     ) -> None:
         self._setup(_func, ProcessorOptions.of(locals()))
 
