@@ -13,6 +13,7 @@ Commands, from the repository root (any Python >= 3.9 with venv + pip; stdlib on
     python benchmarks/compare.py --quick          # CI-sized smoke run: 1 repeat, short workloads
     python benchmarks/compare.py --only gpu       # the modeled GPU workload at every offered load
     python benchmarks/compare.py --only traffic --repeats 3   # deadlines, priorities, keys, token budget
+    python benchmarks/compare.py --only tuning --repeats 3    # adaptive waits vs fixed timeouts; split on OOM
     python benchmarks/compare.py --only http_embed64 --repeats 3   # the real model over HTTP
     python benchmarks/compare.py --only aio_tasks2000,gpu,ray --systems ours,serve --repeats 3
                                                   # ours vs Ray Serve's @serve.batch (the peer table)
@@ -738,6 +739,9 @@ def main() -> int:
         if not res["ok"] and res.get("stderr_tail"):
             print("    stderr tail:\n    " + res["stderr_tail"][-3000:].replace("\n", "\n    "), flush=True)
     PROGRESS.close()
+    # Every run's figures first: a summary that fails must not lose a long run.
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "runs-latest.json").write_text(json.dumps(runs, indent=1, default=str) + "\n")
 
     rows = summarize(workloads, runs)
     failures = [r for r in runs if not r["ok"]]

@@ -198,6 +198,9 @@ def test_prometheus_exporter_reports_counters_and_histograms() -> None:
     assert size_buckets == {1.0: 1, 2.0: 1, 4.0: 7, float("inf"): 7}
     assert s[("batched_batch_latency_seconds_sum", lab)] == pytest.approx(stats.avg_processing_time * 7)
     assert ("batched_padding_efficiency", lab) not in s  # not an inference processor
+    assert s[("batched_split_batches_total", lab)] == 0
+    assert s[("batched_batch_cap", lab)] == 4
+    assert s[("batched_adaptive_wait_seconds", lab)] == 0.0
 
     # a processor that is garbage-collected leaves the next scrape
     with pytest.raises(ValueError, match="exported already"):
@@ -208,6 +211,40 @@ def test_prometheus_exporter_reports_counters_and_histograms() -> None:
 
     gc.collect()
     assert not [k for k in _samples(registry) if k[1] == lab]
+
+
+def test_prometheus_exporter_reports_splits_and_the_cap() -> None:
+    pc = pytest.importorskip("prometheus_client")
+    from batched.metrics import export_prometheus
+
+    class TooBig(RuntimeError):
+        pass
+
+    entered, gate = threading.Event(), threading.Event()
+
+    def fn(xs: list[int]) -> list[int]:
+        if xs == [0]:
+            entered.set()
+            gate.wait(TIMEOUT)  # the first batch holds the worker while 8 items queue
+        if len(xs) > 2:
+            raise TooBig(f"{len(xs)} items")
+        return xs
+
+    proc = batched.BatchProcessor(fn, batch_size=8, timeout_ms=0, split_on=(TooBig,))
+    registry = pc.CollectorRegistry()
+    export_prometheus(proc, names=["capped"], registry=registry)
+    with ThreadPoolExecutor(9) as pool:
+        first = pool.submit(proc, 0)
+        assert entered.wait(TIMEOUT)
+        rest = [pool.submit(proc, i) for i in range(1, 9)]
+        wait_until(lambda: proc.stats.queue_size == 8, "8 items queued")
+        gate.set()
+        assert first.result(TIMEOUT) == 0 and [f.result(TIMEOUT) for f in rest] == list(range(1, 9))
+    s = _samples(registry)
+    lab = (("processor", "capped"),)
+    assert s[("batched_split_batches_total", lab)] == proc.stats.split_batches == 3  # 8 -> 4 + 4 -> 2 + 2 (twice)
+    assert s[("batched_batch_cap", lab)] == proc.stats.batch_cap == 2
+    proc.shutdown()
 
 
 def test_prometheus_exporter_sums_the_queues_of_an_async_processor() -> None:

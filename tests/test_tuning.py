@@ -44,6 +44,8 @@ def test_a_batch_that_is_too_big_is_split_and_every_caller_gets_its_result(submi
     assert [f.result(TIMEOUT) for f in futures] == [2 * i for i in range(1, 17)]
     # 16 -> halves of 8 -> quarters of 4, in batch order
     assert seen == [1, 16, 8, 4, 4, 8, 4, 4]
+    # (callers get each part's results as it succeeds; the batch is counted after its last part)
+    wait_until(lambda: proc.stats.total_batches == 2, "the split batch counted")
     s = proc.stats
     assert s.split_batches == 3
     assert s.batch_cap == 4
@@ -81,8 +83,47 @@ def test_an_item_too_big_alone_fails_to_its_caller_only(submit) -> None:
         else:
             assert f.result(TIMEOUT) == w.upper()
     assert ["huge"] in seen  # split down to the item alone
-    s = proc.stats
-    assert s.failed_items == 1
+    wait_until(lambda: proc.stats.total_batches == 2, "the split batch counted")
+    assert proc.stats.failed_items == 1
+    proc.shutdown()
+
+
+def test_a_capped_batch_leaves_when_full_not_at_the_timeout(submit) -> None:
+    """After a split the cap is 2: a push that fills 2 items wakes the worker
+    (the batch is full at the cap), without waiting for the minute-long timeout."""
+    seen: list[int] = []
+    proc = submit.make(doubles_up_to(2, seen), batch_size=8, timeout_ms=60_000, split_on=(TooBig,))
+    assert submit(proc, list(range(8))).result(TIMEOUT) == [2 * i for i in range(8)]  # full: 8 -> 4 -> 2
+    assert proc.stats.batch_cap == 2
+    t0 = time.monotonic()
+    futures = [submit(proc, 100 + i) for i in range(2)]
+    assert [f.result(TIMEOUT) for f in futures] == [200, 202]
+    assert time.monotonic() - t0 < 10
+    proc.shutdown()
+
+
+def test_each_part_s_callers_get_their_results_before_the_other_parts_finish(submit) -> None:
+    release = threading.Event()
+
+    def fn(items: list[str]) -> list[str]:
+        if len(items) > 1:
+            raise TooBig("one at a time")
+        if items == ["slow"]:
+            release.wait(TIMEOUT)
+        return [x.upper() for x in items]
+
+    gate = Gate(fn)
+    proc = submit.make(gate, batch_size=8, timeout_ms=0, split_on=(TooBig,))
+    first = submit(proc, "first")
+    assert gate.entered.wait(TIMEOUT)
+    quick, slow = submit(proc, "quick"), submit(proc, "slow")
+    wait_until(lambda: queued(proc) == 2, "2 items queued")
+    gate.open()
+    assert first.result(TIMEOUT) == "FIRST"
+    assert quick.result(TIMEOUT) == "QUICK"  # while the part of "slow" still runs
+    assert not slow.done()
+    release.set()
+    assert slow.result(TIMEOUT) == "SLOW"
     proc.shutdown()
 
 
@@ -139,6 +180,57 @@ def test_many_callers_on_a_function_that_fails_above_its_limit(submit) -> None:
     proc.shutdown()
 
 
+class ItemFault(Exception):
+    """Returned by the batch function in place of one item's result."""
+
+
+def test_splits_under_concurrent_load_with_a_limit_that_moves(submit) -> None:
+    """Many callers, a function whose limit moves between 2 and 24 items while
+    it runs (memory freed and taken), per-item errors among the results:
+    every caller gets exactly its own results or its own item's error,
+    nothing is lost, and no error of a size reaches anyone."""
+    limit = {"now": 24}
+    seen: list[int] = []
+
+    def fn(items: list[int]) -> list[Any]:
+        seen.append(len(items))
+        if len(items) > limit["now"]:
+            raise TooBig(f"{len(items)} > {limit['now']}")
+        return [ItemFault(f"item {x}") if x % 97 == 0 else ~x for x in items]
+
+    proc = submit.make(fn, batch_size=32, timeout_ms=1, split_on=(TooBig,))
+    stop = threading.Event()
+
+    def mover() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            limit["now"] = (2, 24, 7, 16, 3)[k % 5]
+            time.sleep(0.003)
+
+    t = threading.Thread(target=mover)
+    t.start()
+    calls = [list(range(i * 10 + 1, i * 10 + 1 + 1 + i % 4)) for i in range(1200)]
+    try:
+        futures = [submit(proc, c) for c in calls]
+        for c, f in zip(calls, futures):
+            bad = [x for x in c if x % 97 == 0]
+            if bad:
+                with pytest.raises(ItemFault, match=f"item {bad[0]}$"):
+                    f.result(TIMEOUT)
+            else:
+                assert f.result(TIMEOUT) == [~x for x in c]
+    finally:
+        stop.set()
+        t.join(TIMEOUT)
+    total = sum(len(c) for c in calls)
+    wait_until(lambda: proc.stats.total_processed == total, "every batch counted")
+    s = proc.stats
+    assert s.split_batches > 0
+    assert s.failed_batches == 0  # no batch failed as a whole: every size error was retried away
+    proc.shutdown()
+
+
 class _FakeTorchOOM(RuntimeError):
     """Named like torch's out-of-memory error, without torch."""
 
@@ -160,7 +252,7 @@ def test_inference_processors_split_on_torch_oom_by_default(submit) -> None:
 
     gate = Gate(model)
     proc = submit.make_model(gate, batch_size=8, timeout_ms=0, pad_tokens={"input_ids": 0})
-    assert proc.split_on == ("torch.OutOfMemoryError",)
+    assert proc.split_on == ("torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError")
     first = submit(proc, {"input_ids": np.array([[1]])})
     assert gate.entered.wait(TIMEOUT)
     calls = [[[i, i]] for i in range(1, 5)] + [[[7, 0, 0], [8, 8, 8]]]  # four calls of one row, one of two
@@ -284,7 +376,7 @@ def test_configure_from_another_thread_while_batches_run(submit) -> None:
     assert results == [[x * 3 for x in range(i, i + 1 + i % 3)] for i in range(1500)]
     assert sum(sizes) == sum(1 + i % 3 for i in range(1500))
     assert max(sizes) <= 6
-    assert proc.stats.total_processed == sum(sizes)
+    wait_until(lambda: proc.stats.total_processed == sum(sizes), "every batch counted")
     proc.shutdown()
 
 

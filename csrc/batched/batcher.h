@@ -288,8 +288,16 @@ class Batcher {
   BatchOptions options() const { return sched_.options(); }
 
   // Changes the live settings (batch size, timeout, aging, adaptive waits,
-  // max_queue_size, deadline): Scheduler::configure. Thread-safe.
-  void configure(const BatchOptions& options) { sched_.configure(options); }
+  // max_queue_size, deadline): Scheduler::configure. Submitters waiting for
+  // room look again (the bound may have moved). Thread-safe.
+  void configure(const BatchOptions& options) {
+    sched_.configure(options);
+    {
+      std::lock_guard<std::mutex> lock(room_mu_);
+      ++room_epoch_;
+    }
+    room_cv_.notify_all();
+  }
   const std::string& name() const noexcept { return name_; }
 
   // ---- implementation details follow ----
@@ -343,10 +351,10 @@ class Batcher {
                                                  std::to_string(n) + " inputs"));
     if (lengths_matter_) r.set_lengths(meta);  // else length 1 each
     r.pending.store(e.count, std::memory_order_relaxed);
-    const std::size_t max_queue = sched_.max_queue_size();
     PushStatus status = sched_.try_push(&e);
-    if (status == PushStatus::kQueueFull && wait_for_room && n <= max_queue) status = push_when_room(&e);
+    if (status == PushStatus::kQueueFull && wait_for_room && n <= sched_.max_queue_size()) status = push_when_room(&e);
     if (queued(status)) return;
+    const std::size_t max_queue = sched_.max_queue_size();  // (after the wait: configure may have changed it)
     if (status == PushStatus::kClosed) fail_push(give_back, ShutdownError("batcher '" + name_ + "' has been shut down"));
     if (status == PushStatus::kNoMemory) fail_push(give_back, std::bad_alloc());
     if (n > max_queue)
@@ -375,6 +383,8 @@ class Batcher {
       retried_items_.fetch_add(e->count, std::memory_order_relaxed);  // the refused try before this one
       status = sched_.try_push(e);
       if (status != PushStatus::kQueueFull) break;
+      const std::size_t limit = sched_.max_queue_size();  // (configure may have lowered it)
+      if (limit != 0 && e->count > limit) break;           // it can never fit now: the caller says so
       const std::uint64_t epoch = room_epoch_;
       room_cv_.wait(lock, [&] { return room_epoch_ != epoch || room_closed_; });
     }

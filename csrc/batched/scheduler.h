@@ -75,6 +75,7 @@ class Scheduler {
         cap_(options_.max_batch_size) {
     stats_.batch_sizes.assign(options_.max_batch_size + 1, 0);
     publish_live(options_);
+    publish_cap();
   }
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -110,7 +111,7 @@ class Scheduler {
       if (next.max_batch_size != options_.max_batch_size) {
         if (stats_.batch_sizes.size() < next.max_batch_size + 1) stats_.batch_sizes.resize(next.max_batch_size + 1, 0);
         cap_ = SizeCap(next.max_batch_size);
-        cap_now_.store(cap_.cap(), std::memory_order_relaxed);
+        publish_cap();
       }
       options_ = next;
       policy_.configure(next);
@@ -330,12 +331,13 @@ class Scheduler {
     const TimePoint now = clock_.now();
     const TimePoint sample = std::max<TimePoint>(0, now - batch.dispatch_ns);
     TimePoint was, estimate;
+    if (batch.splits != 0) return;  // its time is that of several tries: not one batch's
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
       service_samples_[service_next_++ % kServiceSamples] = Sample{sample, now};
       was = service_ns_.load(std::memory_order_relaxed);
       estimate = refresh_service(now);
-      if (batch.splits == 0 && batch.size > 0) {  // (a split batch's time is not one batch's cost)
+      if (batch.size > 0) {
         cost_.observe(batch.size, sample);
         fixed_ns_.store(cost_.fixed_ns(), std::memory_order_relaxed);
       }
@@ -370,7 +372,7 @@ class Scheduler {
       stats_.failed_items += failed_items;
     } else if (batch.splits == 0 && cap_.cap() < cap_.max()) {  // the cap may probe upward
       cap_.succeeded(batch.size);
-      cap_now_.store(cap_.cap(), std::memory_order_relaxed);
+      publish_cap();
     }
     stats_.total_run_ns += run_ns;
     stats_.batch_latency.record(run_ns);
@@ -385,14 +387,14 @@ class Scheduler {
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.split_batches += 1;
     cap_.too_big(n);
-    cap_now_.store(cap_.cap(), std::memory_order_relaxed);
+    publish_cap();
   }
 
   // A part of a split batch, of `n` items, ran without being too big. Thread-safe.
   void part_succeeded(std::size_t n) {
     std::lock_guard<std::mutex> lock(stats_mu_);
     cap_.succeeded(n);
-    cap_now_.store(cap_.cap(), std::memory_order_relaxed);
+    publish_cap();
   }
 
   // Closes the scheduler: later pushes fail with kClosed and every worker in
@@ -584,10 +586,16 @@ class Scheduler {
     }
   }
 
+  // Requires stats_mu_ (or construction). The cap (at most max_batch_size),
+  // for tune() and for try_push: a push that fills a capped batch wakes a worker.
+  void publish_cap() noexcept {
+    cap_now_.store(cap_.cap(), std::memory_order_relaxed);
+    push_batch_size_.store(cap_.cap(), std::memory_order_relaxed);
+  }
+
   // Requires mu_ (or construction). What try_push reads of the live
-  // settings without the lock.
+  // settings without the lock (and publish_cap).
   void publish_live(const BatchOptions& o) noexcept {
-    push_batch_size_.store(o.max_batch_size, std::memory_order_relaxed);
     each_push_may_dispatch_.store(o.max_batch_length != 0 || o.max_batch_tokens != 0 || o.timeout_us == 0 || o.adaptive,
                                   std::memory_order_relaxed);
     max_queue_size_.store(o.max_queue_size, std::memory_order_relaxed);
@@ -609,7 +617,7 @@ class Scheduler {
   const bool item_units_;  // pushes allocate one Unit per item (see try_push)
   const Clock clock_;
   // The live settings try_push reads without the lock (publish_live).
-  std::atomic<std::size_t> push_batch_size_{0};
+  std::atomic<std::size_t> push_batch_size_{0};  // the batch cap (publish_cap): a push filling it wakes a worker
   std::atomic<bool> each_push_may_dispatch_{false};
   std::atomic<std::size_t> max_queue_size_{0};
   std::atomic<TimePoint> deadline_ns_{0};  // 0: no deadline for every call

@@ -136,7 +136,10 @@ class SizeCap {
 
   // A batch (or part) of n items succeeded.
   void succeeded(std::size_t n) noexcept {
-    if (n > good_) good_ = std::min(n, bad_ - 1);
+    if (n > good_) {
+      good_ = std::min(n, bad_ - 1);
+      cap_ = std::max(cap_, std::min(good_, max_));  // (a larger batch dispatched before the cap dropped ran)
+    }
     if (cap_ >= max_ || n < cap_) return;  // no cap, or not a full batch at the cap: says nothing new
     ++streak_;
     if (bad_ > good_ + 1) {

@@ -100,8 +100,7 @@ cdef class Engine:
     cdef readonly object group_by  # the grouping key of an item or a call's features, or None
     cdef dict key_ids              # key -> [id for the core, calls holding it]
     cdef uint64_t next_key_id
-    cdef tuple split_types         # split_on: exception classes...
-    cdef frozenset split_names     # ...and qualified names
+    cdef tuple split_kinds         # split_on: (exception classes, qualified names)
     cdef object __weakref__
 
     cdef _Call keyed_call(self, object request, object key)
@@ -139,6 +138,7 @@ cdef class _Splitter:
     cdef Engine engine
     cdef CBatch* top
     cdef list stack
+    cdef _Part current
     cdef int64_t run_ns
     cdef size_t failed
 
@@ -146,5 +146,7 @@ cdef class _Splitter:
     cdef int split(self, CBatch& whole) except -1
     cdef int part_done(self, _Part p, object out, object error, int64_t run_ns,
                        CPendingNotifications* to_notify) except -1
-    cdef int fail_all(self, _Part current, object error, CPendingNotifications* to_notify) except -1
+    cdef _Part next_part(self)
+    cdef bint unfinished(self)
+    cdef int fail_all(self, object error, CPendingNotifications* to_notify) except -1
     cdef int finish(self) except -1

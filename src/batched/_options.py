@@ -30,9 +30,10 @@ MAX_MS = 1e9  # the C++ core keeps durations in ns; this keeps them far from ove
 LIVE = ("batch_size", "timeout_ms", "max_queue_size", "aging_ms", "deadline_ms", "adaptive", "split_on")
 #: Names in a signature's locals() that are not options.
 _NOT_OPTIONS = frozenset({"self", "_func", "func", "__class__"})
-#: split_on of the inference front ends when none is given: a CUDA (or other
-#: accelerator) out-of-memory error of torch, named so that torch is not imported.
-TORCH_OOM = "torch.OutOfMemoryError"
+#: split_on of the inference front ends when none is given: torch's out-of-memory
+#: error of a GPU (or other accelerator), named so that torch is not imported
+#: (torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError before).
+TORCH_OOM = ("torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError")
 
 # PriorityStrategy (by value) -> the C++ PriorityRule (csrc/batched/options.h).
 # No strategy (the threaded front ends; aio's default): small calls first.
@@ -226,7 +227,7 @@ def milliseconds(name: str, value: Any) -> float:
 
 def _split_on(value: Any, inference: bool) -> tuple[Union[type[BaseException], str], ...]:
     if value is None:
-        return (TORCH_OOM,) if inference else ()
+        return TORCH_OOM if inference else ()
     if isinstance(value, (type, str)):
         value = (value,)
     try:

@@ -26,6 +26,9 @@ Metrics (with the default namespace "batched"):
   batched_batch_latency_seconds          histogram per batch: run time of the function
   batched_batch_size                     histogram items per batch
   batched_padding_efficiency             gauge     inference processors: real / padded steps
+  batched_split_batches_total            counter   batches split and retried as too big (split_on)
+  batched_batch_cap                      gauge     the most items a batch takes now (batch_size, or less after splits)
+  batched_adaptive_wait_seconds          gauge     adaptive=True: the longest a batch waits now (0: at once)
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
+
+from batched._stats import Learned
 
 #: Upper bounds (seconds) of the latency histograms: 50 us to 10 s.
 DEFAULT_LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -142,6 +147,14 @@ class PrometheusCollector:
             "padding": c.GaugeMetricFamily(
                 f"{p}padding_efficiency", "Inference processors: steps of real rows / steps of padded batches.",
                 labels=label),
+            "splits": c.CounterMetricFamily(
+                f"{p}split_batches", "Batches split in two and retried because they were too big (split_on).",
+                labels=label),
+            "cap": c.GaugeMetricFamily(
+                f"{p}batch_cap", "The most items a batch takes now: batch_size, or less after splits.", labels=label),
+            "adaptive_wait": c.GaugeMetricFamily(
+                f"{p}adaptive_wait_seconds", "Under adaptive waits: the longest a batch waits now (0: at once).",
+                labels=label),
         }
 
     def _add_samples(self, f: dict[str, Any], name: str, processor: Any) -> None:
@@ -162,6 +175,9 @@ class PrometheusCollector:
             buckets = [(_le(b), n) for b, n in zip(self._bounds, counts)] + [("+Inf", count)]
             f[key].add_metric(lab, buckets, total_s)
         f["batch_size"].add_metric(lab, *_size_buckets(s["batch_size_histogram"], processor.batch_size))
+        f["splits"].add_metric(lab, s["split_batches"])
+        f["cap"].add_metric(lab, s["batch_cap"])
+        f["adaptive_wait"].add_metric(lab, Learned(*s["learned"]).adaptive_wait_ms / 1e3)
         efficiency = processor._padding_efficiency()
         if efficiency is not None:
             f["padding"].add_metric(lab, efficiency)

@@ -643,6 +643,48 @@ TEST(shutdown_wakes_a_submit_waiting_for_room) {
   CHECK_EQ(first.get(), 1);
 }
 
+TEST(configure_wakes_a_submit_waiting_for_room) {
+  // A submit waits for room; configure() lifts the bound (0), then lowers it
+  // below a waiting call's size: neither may leave a submitter waiting.
+  auto gate = std::make_shared<Gate>();
+  BatchOptions o = opts(1, 0);
+  o.max_queue_size = 1;
+  Batcher<int, int> b(o, [gate](std::vector<int>& in) {
+    gate->pass();
+    return std::vector<int>(in.begin(), in.end());
+  });
+  OpenOnExit open{gate};
+  auto first = b.submit(1);
+  CHECK(gate->wait_entered(1));
+  auto queued = b.submit(2);
+  auto waiter = std::async(std::launch::async, [&] { return b.submit(3); });
+  CHECK(!ready(waiter, 0.05));  // full: it waits
+  BatchOptions unbounded = b.options();
+  unbounded.max_queue_size = 0;
+  b.configure(unbounded);
+  CHECK(ready(waiter));  // while the worker is still blocked
+  auto f3 = waiter.get();
+  BatchOptions tight = b.options();
+  tight.max_queue_size = 2;
+  b.configure(tight);  // 2 queued: a call of 2 more waits...
+  auto pair = std::async(std::launch::async, [&] {
+    try {
+      b.submit(std::vector<int>{4, 5});
+      return std::string("queued");
+    } catch (const QueueFullError& e) {
+      return std::string(e.what());
+    }
+  });
+  CHECK(!ready(pair, 0.05));
+  tight.max_queue_size = 1;
+  b.configure(tight);  // ...until the bound falls below its size: it can never fit
+  CHECK(ready(pair));
+  CHECK(contains(pair.get(), "can never fit"));
+  gate->release();
+  CHECK(ready(first) && ready(queued) && ready(f3));
+  CHECK_EQ(first.get() + queued.get() + f3.get(), 6);
+}
+
 TEST(priority_metadata_orders_the_queue) {
   // Batch size 1: while the worker is blocked, queue priority 5 then
   // priority 0 then a default-priority small call (0): 0s go first, in

@@ -119,6 +119,16 @@ TEST(size_cap_halves_on_failure_probes_up_and_settles_below_the_limit) {
   CHECK(highest < 64u);
 }
 
+TEST(size_cap_rises_to_a_larger_batch_that_ran) {
+  // Worker A's batch of 64 fails (cap 32) while worker B's batch of 64,
+  // dispatched before, runs fine: 64 fits after all.
+  SizeCap cap(64);
+  cap.too_big(64);
+  CHECK_EQ(cap.cap(), 32u);
+  cap.succeeded(60);
+  CHECK_EQ(cap.cap(), 60u);
+}
+
 TEST(size_cap_follows_a_limit_that_drops) {
   SizeCap cap(64);
   for (int i = 0; i < 50; ++i) cap.succeeded(64);
@@ -176,7 +186,8 @@ TEST(a_split_lowers_the_cap_of_the_next_batches) {
   CHECK_EQ(out.splits, 1u);
   CHECK_EQ(s.stats().split_batches, 1u);
   CHECK_EQ(s.stats().batch_cap, 4u);
-  CHECK_EQ(s.stats().cost_samples, 0u);  // a split batch's time is not a batch's cost
+  CHECK_EQ(s.stats().cost_samples, 0u);  // a split batch's time is not a batch's cost...
+  CHECK_EQ(s.service_estimate_ns(), 0);  // ...nor the batch time of deadlines
   std::vector<Entry> more(8, make(1));
   for (Entry& e : more) CHECK(queued(s.try_push(&e)));
   out.finished_ns = Batch::kNotFinished;

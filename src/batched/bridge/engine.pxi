@@ -66,20 +66,23 @@ cdef class Engine:
         """Puts ``options`` (the processor's, changed by Processor.configure
         in batched._options.LIVE only) in force from the next batch."""
         cdef CBatchOptions o = _core_options(options, self.collator)
+        cdef bint had_deadlines = self.deadlines
+        if options.deadline_ms is not None:
+            self.deadlines = True  # (first: a push from now on may get the deadline, and starts the watcher)
         try:
             with nogil:
                 self.sched.configure(o)
         except ValueError as e:  # (std::invalid_argument: the Python checks should have caught it)
+            self.deadlines = had_deadlines
             raise ValueError(f"batch processor {self.name!r}: {e}") from None
         self.options = options
         self.take_split_on(options.split_on)
-        if options.deadline_ms is not None:
-            self.deadlines = True  # the next push starts the watcher if there is none
         self.driver.configured(self)
 
     cdef int take_split_on(self, tuple split_on) except -1:
-        self.split_types = tuple([k for k in split_on if not isinstance(k, str)])
-        self.split_names = frozenset([k for k in split_on if isinstance(k, str)])
+        # One assignment: a worker reads the classes and the names of one setting.
+        self.split_kinds = (tuple([k for k in split_on if not isinstance(k, str)]),
+                            frozenset([k for k in split_on if isinstance(k, str)]))
         return 0
 
     cdef bint too_big(self, object error, CBatch& batch):
@@ -87,11 +90,12 @@ cdef class Engine:
         batch can be split: its parts are then retried (docs/semantics.md, 13)."""
         if batch.size < 2 or error is None or (self.collator.keep_calls_whole and batch.spans.size() < 2):
             return False  # (one item, or one call whose rows stay together: it cannot be cut)
-        if self.split_types and isinstance(error, self.split_types):
+        types, names = self.split_kinds
+        if types and isinstance(error, types):
             return True
-        if self.split_names:
+        if names:
             for cls in type(error).__mro__:
-                if f"{cls.__module__}.{cls.__qualname__}" in self.split_names:
+                if f"{cls.__module__}.{cls.__qualname__}" in names:
                     return True
         return False
 
@@ -280,7 +284,7 @@ cdef class Engine:
                        else "shut down")
         if status == kPushNoMemory:
             raise MemoryError(f"batch processor {self.name!r}: no memory to queue a call of {c.entry.count} items")
-        limit = self.options.max_queue_size
+        limit = self.sched.max_queue_size()  # (in force at the push: configure may change it)
         if status == kPushQueueFull and c.entry.count > limit:
             raise QueueFullError(
                 f"a call of {c.entry.count} items can never fit in batch processor "
@@ -337,16 +341,17 @@ cdef class Engine:
         if not self.too_big(error, batch):
             return self.end_batch(batch, out, error, run_ns, to_notify)
         cdef _Splitter parts = _Splitter.__new__(_Splitter)
-        cdef _Part p = None
-        parts.start(self, batch, run_ns)
+        cdef _Part p
+        parts.start(self, batch, run_ns)  # (if it raises, the worker fails the batch: nothing was cut)
         try:
             while parts.stack:
-                p = parts.stack.pop()
+                p = parts.next_part()
                 out, error = self.call_fn(p.batch, &run_ns)
                 parts.part_done(p, out, error, run_ns, &to_notify)
-                p = None
+                with nogil:
+                    to_notify.notify_all()  # each part's callers now, not after every retry
         except BaseException as e:  # a bug here must not strand callers
-            parts.fail_all(p, e, &to_notify)
+            parts.fail_all(e, &to_notify)
         return parts.finish()
 
     cdef tuple call_fn(self, CBatch& batch, int64_t* run_ns):
@@ -543,7 +548,8 @@ cdef class _Splitter:
     run it, and report it with part_done; finish() counts the batch once."""
     # (attributes in _core.pxd) top: the batch as dispatched, which its driver
     # keeps alive until finish(); stack: the parts to run, the next one last;
-    # run_ns: the function's time, every attempt; failed: items that got an error.
+    # current: the part running; run_ns: the function's time, every attempt;
+    # failed: items that got an error.
 
     cdef int start(self, Engine engine, CBatch& batch, int64_t run_ns) except -1:
         self.engine = engine
@@ -570,28 +576,39 @@ cdef class _Splitter:
             whole.spans[s].count = 0
         return 0
 
+    cdef _Part next_part(self):
+        """The next part to run; it is ``current`` until part_done."""
+        self.current = self.stack.pop()
+        return self.current
+
     cdef int part_done(self, _Part p, object out, object error, int64_t run_ns,
                        CPendingNotifications* to_notify) except -1:
         """A part ran: splits it again if it was too big, or hands it out."""
         self.run_ns += run_ns
         if self.engine.too_big(error, p.batch):
             self.split(p.batch)
-            return 0
-        out, error = self.engine.checked(p.batch, out, error)
-        if error is None:
-            self.engine.sched.part_succeeded(p.batch.size)
         else:
-            self.failed += p.batch.size
-        self.engine.deliver(p.batch, out, error, to_notify)
+            out, error = self.engine.checked(p.batch, out, error)
+            if error is None:
+                self.engine.sched.part_succeeded(p.batch.size)
+            else:
+                self.failed += p.batch.size
+            self.engine.deliver(p.batch, out, error, to_notify)
+        self.current = None
         return 0
 
-    cdef int fail_all(self, _Part current, object error, CPendingNotifications* to_notify) except -1:
+    cdef bint unfinished(self):
+        return self.current is not None or bool(self.stack)
+
+    cdef int fail_all(self, object error, CPendingNotifications* to_notify) except -1:
         """Last resort (an internal error, a cancelled task): the part being
-        run (if any) and those not run yet fail with ``error``."""
+        run (if any) and those not run yet fail with ``error``. (A part cut
+        already, or handed out in part, has its spans zeroed: fail_rest skips them.)"""
         cdef _Part p
-        for p in ([current] if current is not None else []) + self.stack:
+        for p in ([self.current] if self.current is not None else []) + self.stack:
             self.failed += p.batch.size
             self.engine.fail_rest(p.batch, error, to_notify[0])
+        self.current = None
         self.stack = []
         return 0
 

@@ -181,8 +181,8 @@ cdef class LoopDriver(Driver):
         if b.parts is None:
             b.engine.end_batch(b.batch, out, error, monotonic_ns() - b.t0, none_to_notify)
         else:  # split: the parts handed out what they ran; the rest fail with ``error``
-            if b.parts.stack:
-                b.parts.fail_all(None, error or RuntimeError("the batch was cancelled while its parts ran"),
+            if b.parts.unfinished():
+                b.parts.fail_all(error or RuntimeError("the batch was cancelled while its parts ran"),
                                  &none_to_notify)
             b.parts.finish()
         self.in_flight -= 1
@@ -209,8 +209,11 @@ async def _run_on_loop(Engine engine, _LoopBatch b):
     except BaseException as e:  # delivered to the callers; the driver goes on
         error = e
     if engine.too_big(error, b.batch):
-        error = await _run_parts(engine, b)
         out = None
+        try:
+            error = await _run_parts(engine, b)
+        except BaseException as e:  # an internal error: end() fails what was not handed out
+            error = e
     b.driver.end(b, out, error)
     if error is not None and not isinstance(error, (Exception, KeyboardInterrupt, SystemExit)):
         # CancelledError, GeneratorExit: the task itself was stopped. A
@@ -226,10 +229,11 @@ async def _run_parts(Engine engine, _LoopBatch b):
     cdef CPendingNotifications none_to_notify
     cdef _Part p
     cdef int64_t t0
-    b.parts = _Splitter.__new__(_Splitter)
-    b.parts.start(engine, b.batch, monotonic_ns() - b.t0)
-    while b.parts.stack:
-        p = b.parts.stack.pop()
+    cdef _Splitter parts = _Splitter.__new__(_Splitter)
+    parts.start(engine, b.batch, monotonic_ns() - b.t0)  # (if it raises, end() fails the batch whole)
+    b.parts = parts
+    while parts.stack:
+        p = parts.next_part()
         out = None
         error = None
         t0 = monotonic_ns()
@@ -238,7 +242,6 @@ async def _run_parts(Engine engine, _LoopBatch b):
         except BaseException as e:
             error = e
         if error is not None and not isinstance(error, (Exception, KeyboardInterrupt, SystemExit)):
-            b.parts.stack.append(p)  # (the task is stopped: this part fails with the rest)
-            return error
-        b.parts.part_done(p, out, error, monotonic_ns() - t0, &none_to_notify)
+            return error  # the task is stopped: end() fails this part and the rest with it
+        parts.part_done(p, out, error, monotonic_ns() - t0, &none_to_notify)
     return None

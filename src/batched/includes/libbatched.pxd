@@ -171,6 +171,7 @@ cdef extern from "_glue.h" nogil:
         void batch_delivered(const CBatch& batch) except +
         int64_t service_estimate_ns()
         size_t size_approx()
+        size_t max_queue_size()
         CBatchStats stats() except +
         void reset_stats() except +
 
