@@ -4,6 +4,7 @@ split and retry of batches that were too big (split_on), live settings
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from typing import Any
@@ -433,15 +434,44 @@ def test_adaptive_lone_calls_do_not_wait_for_the_timeout(submit) -> None:
         time.sleep(0.002)
         return [-x for x in items]
 
-    proc = submit.make(fn, batch_size=16, timeout_ms=2000, adaptive=True)
+    proc = submit.make(fn, batch_size=16, timeout_ms=300, adaptive=True)
+    assert submit(proc, -1).result(TIMEOUT) == 1  # the first waits as a fixed timeout would: nothing is known
     t0 = time.monotonic()
     for i in range(10):
         assert submit(proc, i).result(TIMEOUT) == -i
-    assert time.monotonic() - t0 < 2.0  # one timeout of 2 s would be more than all of them
+    assert time.monotonic() - t0 < 1.5  # ten waits of 300 ms would be 3 s
     learned = proc.stats.learned
-    assert learned.batches_seen == 10
+    assert learned.batches_seen == 11
     assert learned.batch_cost_ms > 1.0
+    assert learned.followers < 1.0  # (almost) nobody comes along with a lone caller
     assert learned.adaptive_batch == 1 and learned.adaptive_wait_ms == 0.0
+    proc.shutdown()
+
+
+def test_adaptive_keeps_a_closed_loop_group_together(submit) -> None:
+    """16 callers, each calling again as soon as it has its result (HTTP
+    clients, a worker pool): the group comes back together after every batch.
+    Adaptive waits expect the 15 that follow the first one and send the group
+    whole, instead of the first few alone and the rest behind them."""
+    sizes: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        time.sleep(0.01)  # 10 ms whatever the size
+        return [x + 1 for x in items]
+
+    proc = submit.make(fn, batch_size=64, timeout_ms=50, adaptive=True)
+
+    def caller(k: int) -> None:
+        for i in range(25):
+            assert submit(proc, k * 1000 + i).result(TIMEOUT) == k * 1000 + i + 1
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for f in [pool.submit(caller, k) for k in range(16)]:
+            f.result(TIMEOUT * 2)
+    whole = sum(1 for n in sizes[5:] if n == 16)
+    assert whole >= 0.8 * len(sizes[5:]), sizes
+    assert proc.stats.learned.followers > 10
     proc.shutdown()
 
 

@@ -443,13 +443,14 @@ class Scheduler {
   // mutex to copy about 9 KiB. Thread-safe.
   BatchStats stats() const {
     TimePoint oldest;
-    double rate;
+    double rate, followers;
     AdaptiveWait wait;
     {
       std::lock_guard<std::mutex> lock(mu_);
       absorb_inbox();  // the oldest item may not have reached the policy yet
       oldest = policy_.oldest_enqueue_ns();
       rate = rate_.per_ns(clock_.now());
+      followers = starts_.mean();
       wait = wait_;
     }
     std::lock_guard<std::mutex> stats_lock(stats_mu_);
@@ -462,6 +463,7 @@ class Scheduler {
     s.cost_per_item_ns = cost_.per_item_ns();
     s.cost_samples = cost_.samples();
     s.arrival_per_s = rate * 1e9;
+    s.start_followers = followers;
     s.adaptive_enough = wait.enough;
     s.adaptive_wait_ns = wait.wait_ns;
     return s;
@@ -560,11 +562,16 @@ class Scheduler {
   // changes no observable state: both hold the queued items.
   void absorb_inbox() const {
     const bool adaptive = options_.adaptive;
+    const TimePoint window = adaptive ? follow_window() : 0;
     for (Entry* e = inbox_.take_all(); e != nullptr;) {
       Entry* next = e->inbox_next;
       e->inbox_next = nullptr;
+      const bool was_empty = policy_.empty();
       policy_.add(e);
-      if (adaptive) rate_.observe(e->enqueue_ns, e->count);
+      if (adaptive) {
+        rate_.observe(e->enqueue_ns, e->count);
+        starts_.observe(e->enqueue_ns, e->count, was_empty, window);
+      }
       e = next;
     }
   }
@@ -578,12 +585,20 @@ class Scheduler {
       cap_applied_ = cap;
     }
     if (!options_.adaptive) return;
-    const AdaptiveWait w = AdaptiveWait::of(rate_.per_ns(now), fixed_ns_.load(std::memory_order_relaxed),
+    starts_.close_if_done(now);
+    const AdaptiveWait w = AdaptiveWait::of(starts_.known(), starts_.mean(), fixed_ns_.load(std::memory_order_relaxed),
                                             options_.timeout_us * 1000, std::min(cap, options_.max_batch_size));
     if (w.enough != wait_.enough || w.wait_ns != wait_.wait_ns) {
       policy_.set_adaptive_wait(w);
       wait_ = w;
     }
+  }
+
+  // Requires mu_. The window of StartFollowers: the batch's fixed cost, or
+  // the timeout before it is known.
+  TimePoint follow_window() const noexcept {
+    const double fixed = fixed_ns_.load(std::memory_order_relaxed);
+    return fixed > 0 ? static_cast<TimePoint>(fixed) : options_.timeout_us * 1000;
   }
 
   // Requires stats_mu_ (or construction). The cap (at most max_batch_size),
@@ -639,6 +654,7 @@ class Scheduler {
   bool closed_ = false;
   mutable KeyedPolicy policy_;  // mutable: see absorb_inbox
   mutable ArrivalRate rate_;    // observed in absorb_inbox, under adaptive waits
+  mutable StartFollowers starts_;  // (the same)
   AdaptiveWait wait_;           // the wait last given to the policy
   std::size_t cap_applied_ = static_cast<std::size_t>(-1);  // the cap last given to the policy
 

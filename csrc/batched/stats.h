@@ -34,6 +34,7 @@ struct BatchStats {
   double cost_per_item_ns = 0;
   std::uint64_t cost_samples = 0;         // batches the fit has seen
   double arrival_per_s = 0;               // items arriving per second (measured under adaptive waits only)
+  double start_followers = 0;             // items following one that found the queue empty, within the fixed cost (adaptive)
   std::size_t adaptive_enough = 1;        // adaptive waits: a batch leaves with this many items...
   std::int64_t adaptive_wait_ns = 0;      // ...or once its oldest has waited this long
 };

@@ -2,9 +2,12 @@
 // (docs/semantics.md, 13):
 //  * BatchCostModel: the time a batch takes as a line in its size, fitted
 //    online to the batches observed (exponentially weighted least squares).
-//  * ArrivalRate: items arriving per second, an exponentially decayed count.
-//  * AdaptiveWait: from the two, how long a batch waits for more items
-//    (BatchOptions::adaptive).
+//  * ArrivalRate: items arriving per second, an exponentially decayed count
+//    (shown in the stats).
+//  * StartFollowers: how many items follow one that finds the queue empty,
+//    within one batch's fixed cost.
+//  * AdaptiveWait: from the cost and the followers, how long a batch waits
+//    for more items (BatchOptions::adaptive).
 //  * SizeCap: the largest batch that fits, learned from batches that were too
 //    big (split and retried by the front end: split_on) and probed upward
 //    again after enough batches succeed.
@@ -86,24 +89,74 @@ class ArrivalRate {
   TimePoint last_ = 0;
 };
 
+// How many items follow an item that finds the queue empty (a queue start)
+// within one batch's fixed cost: an exponentially weighted mean over starts.
+// For Poisson arrivals at rate r it is r * fixed; for callers that come back
+// together (the clients of a batch send again when it returns: closed loops,
+// HTTP keep-alive clients) it is the size of the group, which an average
+// rate cannot see. The weight is small, so that a few unlucky starts of a
+// sparse stream do not make it wait.
+class StartFollowers {
+ public:
+  static constexpr double kWeight = 1.0 / 32;
+
+  // n items arrive at `at`; `was_empty`: nothing was queued before them;
+  // `window`: the batch's fixed cost (or, before it is known, the timeout).
+  void observe(TimePoint at, std::size_t n, bool was_empty, TimePoint window) noexcept {
+    close_if_done(at);
+    if (open_) {
+      count_ += static_cast<double>(n);
+    } else if (was_empty) {
+      open_ = true;
+      start_ = at;
+      window_ = window;
+      count_ = static_cast<double>(n) - 1;
+    }
+  }
+
+  // Ends the start being counted once its window has passed.
+  void close_if_done(TimePoint now) noexcept {
+    if (!open_ || now - start_ <= window_) return;
+    mean_ = samples_ == 0 ? count_ : mean_ + (count_ - mean_) * kWeight;
+    ++samples_;
+    open_ = false;
+  }
+
+  bool known() const noexcept { return samples_ > 0; }
+  double mean() const noexcept { return mean_; }
+
+ private:
+  bool open_ = false;
+  TimePoint start_ = 0;
+  TimePoint window_ = 0;
+  double count_ = 0;
+  double mean_ = 0;
+  std::uint64_t samples_ = 0;
+};
+
 // How long a batch waits for more items, under adaptive waits: sending a
 // batch costs `fixed` whatever its size, and items that arrive while it runs
-// wait for it. So while fewer items are queued than are expected to arrive
-// within one `fixed` (rate * fixed), a little more waiting is expected to
-// save the next arrivals more than it costs the queued ones; beyond that it
-// is not. At a low rate (rate * fixed < 1) nothing waits. The wait of the
-// oldest item is at most `fixed` (beyond that, the batch it waits for would
-// have finished) and at most timeout_us.
+// wait for it. So a batch waits for the items expected within one `fixed`
+// of its first (StartFollowers: `followers`), and no longer than `fixed`
+// (beyond that, the batch it waits for would have finished) nor timeout_us.
+// Fewer than one expected: nothing waits (a sparse stream, a lone caller).
+// Before the first start has been measured, it waits as a fixed timeout
+// would (the first calls of a processor, which may all come at once).
 struct AdaptiveWait {
   std::size_t enough = 1;  // a batch leaves once this many items are queued
   TimePoint wait_ns = 0;   // or once its oldest item has waited this long
 
-  static AdaptiveWait of(double rate_per_ns, double fixed_ns, TimePoint timeout_ns, std::size_t max_batch) noexcept {
+  static AdaptiveWait of(bool known, double followers, double fixed_ns, TimePoint timeout_ns,
+                         std::size_t max_batch) noexcept {
     AdaptiveWait w;
-    const double expected = rate_per_ns * fixed_ns;
-    if (!(expected > 1.0)) return w;  // (also NaN)
-    w.enough = static_cast<std::size_t>(std::min<double>(static_cast<double>(max_batch), std::ceil(expected)));
-    w.wait_ns = std::min<TimePoint>(timeout_ns, static_cast<TimePoint>(fixed_ns));
+    if (!known) {
+      w.enough = max_batch;
+      w.wait_ns = timeout_ns;
+      return w;
+    }
+    if (!(followers >= 1.0)) return w;  // (also NaN)
+    w.enough = static_cast<std::size_t>(std::min<double>(static_cast<double>(max_batch), std::ceil(1.0 + followers)));
+    w.wait_ns = std::min<TimePoint>(timeout_ns, fixed_ns > 0 ? static_cast<TimePoint>(fixed_ns) : timeout_ns);
     return w;
   }
 };

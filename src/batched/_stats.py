@@ -58,14 +58,16 @@ class Learned(NamedTuple):
     """What a processor has learned of its batch function and its traffic
     (docs/semantics.md, 13): the time of a batch of n items, fitted as
     ``batch_cost_ms + per_item_ms * n``, and, under ``adaptive=True``, the
-    arrival rate and the wait it sets: a batch leaves with
-    ``adaptive_batch`` items or once its oldest item has waited
+    arrival rate, how many items follow one that finds the queue empty
+    within ``batch_cost_ms`` (``followers``), and the wait they set: a batch
+    leaves with ``adaptive_batch`` items or once its oldest item has waited
     ``adaptive_wait_ms`` (1 and 0.0: at once)."""
 
     batch_cost_ms: float = 0.0
     per_item_ms: float = 0.0
     batches_seen: int = 0
     arrivals_per_s: float = 0.0
+    followers: float = 0.0
     adaptive_batch: int = 1
     adaptive_wait_ms: float = 0.0
 

@@ -69,21 +69,51 @@ TEST(arrival_rate_counts_items_per_second_and_decays) {
   CHECK(r.per_ns(2000000000 + 5 * ArrivalRate::kWindowNs) * 1e9 < 1000.0 * std::exp(-5.0) * 1.05);
 }
 
-TEST(adaptive_wait_sends_at_once_at_a_low_rate_and_waits_under_load) {
-  // 8 ms per batch. 100 items/s: 0.8 expected within one batch time: at once.
-  AdaptiveWait low = AdaptiveWait::of(100 / 1e9, 8e6, 20000000, 32);
-  CHECK_EQ(low.enough, 1u);
-  CHECK_EQ(low.wait_ns, 0);
-  // 2,000 items/s: 16 expected: wait for 16 items, at most 8 ms (< timeout 20 ms).
-  AdaptiveWait busy = AdaptiveWait::of(2000 / 1e9, 8e6, 20000000, 32);
+TEST(start_followers_measure_poisson_streams_and_groups) {
+  // Poisson arrivals at 2,000/s, a window of 8 ms: about 16 follow a start.
+  batched_test::Rng rng{12345};
+  StartFollowers poisson;
+  TimePoint t = 0;
+  bool empty = true;
+  for (int i = 0; i < 20000; ++i) {
+    const double u = (static_cast<double>(rng(1000000)) + 0.5) / 1e6;
+    t += static_cast<TimePoint>(-std::log(u) / 2000.0 * 1e9);
+    poisson.observe(t, 1, empty, 8000000);
+    empty = i % 40 == 39;  // a batch took everything queued now and then
+  }
+  CHECK(poisson.known());
+  CHECK(near(poisson.mean(), 16.0, 4.0));
+  // Groups of 64 callers coming back within 3 ms, every 300 ms: 63 follow.
+  StartFollowers groups;
+  for (int g = 0; g < 100; ++g) {
+    for (int c = 0; c < 64; ++c) groups.observe(g * 300000000LL + c * 47000, 1, c == 0, 8000000);
+  }
+  groups.close_if_done(100 * 300000000LL);
+  CHECK(near(groups.mean(), 63.0, 0.01));
+  // A lone caller: nothing follows.
+  StartFollowers lone;
+  for (int i = 0; i < 50; ++i) lone.observe(i * 20000000LL, 1, true, 8000000);
+  CHECK(lone.known());
+  CHECK_EQ(lone.mean(), 0.0);
+}
+
+TEST(adaptive_wait_sends_at_once_when_nothing_follows_and_waits_for_the_group) {
+  // Nothing measured yet: as a fixed timeout (the first calls may come together).
+  AdaptiveWait first = AdaptiveWait::of(false, 0.0, 0.0, 20000000, 32);
+  CHECK_EQ(first.enough, 32u);
+  CHECK_EQ(first.wait_ns, 20000000);
+  // Fewer than one follower expected: at once.
+  AdaptiveWait sparse = AdaptiveWait::of(true, 0.7, 8e6, 20000000, 32);
+  CHECK_EQ(sparse.enough, 1u);
+  CHECK_EQ(sparse.wait_ns, 0);
+  // 15 expected within the 8 ms fixed cost: wait for 16 items, at most 8 ms.
+  AdaptiveWait busy = AdaptiveWait::of(true, 15.0, 8e6, 20000000, 32);
   CHECK_EQ(busy.enough, 16u);
   CHECK_EQ(busy.wait_ns, 8000000);
   // The timeout bounds the wait; the batch size bounds the count.
-  AdaptiveWait bounded = AdaptiveWait::of(1e6 / 1e9, 8e6, 2000000, 32);
+  AdaptiveWait bounded = AdaptiveWait::of(true, 63.0, 37e6, 10000000, 32);
   CHECK_EQ(bounded.enough, 32u);
-  CHECK_EQ(bounded.wait_ns, 2000000);
-  // Nothing learned yet (no batch): at once.
-  CHECK_EQ(AdaptiveWait::of(5000 / 1e9, 0.0, 20000000, 32).enough, 1u);
+  CHECK_EQ(bounded.wait_ns, 10000000);
 }
 
 TEST(size_cap_halves_on_failure_probes_up_and_settles_below_the_limit) {
@@ -266,63 +296,85 @@ TEST(configure_lowers_max_queue_size_for_the_next_push) {
   s.drain();
 }
 
-TEST(adaptive_waits_are_learned_from_batches_and_arrivals) {
+TEST(adaptive_waits_keep_a_returning_group_together) {
+  // 16 callers in a closed loop: each batch returns to all of them, and they
+  // come back within 2 ms. A batch costs 10 ms. The first batch waits as a
+  // fixed timeout would (nothing measured yet) and takes all 16; from then
+  // on 15 followers are expected after the first of each group, so every
+  // batch waits for the whole group (at most 10 ms) instead of leaving with
+  // the first few.
   FakeClock clock;
-  Scheduler<FakeClock> s(opts(32, 0), clock);
-  std::vector<Entry> es(8000, make(1));
+  BatchOptions o = opts(64, 20000);  // timeout 20 ms: the longest wait
+  o.adaptive = true;
+  Scheduler<FakeClock> s(o, clock);
+  std::vector<Entry> es(16 * 40, make(1));
   std::size_t next = 0;
   Batch out;
-  // Batches of several sizes that take 8 ms + 0.1 ms per item.
-  for (int round = 0; round < 64; ++round) {
-    const std::uint32_t n = 1 + static_cast<std::uint32_t>(round % 4) * 5;
-    for (std::uint32_t i = 0; i < n; ++i) CHECK(queued(s.try_push(&es[next++])));
-    CHECK(s.try_pop(out));
-    CHECK_EQ(out.size, n);
-    clock.advance_us(8000 + 100 * static_cast<std::int64_t>(n));
+  for (int round = 0; round < 40; ++round) {
+    for (int c = 0; c < 16; ++c) {
+      CHECK(queued(s.try_push(&es[next++])));
+      clock.advance_us(125);  // 16 arrivals over 2 ms
+      const bool popped = s.try_pop(out);
+      if (c < 15 || round == 0) CHECK(!popped);  // it waits for the group
+      if (c == 15 && round > 0) {
+        CHECK(popped);
+        CHECK_EQ(out.size, 16u);
+      }
+    }
+    if (round == 0) {  // nothing measured yet: the timeout
+      clock.advance_us(20000 - 2000);
+      CHECK(s.try_pop(out));
+      CHECK_EQ(out.size, 16u);
+    }
+    clock.advance_us(10000);  // the batch runs
     s.finish_batch(out, 0, false);
     s.batch_delivered(out);
     out.finished_ns = Batch::kNotFinished;
   }
   const BatchStats st = s.stats();
-  CHECK_EQ(st.cost_samples, 64u);
-  CHECK(near(st.cost_fixed_ns, 8e6, 1e4));
-  CHECK(near(st.cost_per_item_ns, 1e5, 1e3));
-  BatchOptions o = s.options();
-  o.adaptive = true;
-  o.timeout_us = 20000;  // 20 ms: the longest wait
-  s.configure(o);
-  // Quiet so far (the rate is measured from now): a lone item leaves at once.
-  CHECK(queued(s.try_push(&es[next++])));
-  CHECK(s.try_pop(out));
-  // 3 s at 2,000 items/s: 16 are expected within one batch time (8 ms),
-  // once the rate is known (the first second or so).
-  for (int i = 0; i < 6000; ++i) {
-    CHECK(queued(s.try_push(&es[next++])));
-    clock.advance_us(500);
-    while (s.try_pop(out)) CHECK(out.size <= 17u);
-  }
-  CHECK(s.try_pop(out) || true);  // (what is left of the burst)
-  clock.advance_us(9000);
-  while (s.try_pop(out)) {
-  }
-  const BatchStats busy = s.stats();
-  CHECK(busy.arrival_per_s > 1800 && busy.arrival_per_s < 2100);
-  CHECK(busy.adaptive_enough >= 14 && busy.adaptive_enough <= 17);
-  CHECK_EQ(busy.adaptive_wait_ns, 8000000);
-  std::uint64_t expected_size = 0;  // the burst went in batches of the expected size
-  for (std::size_t n = 14; n <= 17; ++n) expected_size += busy.batch_sizes[n];
-  CHECK(expected_size > 200);  // (of about 375 batches)
-  // A lone item now waits (up to the learned wait), then leaves on its own.
-  CHECK(queued(s.try_push(&es[next++])));
+  CHECK(near(st.start_followers, 15.0, 0.01));
+  CHECK_EQ(st.adaptive_enough, 16u);
+  CHECK_EQ(st.adaptive_wait_ns, 10000000);  // the learned fixed cost, under the timeout
+  CHECK(near(st.cost_fixed_ns, 10e6, 1e4));
+  CHECK_EQ(st.batch_sizes[16], 40u);
+  // A lone caller now: its item waits at most the learned wait, then goes.
+  clock.advance_us(1000000);
+  Entry lone = make(1);
+  CHECK(queued(s.try_push(&lone)));
   CHECK(!s.try_pop(out));
-  CHECK(s.next_deadline() <= clock.now() + 8000000);
-  clock.advance_us(8000);
+  clock.advance_us(10000);
   CHECK(s.try_pop(out));
   CHECK_EQ(out.size, 1u);
-  // The burst is over: seconds later the rate has decayed, and items go at once.
-  clock.advance_us(3000000);
-  CHECK(queued(s.try_push(&es[next++])));
+  s.shutdown();
+  s.drain();
+}
+
+TEST(adaptive_waits_send_a_sparse_stream_at_once) {
+  FakeClock clock;
+  BatchOptions o = opts(32, 20000);
+  o.adaptive = true;
+  Scheduler<FakeClock> s(o, clock);
+  std::vector<Entry> es(200, make(1));
+  Batch out;
+  // The first item waits as a fixed timeout would; later ones, 30 ms apart
+  // and alone (a batch takes 5 ms), go at once.
+  CHECK(queued(s.try_push(&es[0])));
+  CHECK(!s.try_pop(out));
+  clock.advance_us(20000);
   CHECK(s.try_pop(out));
+  for (std::size_t i = 1; i < es.size(); ++i) {
+    clock.advance_us(30000);
+    CHECK(queued(s.try_push(&es[i])));
+    CHECK(s.try_pop(out));
+    clock.advance_us(5000);
+    s.finish_batch(out, 0, false);
+    s.batch_delivered(out);
+    out.finished_ns = Batch::kNotFinished;
+  }
+  const BatchStats st = s.stats();
+  CHECK_EQ(st.start_followers, 0.0);
+  CHECK_EQ(st.adaptive_enough, 1u);
+  CHECK(st.arrival_per_s > 25 && st.arrival_per_s < 40);
   s.shutdown();
   s.drain();
 }

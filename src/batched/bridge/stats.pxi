@@ -38,7 +38,7 @@ cdef dict _snapshot(const CBatchStats& s, object latency_bounds_s):
         "batch_cap": s.batch_cap,
         # (the fields of batched._stats.Learned, in order)
         "learned": (s.cost_fixed_ns / 1e6, s.cost_per_item_ns / 1e6, s.cost_samples, s.arrival_per_s,
-                    s.adaptive_enough, s.adaptive_wait_ns / 1e6),
+                    s.start_followers, s.adaptive_enough, s.adaptive_wait_ns / 1e6),
     }
     if latency_bounds_s is not None:
         out["queue_wait"] = _rebucket(s.queue_wait, latency_bounds_s)

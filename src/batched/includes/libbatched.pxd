@@ -110,6 +110,7 @@ cdef extern from "batched/stats.h" namespace "batched" nogil:
         double cost_per_item_ns
         uint64_t cost_samples
         double arrival_per_s
+        double start_followers
         size_t adaptive_enough
         int64_t adaptive_wait_ns
 
