@@ -177,7 +177,10 @@ def test_many_callers_on_a_function_that_fails_above_its_limit(submit) -> None:
     assert [f.result(TIMEOUT) for f in futures] == expected
     s = proc.stats
     assert s.failed_items == 0
-    assert s.batch_cap <= 24
+    assert s.split_batches >= 1
+    # Above 24 only the batches that failed: the first ones, then a probe upward
+    # now and then (the cap may be at a probe when the run ends: not asserted).
+    assert sum(1 for n in seen if n > 24) <= 10, seen
     proc.shutdown()
 
 
