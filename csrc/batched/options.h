@@ -62,10 +62,10 @@ struct BatchOptions {
   // if earlier. (deadline_ms)
   std::int64_t deadline_us = 0;
   // If set, timeout_us is only the upper bound of a batch's wait: the
-  // Scheduler learns the cost of a batch as a line in its size and the
-  // arrival rate, and a batch waits for more items only while that is
-  // expected to lower latency (tuning.h, AdaptiveWait; docs/semantics.md, 13).
-  // (adaptive)
+  // Scheduler learns the cost of a batch as a line in its size and how many
+  // items follow one that finds the queue empty within that cost, and a
+  // batch waits only for those, at most the cost (tuning.h, StartFollowers,
+  // AdaptiveWait; docs/semantics.md, 13). (adaptive)
   bool adaptive = false;
   // If non-zero, try_push fails once this many items are queued. (max_queue_size)
   std::size_t max_queue_size = 0;
