@@ -65,8 +65,8 @@ MUTATIONS: list[tuple[str, ...]] = [
      "    const bool over = (budget_ != 0 && f.length + l > budget_) ||",
      "    const bool over = (budget_ != 0 && f.length + l > budget_ + 1) ||"),
     ("keep_calls_whole off",
-     "    if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&",
-     "    if (false && out.size > 0 && e->taken == 0 && e->count <= max_batch_size_ &&"),
+     "    if (keep_calls_whole_ && out.size > 0 && e->taken == 0 && e->count <= limit_ &&",
+     "    if (false && out.size > 0 && e->taken == 0 && e->count <= limit_ &&"),
     # issue 14: deadlines, the token budget, the room a due call leaves, keys
     ("expiry ignores the batch-time estimate",
      "    while (!deadlines_.empty() && now > deadlines_.front()->deadline_ns - service_ns_) {",

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -612,14 +613,24 @@ TEST(full_queue_try_submit_fails_at_once_and_submit_waits_for_room) {
   CHECK_EQ(b.stats().rejected_items, 6u);  // the waiting submit's refused tries do not count
 }
 
-TEST(shutdown_wakes_a_submit_waiting_for_room) {
-  auto gate = std::make_shared<Gate>();
+// A batch at a time, one item queued at most: a second submit waits for room.
+BatchOptions one_item_queue() {
   BatchOptions o = opts(1, 0);
   o.max_queue_size = 1;
-  Batcher<int, int> b(o, [gate](std::vector<int>& in) {
+  return o;
+}
+
+// The identity, each batch held at `gate` first.
+std::function<std::vector<int>(std::vector<int>&)> echo_behind(std::shared_ptr<Gate> gate) {
+  return [gate](std::vector<int>& in) {
     gate->pass();
     return std::vector<int>(in.begin(), in.end());
-  });
+  };
+}
+
+TEST(shutdown_wakes_a_submit_waiting_for_room) {
+  auto gate = std::make_shared<Gate>();
+  Batcher<int, int> b(one_item_queue(), echo_behind(gate));
   OpenOnExit open{gate};
   auto first = b.submit(1);
   CHECK(gate->wait_entered(1));
@@ -647,12 +658,7 @@ TEST(configure_wakes_a_submit_waiting_for_room) {
   // A submit waits for room; configure() lifts the bound (0), then lowers it
   // below a waiting call's size: neither may leave a submitter waiting.
   auto gate = std::make_shared<Gate>();
-  BatchOptions o = opts(1, 0);
-  o.max_queue_size = 1;
-  Batcher<int, int> b(o, [gate](std::vector<int>& in) {
-    gate->pass();
-    return std::vector<int>(in.begin(), in.end());
-  });
+  Batcher<int, int> b(one_item_queue(), echo_behind(gate));
   OpenOnExit open{gate};
   auto first = b.submit(1);
   CHECK(gate->wait_entered(1));
