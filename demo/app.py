@@ -14,10 +14,16 @@ Two modes, one app:
   learned from the load, ``timeout_ms`` being the longest.
 * ``none``: what a user without batching writes: each request runs the model
   on its own text, off the event loop, in a thread (``asyncio.to_thread``).
+* ``served`` (this project only): ``--workers`` uvicorn workers (2 by
+  default) and one model process. The model process serves the ``batched``
+  mode's processor with ``batched.serve``; each worker's handler awaits
+  ``batched.connect(...)``'s client, so the requests of every worker are
+  batched together, through shared memory, and the model is loaded once.
 
 Run it alone:
 
     python demo/app.py --mode batched --port 8000 [--batch-size 64] [--timeout-ms 10]
+    python demo/app.py --mode served --workers 2 --port 8000
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,7 +48,7 @@ from pydantic import BaseModel
 
 from demo.encoders import load_encoder
 
-MODES = ("batched", "adaptive", "none")
+MODES = ("batched", "adaptive", "none", "served")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_TIMEOUT_MS = 10.0
 
@@ -101,6 +108,8 @@ def create_app(
     array``; by default ``demo.encoders.load_encoder(model)``."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: expected one of {MODES}")
+    if mode == "served":
+        return served_app()
     enc = encoder if encoder is not None else load_encoder(model)
 
     def embed_batch(texts: list[str]) -> list[Any]:
@@ -148,8 +157,14 @@ def create_app(
             shutdown()
 
     app = FastAPI(title="batched demo: text embeddings", lifespan=lifespan)
-    app.state.info = info
     app.state.processor = processor
+    return _routes(app, embed, info, processor)
+
+
+def _routes(app: FastAPI, embed: Any, info: dict[str, Any], processor: Any) -> FastAPI:
+    """The three endpoints: ``embed(text)`` answers /embed; /stats shows
+    ``processor.stats`` (a client's: the model process's)."""
+    app.state.info = info
 
     @app.post("/embed")
     async def embed_endpoint(req: EmbedRequest) -> Response:
@@ -167,6 +182,77 @@ def create_app(
     return app
 
 
+def model_process(name: str, batch_size: int, timeout_ms: float, model: str) -> None:
+    """The model process of mode ``served``: the ``batched`` mode's processor,
+    served under ``name`` until SIGTERM. Prints {"model": ...} once serving."""
+    import batched
+    from batched import aio
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # for sigwait (threads inherit it)
+    enc = load_encoder(model, announce=False)
+
+    def embed_batch(texts: list[str]) -> list[Any]:
+        return list(enc.encode(texts))
+
+    embed_batch(["warm-up"])
+    embed_batch(["warm-up, a batch"] * 8)
+    processor = aio.dynamically(batch_size=batch_size, timeout_ms=timeout_ms)(embed_batch)
+    server = batched.serve(processor, name, block=False)
+    print(json.dumps({"model": enc.name}), flush=True)
+    try:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        server.stop()
+
+
+def served_app() -> FastAPI:
+    """A worker of mode ``served``: a client of the model process
+    ($DEMO_SERVED_NAME), whose model is $DEMO_MODEL (uvicorn's factory)."""
+    import batched
+
+    embed = batched.connect(os.environ["DEMO_SERVED_NAME"], timeout=60)
+    info = {
+        "mode": "served",
+        "model": os.environ["DEMO_MODEL"],
+        "batched_version": batched_version(),
+        "batch_size": int(os.environ["DEMO_BATCH_SIZE"]),
+        "timeout_ms": float(os.environ["DEMO_TIMEOUT_MS"]),
+        "adaptive": False,
+        "workers": int(os.environ["DEMO_WORKERS"]),
+        "pid": os.getpid(),
+        "model_pid": embed.server_pid,
+    }
+    return _routes(FastAPI(title="batched demo: text embeddings, one model process"), embed, info, embed)
+
+
+def run_served(args: argparse.Namespace, sock: Any) -> int:
+    """Mode ``served``: the model process, then ``args.workers`` uvicorn workers on ``sock``."""
+    import subprocess
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    name = f"demo-embed-{os.getpid()}"
+    model = subprocess.Popen([sys.executable, __file__, "--model-process", name, "--batch-size", str(args.batch_size),
+                              "--timeout-ms", str(args.timeout_ms), "--model", args.model],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert model.stdout is not None
+        line = model.stdout.readline()
+        if not line:
+            raise SystemExit("the model process exited before it served")
+        os.environ.update(DEMO_SERVED_NAME=name, DEMO_MODEL=json.loads(line)["model"],
+                          DEMO_BATCH_SIZE=str(args.batch_size), DEMO_TIMEOUT_MS=str(args.timeout_ms),
+                          DEMO_WORKERS=str(args.workers))
+        config = uvicorn.Config("demo.app:served_app", factory=True, workers=args.workers, log_level="warning",
+                                access_log=False, loop=args.loop, http=args.http)
+        Multiprocess(config, sockets=[sock]).run()  # spawns the workers, restarts one that dies
+    finally:
+        model.terminate()
+        model.wait(15)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python demo/app.py", description="the demo embedding service")
     ap.add_argument("--mode", choices=MODES, default="batched")
@@ -178,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int, default=None, help="serve on this already bound, listening socket")
     ap.add_argument("--loop", default="auto", help="uvicorn --loop: auto, asyncio or uvloop")
     ap.add_argument("--http", default="auto", help="uvicorn --http: auto, h11 or httptools")
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn workers of mode served (default 2)")
+    ap.add_argument("--model-process", metavar="NAME", help=argparse.SUPPRESS)  # mode served's model process
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch.set_num_threads for the model (default: torch's choice, one per core)")
     args = ap.parse_args(argv)
@@ -185,6 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+
+    if args.model_process:
+        model_process(args.model_process, args.batch_size, args.timeout_ms, args.model)
+        return 0
+    if args.mode == "served":
+        import socket
+
+        if args.fd is not None:
+            sock = socket.socket(fileno=args.fd)
+        else:
+            sock = socket.create_server((args.host, args.port), backlog=2048)
+        return run_served(args, sock)
 
     import uvicorn
 

@@ -2,10 +2,12 @@
 
     python -m demo [--clients 1,16,64] [--seconds 4] [--warmup-s 1.5] [--batch-size 64] [--timeout-ms 10]
 
-Serves all-MiniLM-L6-v2 (CPU) with FastAPI/uvicorn three times: calling the
+Serves all-MiniLM-L6-v2 (CPU) with FastAPI/uvicorn four times: calling the
 model per request in a thread (no batching), through
-``batched.aio.dynamically(batch_size, timeout_ms)``, and the same with
-``adaptive=True`` (waits learned from the load, timeout_ms the longest);
+``batched.aio.dynamically(batch_size, timeout_ms)``, the same with
+``adaptive=True`` (waits learned from the load, timeout_ms the longest), and
+with two uvicorn workers feeding one model process that serves that
+processor (``batched.serve`` / ``batched.connect``);
 drives each with 1, 16 and 64 concurrent HTTP clients on loopback, and prints
 throughput and p50/p99 latency side by side.
 Sampled answers are checked against the model run on each text alone (cosine
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if mode != "none":
                 print(f"  batched {info['batched_version']}: aio.dynamically(batch_size={args.batch_size}, "
-                      f"timeout_ms={args.timeout_ms:g}{', adaptive=True' if mode == 'adaptive' else ''})",
-                      flush=True)
+                      f"timeout_ms={args.timeout_ms:g}{', adaptive=True' if mode == 'adaptive' else ''})"
+                      + (f" in model process {info['model_pid']}, {info['workers']} uvicorn workers"
+                         if mode == "served" else ""), flush=True)
             for clients in client_counts:
                 res = measure(server, texts, refs, clients=clients, seconds=args.seconds, warmup_s=args.warmup_s)
                 results.append(res)
@@ -87,23 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if errors == 0 and wrong == 0 and checked > 0 else 1
 
 
-MODES = ("none", "batched", "adaptive")
-LABEL = {"none": "no batching", "batched": "batched", "adaptive": "batched, adaptive=True"}
+MODES = ("none", "batched", "adaptive", "served")
+LABEL = {"none": "no batching", "batched": "batched", "adaptive": "batched, adaptive=True",
+         "served": "batched, 2 uvicorn workers + 1 model process (batched.serve / batched.connect)"}
 
 
 def table(by: dict, client_counts: list[int], timeout_ms: float) -> str:
     """The side-by-side table: each measure for the three modes, then the
     average batch size."""
-    head = f"{'':>8}" + "".join(f" {title:^26}" for title in ("throughput (req/s)", "p50 latency (ms)",
+    head = f"{'':>8}" + "".join(f" {title:^35}" for title in ("throughput (req/s)", "p50 latency (ms)",
                                                                  "p99 latency (ms)"))
-    cols = f"{'clients':>8}" + " ".join(["", *[f"{'none':>8} {'timeout':>8} {'adaptive':>8}"] * 3])
-    lines = [f"batched: timeout_ms={timeout_ms:g}; adaptive: adaptive=True, at most timeout_ms", head, cols]
+    cols = f"{'clients':>8}" + " ".join(["", *[f"{'none':>8} {'timeout':>8} {'adaptive':>8} {'served':>8}"] * 3])
+    lines = [f"batched: timeout_ms={timeout_ms:g}; adaptive: adaptive=True, at most timeout_ms; "
+             "served: 2 workers + model process", head, cols]
     for c in client_counts:
         row = f"{c:>8}"
         for key in ("throughput_rps", "p50_ms", "p99_ms"):
             row += " " + " ".join(f"{by[(m, c)][key]:>8.1f}" for m in MODES)
         lines.append(row)
-    for m in ("batched", "adaptive"):
+    for m in ("batched", "adaptive", "served"):
         avg = [f"{c}: {by[(m, c)]['avg_batch_size']:.1f}" for c in client_counts
                if by[(m, c)].get("avg_batch_size") is not None]
         if avg:

@@ -13,6 +13,11 @@ hands it one call and returns a concurrent.futures.Future of the outcome:
                  (the event-loop driver). It runs ``fn`` in a thread
                  (asyncio.to_thread), as an async model wrapper would, so a
                  function that blocks (a Gate) holds its batch, not the loop.
+  * "remote":    the thread front end's processors served by ``batched.serve``
+                 and called through ``batched.connect``'s client (shared
+                 memory, as from another process), ``await client.acall(...)``
+                 on an event loop. The suite's other uses of the processor
+                 (stats, configure, shutdown) reach the served processor.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,9 +36,9 @@ from typing import Any
 import pytest
 
 TIMEOUT = 30.0  # seconds: far above any wait here; reaching it means a hang
-FRONT_ENDS = ("thread", "acall", "aio", "aio-async")
+FRONT_ENDS = ("thread", "acall", "aio", "aio-async", "remote")
 #: the front ends whose callers await on an event loop (cancellation)
-ASYNCIO_FRONT_ENDS = ("acall", "aio", "aio-async")
+ASYNCIO_FRONT_ENDS = ("acall", "aio", "aio-async", "remote")
 #: the front ends whose batch function runs on the processor's worker threads
 THREAD_DRIVER_FRONT_ENDS = ("thread", "acall", "aio")
 
@@ -65,6 +72,30 @@ def as_async(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run_in_thread
 
 
+_served = itertools.count()
+
+
+class Served:
+    """The "remote" front end's processor: ``processor``, served in this
+    process under a name of its own; calls go through ``client``, anything
+    else (stats, configure, shutdown, options) reaches the processor."""
+
+    def __init__(self, processor: Any) -> None:
+        import batched
+
+        name = f"test-{os.getpid()}-{next(_served)}"
+        self.processor = processor
+        self.server = batched.serve(processor, name, block=False)
+        self.client = batched.connect(name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.processor, name)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
 class FrontEnd:
     """One way of reaching a processor (see the module docstring)."""
 
@@ -72,6 +103,7 @@ class FrontEnd:
         self.name = name
         self._pool: ThreadPoolExecutor | None = None
         self._loop: _LoopThread | None = None
+        self._served: list[Served] = []
         if name == "thread":
             self._pool = ThreadPoolExecutor(max_workers=256)
         else:
@@ -89,20 +121,27 @@ class FrontEnd:
         from batched.aio import AsyncBatchProcessor
 
         cls = AsyncBatchProcessor if self.name.startswith("aio") else BatchProcessor
-        return cls(self._fn(fn), **options)
+        return self._serve(cls(self._fn(fn), **options))
+
+    def _serve(self, proc: Any) -> Any:
+        if self.name != "remote":
+            return proc
+        served = Served(proc)
+        self._served.append(served)
+        return served
 
     def make_model(self, fn: Callable[..., Any], **options: Any) -> Any:
         from batched.aio.inference import AsyncModelBatchProcessor
         from batched.inference import ModelBatchProcessor
 
         cls = AsyncModelBatchProcessor if self.name.startswith("aio") else ModelBatchProcessor
-        return cls(self._fn(fn), **options)
+        return self._serve(cls(self._fn(fn), **options))
 
     def __call__(self, proc: Any, *args: Any, **kwargs: Any) -> Future[Any]:
         if self._pool is not None:
             return self._pool.submit(proc, *args, **kwargs)
         assert self._loop is not None
-        call = proc.acall if self.name == "acall" else proc
+        call = self._call_of(proc)
 
         async def on_loop() -> Any:
             return await call(*args, **kwargs)
@@ -120,7 +159,7 @@ class FrontEnd:
 
             return self._pool.submit(in_thread)
         assert self._loop is not None
-        call = proc.acall if self.name == "acall" else proc
+        call = self._call_of(proc)
 
         async def on_loop() -> Any:
             with context():
@@ -128,7 +167,14 @@ class FrontEnd:
 
         return self._loop.submit(on_loop())
 
+    def _call_of(self, proc: Any) -> Any:
+        if isinstance(proc, Served):
+            return proc.client.acall
+        return proc.acall if self.name == "acall" else proc
+
     def close(self) -> None:
+        for served in self._served:
+            served.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)  # a caller stuck by a bug must not hang teardown
         if self._loop is not None:

@@ -129,9 +129,11 @@ def minilm() -> Any:
     return encode_alone
 
 
-@pytest.mark.parametrize("mode", ["batched", "none"])
+@pytest.mark.parametrize("mode", ["batched", "served", "none"])
 def test_real_model_concurrent_http(minilm: Any, mode: str) -> None:
-    texts = _texts(96 if mode == "batched" else 32)
+    """``served``: two uvicorn workers and one model process (batched.serve):
+    the stats are the model process's, so they count every worker's calls."""
+    texts = _texts(32 if mode == "none" else 96)
     with _server(mode, "real", batch_size=16, timeout_ms=20.0) as server:
         refs = minilm(texts)  # while the server loads its model
         info = server.wait_ready()
@@ -141,7 +143,7 @@ def test_real_model_concurrent_http(minilm: Any, mode: str) -> None:
         results = _post_all(server.port, texts, threads=24)
         after = _get(server.port, "/stats")
     _check(results, refs)
-    if mode == "batched":
+    if mode != "none":
         import batched
 
         assert info["batched_version"] == batched.__version__
@@ -150,6 +152,8 @@ def test_real_model_concurrent_http(minilm: Any, mode: str) -> None:
         batches = s1["total_batches"] - s0["total_batches"]
         assert items == len(texts)
         assert batches < items, "24 concurrent clients never shared a batch"
+        if mode == "served":
+            assert info["workers"] == 2 and info["model_pid"] != info["pid"]
     else:
         assert after["stats"] is None
 

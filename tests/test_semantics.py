@@ -396,6 +396,8 @@ def test_numpy_like_sequence_output_is_accepted(submit) -> None:
 
 
 def test_each_caller_gets_its_own_exception_object(submit) -> None:
+    if submit.name == "remote":
+        pytest.skip("a traceback does not cross processes (the server logs it); each caller's copy is unpickled anew")
     def fn(items: list[int]) -> list[int]:
         raise KeyError("whole batch")
 

@@ -10,15 +10,17 @@ load on first access.
 from batched._core import current_key
 from batched._request import deadline, priority
 from batched.batch_processor import BatchProcessor, dynamically
-from batched.errors import DeadlineExceeded, QueueFullError, ShutdownError
+from batched.errors import DeadlineExceeded, QueueFullError, ServerGoneError, ShutdownError
 
 __version__ = "0.2.0"
 
-_LAZY_SUBMODULES = ("aio", "inference", "types", "utils")
+_LAZY_SUBMODULES = ("aio", "inference", "ipc", "types", "utils")
+_LAZY_FUNCTIONS = ("serve", "connect")  # of batched.ipc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # type checkers see the lazy submodules as attributes
-    from batched import aio, inference, types, utils
+    from batched import aio, inference, ipc, types, utils
+    from batched.ipc import connect, serve
 
 
 def __getattr__(name: str) -> object:
@@ -26,6 +28,10 @@ def __getattr__(name: str) -> object:
         import importlib  # noqa: PLC0415
 
         return importlib.import_module(f"batched.{name}")
+    if name in _LAZY_FUNCTIONS:
+        import importlib  # noqa: PLC0415
+
+        return getattr(importlib.import_module("batched.ipc"), name)
     raise AttributeError(f"module 'batched' has no attribute {name!r}")
 
 
@@ -33,13 +39,16 @@ __all__ = [
     "BatchProcessor",
     "DeadlineExceeded",
     "QueueFullError",
+    "ServerGoneError",
     "ShutdownError",
     "aio",
+    "connect",
     "current_key",
     "deadline",
     "dynamically",
     "inference",
     "priority",
+    "serve",
     "types",
     "utils",
 ]

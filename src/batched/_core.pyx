@@ -46,6 +46,8 @@ from batched.includes.libbatched cimport (
     push_queued,
     reason_name,
     split_in_two,
+    CRing,
+    ring_bytes_for,
 )
 
 import atexit
@@ -83,6 +85,7 @@ include "bridge/engine.pxi"
 include "bridge/thread_driver.pxi"
 include "bridge/loop_driver.pxi"
 include "bridge/stats.pxi"
+include "bridge/ipc.pxi"
 
 
 def current_key():

@@ -17,4 +17,10 @@ class DeadlineExceeded(TimeoutError):
     the queue unsent (docs/semantics.md, 11)."""
 
 
-__all__ = ["DeadlineExceeded", "QueueFullError", "ShutdownError"]
+class ServerGoneError(ConnectionError):
+    """No server of that name is running (batched.connect), or it stopped or
+    died while the call waited: the call may or may not have been computed.
+    The next call connects again if a server of that name is back."""
+
+
+__all__ = ["DeadlineExceeded", "QueueFullError", "ServerGoneError", "ShutdownError"]

@@ -188,3 +188,20 @@ cdef extern from "_glue.h" nogil:
         void notify_all()
 
     int64_t monotonic_ns "batched_glue::monotonic_ns" ()
+
+
+cdef extern from "batched/shm_ring.h" namespace "batched::ipc" nogil:
+    cdef cppclass CRing "batched::ipc::Ring":
+        CRing(void* memory)
+        void init(size_t capacity)
+        uint64_t capacity()
+        uint64_t max_payload()
+        char* reserve(uint64_t payload, uint32_t tag)
+        cbool publish()
+        cbool wait_for_room(uint64_t payload)
+        const char* peek(uint64_t* payload, uint32_t* tag)
+        cbool consume()
+        cbool sleep()
+        void awake()
+        cbool empty()
+    size_t ring_bytes_for "batched::ipc::Ring::bytes_for" (size_t capacity)

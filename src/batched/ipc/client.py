@@ -1,0 +1,420 @@
+"""The client side of ``batched.connect``: a processor served by another
+process (batched.ipc.server), called as if it were here.
+
+Each client process has one connection per server (made again after a fork,
+or after the server went and came back). Calls from any thread or event
+loop write their request to the connection's ring; one reader thread per
+connection, asleep on its eventfd while nothing comes, hands each answer to
+its caller: a blocking caller is woken directly, an asyncio caller through
+its loop (one ``call_soon_threadsafe`` per loop per wake-up).
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+
+from batched._core import Flag, ShmRing, clock_ns, deadline_var, priority_var, spin_for_records
+from batched.errors import DeadlineExceeded, ServerGoneError, ShutdownError
+from batched.ipc._channel import (
+    ANSWER_HEAD,
+    CANCEL,
+    ERROR,
+    HANDED_FDS,
+    REQUEST,
+    REQUEST_HEAD,
+    SPIN_NS,
+    STATS,
+    Channel,
+    check_platform,
+    checked_name,
+    dumps,
+    loads,
+    parse_hello,
+    peer_uid,
+    socket_path,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
+_CONNECT_TIMEOUT_S = 5.0
+# Connections alive in this process: a forked child must not use its
+# parent's (one ring, two writers), nor keep its socket open.
+_live: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+
+class _Waiter:
+    """A blocking caller: it spins a while on ``done``, then sleeps on a lock
+    the reader releases."""
+
+    __slots__ = ("done", "lock", "ok", "value")
+
+    def __init__(self) -> None:
+        self.done = Flag()
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.ok = False
+        self.value: Any = None
+
+    def settle(self, ok: bool, value: Any, by_loop: dict[Any, list[Any]]) -> None:
+        self.ok, self.value = ok, value
+        self.done.set()
+        self.lock.release()
+
+    def wait(self) -> None:
+        if not self.done.spin(SPIN_NS):
+            self.lock.acquire()
+
+
+class _AsyncWaiter:
+    """An asyncio caller: its future, completed on its loop."""
+
+    __slots__ = ("loop", "future")
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.future = loop.create_future()
+
+    def settle(self, ok: bool, value: Any, by_loop: dict[Any, list[Any]]) -> None:
+        calls = by_loop.get(self.loop)
+        if calls is None:
+            by_loop[self.loop] = calls = []
+        calls.append((self.future, ok, value))
+
+
+def _settle_all(calls: list[tuple[Any, bool, Any]]) -> None:
+    """On a caller's loop: completes the futures of answered calls."""
+    for future, ok, value in calls:
+        if future.done():
+            continue  # the caller was cancelled
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class _Connection:
+    """This process's connection to one server."""
+
+    def __init__(self, name: str, path: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(_CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(path)
+            if peer_uid(sock) != os.getuid():
+                raise PermissionError(f"the server at {path} runs as another user")
+            data, fds, _, _ = socket.recv_fds(sock, 4096, HANDED_FDS)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            raise ServerGoneError(f"no server named {name!r} is running (nothing listens at {path})") from e
+        except BaseException:
+            sock.close()
+            raise
+        if len(fds) != HANDED_FDS:
+            for fd in fds:
+                os.close(fd)
+            sock.close()
+            raise ServerGoneError(f"the server {name!r} closed the connection while it was made")
+        memfd, wake_server, wake_client = fds
+        try:
+            info = parse_hello(data)
+            memory = mmap.mmap(memfd, info["segment_bytes"])
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            sock.close()
+            raise
+        os.close(memfd)
+        sock.setblocking(False)
+        self.name = name
+        self.info = info
+        self.channel = Channel(sock, memory, ShmRing(memory, 0), ShmRing(memory, info["answers_at"]),
+                               wake_server, wake_client)
+        self.pending: dict[int, Any] = {}
+        self.ids = itertools.count(1)
+        self.pid = os.getpid()
+        self.gone: Optional[str] = None
+        self.closing: Optional[str] = None
+        _live.add(self)
+        self.reader = threading.Thread(target=self._read, name=f"batched:connect:{name}", daemon=True)
+        self.reader.start()
+
+    # ---- the reader thread ----
+
+    def _read(self) -> None:
+        ch = self.channel
+        poller = select.poll()
+        poller.register(ch.wake_me, select.POLLIN)
+        poller.register(ch.sock.fileno(), select.POLLIN | select.POLLRDHUP)
+        reason = f"the server {self.name!r} (pid {self.info['pid']}) is gone"
+        try:
+            while True:
+                by_loop: dict[Any, list[Any]] = {}
+                ch.drain(lambda tag, parts: self._on_answer(tag, parts, by_loop))
+                for loop, calls in by_loop.items():
+                    try:
+                        loop.call_soon_threadsafe(_settle_all, calls)
+                    except RuntimeError:
+                        pass  # that loop is closed: nobody waits there
+                ch.flush()
+                if self.pending and spin_for_records([ch.incoming], SPIN_NS):
+                    continue  # an answer came while this thread spun: no need to sleep (and be woken)
+                if not ch.incoming.sleep():
+                    continue
+                events = poller.poll()
+                ch.incoming.awake()
+                if any(fd == ch.sock.fileno() and not self._alive() for fd, _ in events):
+                    break
+                ch.take_wakeup()
+        except BaseException as e:  # never leave callers waiting on a reader that died
+            reason = f"the connection to the server {self.name!r} failed: {e!r}"
+        self._fail_all(self.closing or reason)
+
+    def _alive(self) -> bool:
+        try:
+            return self.channel.sock.recv(64) != b""
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+
+    def _on_answer(self, tag: int, parts: list[memoryview], by_loop: dict[Any, list[Any]]) -> None:
+        waiter = self.pending.pop(ANSWER_HEAD.unpack(parts[0])[0], None)
+        if waiter is None:
+            return  # its caller went away
+        try:
+            value = loads(parts[1:])
+            ok = tag != ERROR
+            if not ok:
+                value, value.__cause__ = value  # (error, its cause)
+        except Exception as e:
+            value = RuntimeError(f"could not unpickle the answer of the server {self.name!r}: {e!r}")
+            ok = False
+        waiter.settle(ok, value, by_loop)
+
+    def _fail_all(self, reason: str) -> None:
+        """The server is gone (or this client closed): every call still
+        waiting fails with ServerGoneError, at once."""
+        self.gone = reason
+        by_loop: dict[Any, list[Any]] = {}
+        try:  # answers that came before it went
+            self.channel.drain(lambda tag, parts: self._on_answer(tag, parts, by_loop))
+        except Exception:
+            pass
+        for call_id in list(self.pending):
+            waiter = self.pending.pop(call_id, None)
+            if waiter is not None:
+                waiter.settle(False, ServerGoneError(f"{reason}: the call may or may not have been computed"),
+                              by_loop)
+        for loop, calls in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, calls)
+            except RuntimeError:
+                pass
+        self.channel.close()
+
+    # ---- callers ----
+
+    def send(self, tag: int, call_id: int, request: Any, waiter: Any) -> None:
+        """Sends a call; its answer goes to ``waiter``."""
+        at = deadline_var.get()
+        if at is not None and at <= clock_ns():
+            raise DeadlineExceeded(f"client of {self.name!r}: the deadline of this call had passed when it was made")
+        try:
+            parts = dumps(request) if tag == REQUEST else []
+        except Exception as e:
+            raise TypeError(f"the call to the server {self.name!r} could not be pickled: {e!r}") from e
+        head = (REQUEST_HEAD.pack(call_id, at or 0, priority_var.get(), 0) if tag == REQUEST
+                else ANSWER_HEAD.pack(call_id))
+        self.pending[call_id] = waiter
+        try:
+            self.channel.send(tag, [head, *parts])
+        except ValueError:
+            self.pending.pop(call_id, None)
+            size = ShmRing.payload_of(parts)
+            raise ValueError(f"the call's payload of {size} bytes is over the limit of {self.channel.max_payload} "
+                             f"bytes of the server {self.name!r} (batched.serve(..., ring_bytes=) sets it)") from None
+        if self.gone is not None and self.pending.pop(call_id, None) is not None:
+            raise ServerGoneError(f"{self.gone}: the call was not sent")
+
+    def cancel(self, call_id: int) -> None:
+        """The caller went away: its undispatched items leave the server's queue."""
+        if self.pending.pop(call_id, None) is not None and self.gone is None:
+            self.channel.send(CANCEL, [ANSWER_HEAD.pack(call_id)])
+
+    def close(self) -> None:
+        """Disconnects: the server drops what this process had queued there."""
+        self.closing = f"the client of {self.name!r} was closed"
+        try:
+            self.channel.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader, who closes the rest
+        except OSError:
+            pass
+
+
+class Client:
+    """A processor served by another process (``batched.connect``), called as
+    the processor itself is: ``client(item)``, ``client([items])``, or a
+    model's features; ``await client.acall(...)`` from asyncio. See
+    ``batched.connect``."""
+
+    def __init__(self, name: str, connection: _Connection) -> None:
+        self.name = name
+        self._path = socket_path(name)
+        self._connection = connection
+        self._lock = threading.Lock()
+        self._closed = False
+        info = connection.info
+        self.function_name: str = info["function"]
+        self.inference: bool = info["inference"]
+
+    def _live_connection(self) -> _Connection:
+        conn = self._connection
+        if conn.gone is None and conn.pid == os.getpid():
+            return conn
+        if self._closed:
+            raise ShutdownError(f"the client of {self.name!r} was closed")
+        with self._lock:
+            conn = self._connection
+            if conn.gone is not None or conn.pid != os.getpid():
+                conn = self._connection = _Connection(self.name, self._path)
+            return conn
+
+    def _request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.inference:
+            from batched._frontend import features_of  # noqa: PLC0415
+
+            return features_of(args, kwargs)
+        if kwargs or len(args) != 1:
+            raise TypeError(f"a call of {self.function_name} takes one item or one list of items")
+        return args[0]
+
+    def _call(self, request: Any) -> Any:
+        if isinstance(request, list) and not request:
+            return []
+        conn = self._live_connection()
+        call_id = next(conn.ids)
+        waiter = _Waiter()
+        conn.send(REQUEST, call_id, request, waiter)
+        try:
+            waiter.wait()
+        except BaseException:  # Ctrl-C: the call leaves the server's queue
+            conn.cancel(call_id)
+            raise
+        if waiter.ok:
+            return waiter.value
+        raise waiter.value
+
+    async def _acall(self, request: Any) -> Any:
+        import asyncio  # noqa: PLC0415
+
+        if isinstance(request, list) and not request:
+            return []
+        conn = self._live_connection()
+        call_id = next(conn.ids)
+        waiter = _AsyncWaiter(asyncio.get_running_loop())
+        conn.send(REQUEST, call_id, request, waiter)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            conn.cancel(call_id)
+            raise
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The outcome of one call: blocks until the server answers."""
+        return self._call(self._request(args, kwargs))
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """The outcome of one call, awaited (a cancelled caller's items leave the server's queue)."""
+        return await self._acall(self._request(args, kwargs))
+
+    @property
+    def stats(self) -> Any:
+        """The served processor's statistics (batched.types.BatchProcessorStats): all its callers'."""
+        conn = self._live_connection()
+        call_id = next(conn.ids)
+        waiter = _Waiter()
+        conn.send(STATS, call_id, None, waiter)
+        waiter.lock.acquire()
+        if waiter.ok:
+            return waiter.value
+        raise waiter.value
+
+    @property
+    def server_pid(self) -> int:
+        return int(self._connection.info["pid"])
+
+    def close(self) -> None:
+        """Disconnects this process; calls still waiting fail with ServerGoneError. Idempotent."""
+        self._closed = True
+        self._connection.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        return connect, (self.name,)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("disconnected" if self._connection.gone else "connected")
+        return f"<batched {type(self).__name__} of {self.function_name} at {self.name!r}, {state}>"
+
+
+class AsyncClient(Client):
+    """A client of a server of a ``batched.aio`` processor: ``await client(...)``, as there."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._acall(self._request(args, kwargs))
+
+
+def connect(name: str, *, timeout: Optional[float] = None) -> Client:
+    """A client of the processor that ``batched.serve(processor, name)`` serves
+    in another process of this user (or this one): called exactly as the
+    processor is (``client(x)``, ``await client.acall(x)``, or ``await
+    client(x)`` for a batched.aio processor), its calls are batched there
+    together with every other client's.
+
+    Raises ServerGoneError if no server of that name is running, after
+    waiting up to ``timeout`` seconds for one (None: no wait). Once
+    connected, a call fails with ServerGoneError if the server goes while it
+    waits; the next call connects again, to the server that came back.
+    """
+    check_platform()
+    checked_name(name)
+    path = socket_path(name)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            conn = _Connection(name, path)
+            break
+        except ServerGoneError:
+            if end is None or time.monotonic() >= end:
+                raise
+            time.sleep(0.05)  # waiting for a server to start: there is nothing to be woken by
+    cls = AsyncClient if conn.info["aio"] else Client
+    return cls(name, conn)
+
+
+def _forget_connections() -> None:
+    for conn in list(_live):
+        conn.pid = -1  # never used here again: the next call connects anew
+        conn.gone = "forked"
+        ch = conn.channel  # (no lock: another thread of the parent may have held it)
+        for fd in (ch.sock.detach(), ch.wake_peer, ch.wake_me):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+os.register_at_fork(after_in_child=_forget_connections)
