@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -220,10 +221,11 @@ def in_process_roundtrip(n: int) -> dict[str, float]:
 
 
 class Served:
-    """A model process (`ipc.py _serve KIND NAME`) in its own run directory."""
+    """A model process (`ipc.py _serve KIND NAME`) in its own run directory
+    (`prefix`: a command to run it under, such as taskset)."""
 
-    def __init__(self, kind: str, name: str, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([PY, __file__, "_serve", kind, name], env=env)
+    def __init__(self, kind: str, name: str, env: dict[str, str], prefix: tuple[str, ...] = ()) -> None:
+        self.proc = subprocess.Popen([*prefix, PY, __file__, "_serve", kind, name], env=env)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -236,16 +238,22 @@ class Served:
 
 def part_roundtrip(repeats: int, quick: bool) -> dict[str, Any]:
     n = 2000 if quick else 10000
-    runs: dict[str, list[dict[str, float]]] = {"cross-process": [], "in-process": [], "mp.Pipe": []}
+    # "one CPU": both processes pinned to CPU 0, where a hand-off between
+    # threads needs no CPU to wake up: what the path costs in CPU work alone.
+    placements = {"cross-process": ()}
+    if shutil.which("taskset"):
+        placements["cross-process, both on one CPU"] = ("taskset", "-c", "0")
+    runs: dict[str, list[dict[str, float]]] = {**{k: [] for k in placements}, "in-process": [], "mp.Pipe": []}
     env = dict(os.environ, BATCHED_RUN_DIR=run_dir())
     for r in range(repeats):
-        server = Served("sync-identity", "rt", env)
-        try:
-            out = subprocess.run([PY, __file__, "_client", "roundtrip", "rt", str(n)], env=env, check=True,
-                                 capture_output=True, text=True, timeout=300).stdout
-            runs["cross-process"].append(json.loads(out.strip().splitlines()[-1]))
-        finally:
-            server.stop()
+        for label, prefix in placements.items():
+            server = Served("sync-identity", "rt", env, prefix)
+            try:
+                out = subprocess.run([*prefix, PY, __file__, "_client", "roundtrip", "rt", str(n)], env=env,
+                                     check=True, capture_output=True, text=True, timeout=300).stdout
+                runs[label].append(json.loads(out.strip().splitlines()[-1]))
+            finally:
+                server.stop()
         runs["in-process"].append(in_process_roundtrip(n))
         runs["mp.Pipe"].append(pipe_roundtrip(n))
         print(f"  roundtrip repeat {r + 1}/{repeats}: " + ", ".join(
@@ -437,8 +445,11 @@ def open_loop(port: int, rate: float, seconds: float, seed: int) -> dict[str, fl
     return asyncio.run(main())
 
 
-def part_http(repeats: int, quick: bool) -> dict[str, Any]:
-    rates = [500, 1000, 1500, 2000] if quick else [500, 1000, 1500, 2000, 2500, 3000, 3500]
+HTTP_RATES = [500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000]
+
+
+def part_http(repeats: int, quick: bool, rates: list[int] = HTTP_RATES) -> dict[str, Any]:
+    rates = rates[:4] if quick else rates
     seconds = 2.0 if quick else 4.0
     systems = [("2 workers + model process", "remote", 2), ("1 worker, processor in it", "local", 1),
                ("2 workers, a processor each", "local", 2)]
@@ -529,8 +540,11 @@ def main() -> int:
     p.add_argument("--only", default="roundtrip,throughput,http")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--rates", default=",".join(map(str, HTTP_RATES)), help="offered loads of the http part (req/s)")
     args = p.parse_args()
-    parts = {"roundtrip": part_roundtrip, "throughput": part_throughput, "http": part_http}
+    rates = [int(r) for r in args.rates.split(",")]
+    parts = {"roundtrip": part_roundtrip, "throughput": part_throughput,
+             "http": lambda repeats, quick: part_http(repeats, quick, rates)}
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
                                "spin_us": os.environ.get("BATCHED_IPC_SPIN_US", "default")}
     for name in args.only.split(","):

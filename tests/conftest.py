@@ -27,6 +27,7 @@ import functools
 import gc
 import itertools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,9 +37,11 @@ from typing import Any
 import pytest
 
 TIMEOUT = 30.0  # seconds: far above any wait here; reaching it means a hang
-FRONT_ENDS = ("thread", "acall", "aio", "aio-async", "remote")
+#: batched.serve / batched.connect: Linux, Python >= 3.10
+REMOTE = ("remote",) if sys.platform.startswith("linux") and hasattr(os, "eventfd") else ()
+FRONT_ENDS = ("thread", "acall", "aio", "aio-async", *REMOTE)
 #: the front ends whose callers await on an event loop (cancellation)
-ASYNCIO_FRONT_ENDS = ("acall", "aio", "aio-async", "remote")
+ASYNCIO_FRONT_ENDS = ("acall", "aio", "aio-async", *REMOTE)
 #: the front ends whose batch function runs on the processor's worker threads
 THREAD_DRIVER_FRONT_ENDS = ("thread", "acall", "aio")
 

@@ -28,7 +28,8 @@ from conftest import TIMEOUT, wait_until
 import batched
 from batched import ServerGoneError
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="batched.serve is Linux only")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(os, "eventfd"),
+                                reason="batched.serve needs Linux and Python >= 3.10")
 
 HERE = Path(__file__).resolve().parent
 SERVER = str(HERE / "_ipc_server.py")
@@ -421,3 +422,24 @@ def test_a_forked_child_connects_anew() -> None:
             assert json.loads(f.read()) == [-3, [-4, -5]]
         os.waitpid(pid, 0)
         assert client(5) == -6
+
+
+def test_a_collected_client_disconnects_and_an_exiting_server_removes_its_socket(run_dir: Path) -> None:
+    import gc
+
+    @batched.dynamically(batch_size=8, timeout_ms=1)
+    def negate(items: list[int]) -> list[int]:
+        return [~x for x in items]
+
+    with batched.serve(negate, "gc", block=False) as server:
+        client = batched.connect("gc")
+        assert client(1) == -2
+        assert "1 clients" in repr(server)
+        del client
+        gc.collect()
+        wait_until(lambda: "0 clients" in repr(server), "the collected client's connection closed")
+    negate.shutdown()
+    # A process that exits with a server still running (block=False) removes its socket.
+    code = "import batched; batched.serve(batched.BatchProcessor(lambda xs: xs), 'exiting', block=False)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)
+    assert not (run_dir / "exiting.sock").exists()

@@ -269,6 +269,8 @@ class Client:
         self.name = name
         self._path = socket_path(name)
         self._connection = connection
+        # A client that is collected disconnects (its connection's reader thread would keep it open).
+        self._finalizer = weakref.finalize(self, connection.close)
         self._lock = threading.Lock()
         self._closed = False
         info = connection.info
@@ -285,6 +287,8 @@ class Client:
             conn = self._connection
             if conn.gone is not None or conn.pid != os.getpid():
                 conn = self._connection = _Connection(self.name, self._path)
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, conn.close)
             return conn
 
     def _request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

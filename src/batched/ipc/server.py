@@ -12,6 +12,7 @@ batches.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import errno
 import functools
@@ -593,7 +594,15 @@ def _forget_servers() -> None:
         server._forget_in_child()
 
 
+def _stop_all_at_exit() -> None:
+    """Servers still running at interpreter exit stop: their sockets go, and
+    their clients hear of it at once."""
+    for server in list(_live):
+        server.stop(timeout=5.0)
+
+
 os.register_at_fork(after_in_child=_forget_servers)
+atexit.register(_stop_all_at_exit)
 
 
 def serve(processor: Any, name: str, *, ring_bytes: int = DEFAULT_RING_BYTES, block: bool = True) -> Server:
