@@ -30,7 +30,7 @@ done_step
 step "building batched (the C++ core and its Cython bridge) and installing it into .venv (about 1 min)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c demo/constraints.txt ".[demo]"
 done_step
-echo "== demo (about 1 min): no batching, batched, and batched with adaptive=True, at 1, 16 and 64 clients"
+echo "== demo (about 1.5 min): no batching, batched, batched with adaptive=True, and 2 workers + a model process, at 1, 16 and 64 clients"
 # From the repository root `import demo` finds demo/, and `import batched` the
 # installed package (the sources are under src/, which is not on the path).
 # demo/__init__.py keeps third-party progress bars and warnings out of the output.
