@@ -47,13 +47,6 @@ cdef class ShmRing:
         if self.has_view:
             PyBuffer_Release(&self.view)
 
-    def close(self):
-        """Lets go of the mapping (records read from it must be released first)."""
-        self.memory_view.release()
-        if self.has_view:
-            self.has_view = False
-            PyBuffer_Release(&self.view)
-
     @staticmethod
     def bytes_for(uint64_t capacity):
         """Bytes of shared memory a ring of ``capacity`` bytes takes (a multiple of 64)."""
@@ -169,9 +162,8 @@ def spin_for_records(list rings, int64_t spin_ns):
     cdef size_t i
     cdef int64_t end
     cdef bint found = False
-    for r in rings:
-        if r.has_view:
-            watched.push_back(r.ring)
+    for r in rings:  # each holds its mapping (a view of it) while this spins
+        watched.push_back(r.ring)
     if watched.size() == 0 or spin_ns <= 0:
         return False
     with nogil:
@@ -200,9 +192,13 @@ cdef class Flag:
     def set(self):
         self.value.store(1)
 
-    def spin(self, int64_t spin_ns):
-        """Waits up to ``spin_ns`` for set(); True if it was set."""
+    def spin(self, int64_t spin_ns, ShmRing ring=None):
+        """Waits up to ``spin_ns`` for set(), or for a record in ``ring``;
+        True if it was set."""
         cdef int64_t end
+        cdef CRing* watched = NULL
+        if ring is not None:
+            watched = ring.ring
         cdef bint found = self.value.load() != 0
         if found or spin_ns <= 0:
             return found
@@ -212,7 +208,7 @@ cdef class Flag:
                 if self.value.load() != 0:
                     found = True
                     break
-                if monotonic_ns() >= end:
+                if (watched != NULL and not watched.empty()) or monotonic_ns() >= end:
                     break
                 sched_yield()
         return found

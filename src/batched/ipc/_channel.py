@@ -28,7 +28,7 @@ import tempfile
 import threading
 from collections import deque
 
-from batched._core import ShmRing
+from batched._core import ShmRing, spin_for_records
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,8 +48,8 @@ REQUEST_HEAD = struct.Struct("<QqiI")
 ANSWER_HEAD = struct.Struct("<Q")
 
 PROTOCOL = 1  # of the hello: a client and a server of other versions refuse each other
-#: how long a reader that expects records soon spins before it sleeps
-SPIN_NS = int(os.environ.get("BATCHED_IPC_SPIN_US", "50")) * 1000
+#: the longest a reader that expects a record soon spins before it sleeps
+SPIN_NS = int(os.environ.get("BATCHED_IPC_SPIN_US", "200")) * 1000
 DEFAULT_RING_BYTES = 8 << 20  # each way, per client: one record may take half
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HANDED_FDS = 3  # file descriptors handed to a client: segment, server's eventfd, client's eventfd
@@ -101,6 +101,44 @@ def peer_uid(sock: socket.socket) -> int:
 def peer_pid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[0])
+
+
+class Spin:
+    """How long one reader spins (without the GIL) before it sleeps: SPIN_NS
+    while spinning pays (what it waits for comes meanwhile), halved after
+    each spin that did not, down to none, and then tried again once every
+    64 waits. Where the peer cannot run while this thread spins (one CPU for
+    both, a CPU quota), spinning only delays it: this stops it there."""
+
+    __slots__ = ("ns", "skipped")
+
+    def __init__(self) -> None:
+        self.ns = SPIN_NS
+        self.skipped = 0
+
+    def budget(self) -> int:
+        """Nanoseconds to spin for now (0: sleep at once)."""
+        if self.ns:
+            return self.ns
+        self.skipped += 1
+        if self.skipped < 64:
+            return 0
+        self.skipped = 0
+        return SPIN_NS // 4
+
+    def paid(self, found: bool, spent: int) -> None:
+        """The outcome of a spin of ``spent`` ns: ``found`` what it waited for?"""
+        if found:
+            self.ns = SPIN_NS
+        elif spent:
+            self.ns = spent // 2 if spent >= 4000 else 0
+
+    def wait(self, rings: list[ShmRing]) -> bool:
+        """Spins for a record in ``rings``, as long as the budget says."""
+        ns = self.budget()
+        found = bool(ns) and spin_for_records(rings, ns)
+        self.paid(found, ns)
+        return found
 
 
 # ---------------------------------------------------------------- payloads
@@ -262,7 +300,9 @@ class Channel:
             pass
 
     def close(self) -> None:
-        """Closes the socket, both eventfds and the segment. Idempotent."""
+        """Closes the socket and both eventfds. Idempotent. The segment is
+        unmapped with the last reference to it (this channel's, a reader's
+        that spins on a ring), never under a thread that reads it."""
         with self.lock:
             if self.closed:
                 return
@@ -274,12 +314,6 @@ class Channel:
             except OSError:
                 pass
         self.sock.close()
-        try:
-            self.outgoing.close()
-            self.incoming.close()
-            self.memory.close()
-        except BufferError:
-            pass  # a record is still being read: the mapping goes with its last view
 
 
 def hello(fields: dict[str, Any]) -> bytes:

@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 
-from batched._core import Flag, ShmRing, clock_ns, deadline_var, priority_var, spin_for_records
+from batched._core import Flag, ShmRing, clock_ns, deadline_var, priority_var
 from batched.errors import DeadlineExceeded, ServerGoneError, ShutdownError
 from batched.ipc._channel import (
     ANSWER_HEAD,
@@ -29,7 +29,7 @@ from batched.ipc._channel import (
     HANDED_FDS,
     REQUEST,
     REQUEST_HEAD,
-    SPIN_NS,
+    Spin,
     STATS,
     Channel,
     check_platform,
@@ -52,8 +52,11 @@ _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
 
 class _Waiter:
-    """A blocking caller: it spins a while on ``done``, then sleeps on a lock
-    the reader releases."""
+    """A blocking caller: it reads the answers itself while nobody else does
+    (no hand-over from the reader thread, whose wake-up can cost more than
+    the whole call), spinning for its own as long as the connection's
+    ``Spin`` says; then it sleeps on a lock that whoever reads its answer
+    releases."""
 
     __slots__ = ("done", "lock", "ok", "value")
 
@@ -69,9 +72,40 @@ class _Waiter:
         self.done.set()
         self.lock.release()
 
-    def wait(self) -> None:
-        if not self.done.spin(SPIN_NS):
+    def wait(self, conn: _Connection) -> None:
+        budget = conn.spin.budget()
+        if budget:
+            conn.reading_callers += 1
+            try:
+                found = self._read_own(conn, budget)
+            finally:
+                conn.reading_callers -= 1
+                conn.rearm_reader()
+            conn.spin.paid(found, budget)
+        if not self.done.spin(0):
             self.lock.acquire()
+
+    def _read_own(self, conn: _Connection, budget: int) -> bool:
+        """Reads answers (everyone's) until its own comes, for ``budget`` ns at
+        most; the server need not wake the reader thread meanwhile."""
+        ring = conn.channel.incoming
+        end = clock_ns() + budget
+        ring.awake()
+        while not self.done.spin(0):
+            if conn.read_lock.acquire(blocking=False):
+                try:
+                    if conn.channel.closed:
+                        break
+                    conn.read_answers()
+                finally:
+                    conn.read_lock.release()
+                if self.done.spin(0):
+                    break
+            left = end - clock_ns()
+            if left <= 0:
+                break
+            self.done.spin(left, ring)  # until answered (by whoever reads), or an answer to read comes
+        return bool(self.done.spin(0))
 
 
 class _AsyncWaiter:
@@ -88,6 +122,15 @@ class _AsyncWaiter:
         if calls is None:
             by_loop[self.loop] = calls = []
         calls.append((self.future, ok, value))
+
+
+def _post(by_loop: dict[Any, list[Any]]) -> None:
+    """Completes answered asyncio calls: one call_soon_threadsafe per loop."""
+    for loop, calls in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, calls)
+        except RuntimeError:
+            pass  # that loop is closed: nobody waits there
 
 
 def _settle_all(calls: list[tuple[Any, bool, Any]]) -> None:
@@ -143,6 +186,13 @@ class _Connection:
         self.pid = os.getpid()
         self.gone: Optional[str] = None
         self.closing: Optional[str] = None
+        self.read_lock = threading.Lock()  # whoever reads the answers ring holds it
+        self.spin = Spin()  # the blocking callers' (one budget: they wait for the same server)
+        self.reader_spin = Spin()
+        # The reader thread is (about to be) asleep in poll; blocking callers
+        # reading their own answers meanwhile (they keep its wake-up off).
+        self.reader_polling = False
+        self.reading_callers = 0
         _live.add(self)
         self.reader = threading.Thread(target=self._read, name=f"batched:connect:{name}", daemon=True)
         self.reader.start()
@@ -157,19 +207,18 @@ class _Connection:
         reason = f"the server {self.name!r} (pid {self.info['pid']}) is gone"
         try:
             while True:
-                by_loop: dict[Any, list[Any]] = {}
-                ch.drain(lambda tag, parts: self._on_answer(tag, parts, by_loop))
-                for loop, calls in by_loop.items():
-                    try:
-                        loop.call_soon_threadsafe(_settle_all, calls)
-                    except RuntimeError:
-                        pass  # that loop is closed: nobody waits there
+                with self.read_lock:
+                    read = self.read_answers()
                 ch.flush()
-                if self.pending and spin_for_records([ch.incoming], SPIN_NS):
-                    continue  # an answer came while this thread spun: no need to sleep (and be woken)
+                # Answers came (asyncio callers', or blocking ones' not reading their own): more may come soon.
+                if read and self.pending and not self.reading_callers and self.reader_spin.wait([ch.incoming]):
+                    continue  # one came while this thread spun: no need to sleep (and be woken)
+                self.reader_polling = True  # before sleep(): see rearm_reader
                 if not ch.incoming.sleep():
+                    self.reader_polling = False
                     continue
                 events = poller.poll()
+                self.reader_polling = False
                 ch.incoming.awake()
                 if any(fd == ch.sock.fileno() and not self._alive() for fd, _ in events):
                     break
@@ -185,6 +234,25 @@ class _Connection:
             return True
         except OSError:
             return False
+
+    def rearm_reader(self) -> None:
+        """A blocking caller stops reading (its wait turned the reader's
+        wake-up off): if the reader thread sleeps, the server must wake it for
+        the next answer again; if answers came meanwhile, it is woken now."""
+        if self.reader_polling and not self.reading_callers and not self.channel.incoming.sleep():
+            try:
+                os.eventfd_write(self.channel.wake_me, 1)
+            except OSError:
+                pass  # closed: the reader is on its way out
+
+    def read_answers(self) -> int:
+        """Hands every answer in the ring to its caller; returns how many.
+        Under ``read_lock``: the reader thread's, or a blocking caller's
+        (_Waiter.wait)."""
+        by_loop: dict[Any, list[Any]] = {}
+        read = self.channel.drain(lambda tag, parts: self._on_answer(tag, parts, by_loop))
+        _post(by_loop)
+        return read
 
     def _on_answer(self, tag: int, parts: list[memoryview], by_loop: dict[Any, list[Any]]) -> None:
         waiter = self.pending.pop(ANSWER_HEAD.unpack(parts[0])[0], None)
@@ -204,22 +272,19 @@ class _Connection:
         """The server is gone (or this client closed): every call still
         waiting fails with ServerGoneError, at once."""
         self.gone = reason
+        with self.read_lock:
+            try:  # answers that came before it went
+                self.read_answers()
+            except Exception:
+                pass
+            self.channel.close()
         by_loop: dict[Any, list[Any]] = {}
-        try:  # answers that came before it went
-            self.channel.drain(lambda tag, parts: self._on_answer(tag, parts, by_loop))
-        except Exception:
-            pass
         for call_id in list(self.pending):
             waiter = self.pending.pop(call_id, None)
             if waiter is not None:
                 waiter.settle(False, ServerGoneError(f"{reason}: the call may or may not have been computed"),
                               by_loop)
-        for loop, calls in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle_all, calls)
-            except RuntimeError:
-                pass
-        self.channel.close()
+        _post(by_loop)
 
     # ---- callers ----
 
@@ -308,7 +373,7 @@ class Client:
         waiter = _Waiter()
         conn.send(REQUEST, call_id, request, waiter)
         try:
-            waiter.wait()
+            waiter.wait(conn)
         except BaseException:  # Ctrl-C: the call leaves the server's queue
             conn.cancel(call_id)
             raise

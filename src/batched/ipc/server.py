@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 
-from batched._core import ShmRing, deadline_var, priority_var, spin_for_records
+from batched._core import ShmRing, deadline_var, priority_var
 from batched._log import logger
 from batched.errors import ServerGoneError
 from batched.ipc._channel import (
@@ -34,7 +34,7 @@ from batched.ipc._channel import (
     DEFAULT_RING_BYTES,
     ERROR,
     REQUEST,
-    SPIN_NS,
+    Spin,
     REQUEST_HEAD,
     RESULT,
     STATS,
@@ -202,6 +202,7 @@ class Server:
         self._clients: dict[int, _Client] = {}  # by the fd of its socket, and of its eventfd
         self._stopping = False
         self._active = False  # the last wake-up read requests
+        self._spin = Spin()
         self._closed = False
         self._thread: Optional[threading.Thread] = None
         self._loop: Any = None
@@ -350,7 +351,7 @@ class Server:
         """Waits up to ``timeout`` s (-1: until woken) for clients, then reads
         every ring. Returns True once stop() was called."""
         clients = set(self._clients.values())
-        if timeout != 0 and self._active and spin_for_records([c.channel.incoming for c in clients], SPIN_NS):
+        if timeout != 0 and self._active and self._spin.wait([c.channel.incoming for c in clients]):
             timeout = 0  # a request came while this thread spun: no need to sleep (and be woken)
         if timeout != 0:
             for c in clients:
