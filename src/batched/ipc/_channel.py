@@ -104,16 +104,17 @@ def peer_pid(sock: socket.socket) -> int:
 
 
 class Spin:
-    """How long one reader spins (without the GIL) before it sleeps: SPIN_NS
-    while spinning pays (what it waits for comes meanwhile), halved after
+    """How long one reader spins (without the GIL) before it sleeps: ``most``
+    ns (SPIN_NS) while spinning pays (what it waits for comes meanwhile), halved after
     each spin that did not, down to none, and then tried again once every
     64 waits. Where the peer cannot run while this thread spins (one CPU for
     both, a CPU quota), spinning only delays it: this stops it there."""
 
-    __slots__ = ("ns", "skipped")
+    __slots__ = ("most", "ns", "skipped")
 
-    def __init__(self) -> None:
-        self.ns = SPIN_NS
+    def __init__(self, most: int = SPIN_NS) -> None:
+        self.most = most
+        self.ns = most
         self.skipped = 0
 
     def budget(self) -> int:
@@ -124,12 +125,12 @@ class Spin:
         if self.skipped < 64:
             return 0
         self.skipped = 0
-        return SPIN_NS // 4
+        return self.most // 4
 
     def paid(self, found: bool, spent: int) -> None:
         """The outcome of a spin of ``spent`` ns: ``found`` what it waited for?"""
         if found:
-            self.ns = SPIN_NS
+            self.ns = self.most
         elif spent:
             self.ns = spent // 2 if spent >= 4000 else 0
 
