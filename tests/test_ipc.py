@@ -326,6 +326,28 @@ def test_bad_payloads_fail_their_own_caller_only() -> None:
         assert good == list(range(200))
         assert client("fine") == "fine"
 
+    # The answers of one batch to one client go as one record; one that does
+    # not pickle is sent apart, and fails alone.
+    pair = batched.BatchProcessor(echo, batch_size=2, timeout_ms=10_000)  # a batch leaves with 2 items
+    with batched.serve(pair, "pair", block=False), batched.connect("pair") as client:
+        outcomes: dict[str, Any] = {}
+
+        def call(x: str) -> None:
+            try:
+                outcomes[x] = client(x)
+            except Exception as e:
+                outcomes[x] = e
+
+        threads = [threading.Thread(target=call, args=(x,)) for x in ("fine", "unpicklable result")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        assert outcomes["fine"] == "fine"
+        assert isinstance(outcomes["unpicklable result"], TypeError)
+        assert pair.stats.total_batches == 1
+    pair.shutdown()
+
 
 def test_cancellation_and_deadlines_cross_the_process_boundary(servers: list[ModelProcess], tmp_path: Path) -> None:
     log = tmp_path / "batches.jsonl"

@@ -41,6 +41,7 @@ STATS = 3  # [head]: the processor's statistics, please
 # Server to client:
 RESULT = 1  # [head, pickle, *buffers]: the call's outcome
 ERROR = 2  # [head, pickle]: the exception the caller gets
+RESULTS = 3  # [call ids (u64 each), pickle of their outcomes' list, *buffers]: the answers of one batch
 
 #: request head: call id, deadline (clock_ns; 0: none), priority, flags
 REQUEST_HEAD = struct.Struct("<QqiI")

@@ -11,6 +11,7 @@ its loop (one ``call_soon_threadsafe`` per loop per wake-up).
 
 from __future__ import annotations
 
+import array
 import itertools
 import mmap
 import os
@@ -29,6 +30,7 @@ from batched.ipc._channel import (
     HANDED_FDS,
     REQUEST,
     REQUEST_HEAD,
+    RESULTS,
     SPIN_NS,
     Spin,
     STATS,
@@ -259,6 +261,9 @@ class _Connection:
         return read
 
     def _on_answer(self, tag: int, parts: list[memoryview], by_loop: dict[Any, list[Any]]) -> None:
+        if tag == RESULTS:
+            self._on_results(parts, by_loop)
+            return
         waiter = self.pending.pop(ANSWER_HEAD.unpack(parts[0])[0], None)
         if waiter is None:
             return  # its caller went away
@@ -271,6 +276,21 @@ class _Connection:
             value = RuntimeError(f"could not unpickle the answer of the server {self.name!r}: {e!r}")
             ok = False
         waiter.settle(ok, value, by_loop)
+
+    def _on_results(self, parts: list[memoryview], by_loop: dict[Any, list[Any]]) -> None:
+        """The results of several calls (those of one batch)."""
+        ids = array.array("Q")
+        ids.frombytes(parts[0])
+        try:
+            results = loads(parts[1:])
+            ok = True
+        except Exception as e:
+            error = RuntimeError(f"could not unpickle the answer of the server {self.name!r}: {e!r}")
+            ok = False
+        for i, call_id in enumerate(ids):
+            waiter = self.pending.pop(call_id, None)
+            if waiter is not None:
+                waiter.settle(ok, results[i] if ok else error, by_loop)
 
     def _fail_all(self, reason: str) -> None:
         """The server is gone (or this client closed): every call still

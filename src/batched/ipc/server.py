@@ -12,6 +12,7 @@ batches.
 
 from __future__ import annotations
 
+import array
 import atexit
 import concurrent.futures
 import errno
@@ -37,6 +38,7 @@ from batched.ipc._channel import (
     Spin,
     REQUEST_HEAD,
     RESULT,
+    RESULTS,
     STATS,
     Channel,
     check_platform,
@@ -120,17 +122,29 @@ class _Outcome:
         return self._value
 
 
+# The answers of the batch being handed out on this thread, by client:
+# (server, call ids, results), sent as one record per client (_Outlet).
+_batch_answers = threading.local()
+
+
 class _Outlet:
     """What Engine.submit takes for a caller's event loop, for the calls the
     server makes for its clients: their futures complete on the thread that
     finished the batch (a worker, or the server's loop), which sends the
-    answer at once."""
+    answers at once, those of one client in one record."""
 
     create_future = _Outcome
 
     @staticmethod
     def call_soon_threadsafe(fn: Any, *args: Any) -> None:
-        fn(*args)
+        answers: dict[_Client, tuple[Server, list[int], list[Any]]] = {}
+        _batch_answers.by_client = answers
+        try:
+            fn(*args)  # the bridge's _deliver: completes the outcomes (Server._answer collects)
+        finally:
+            _batch_answers.by_client = None
+            for client, (server, ids, results) in answers.items():
+                server._send_results(client, ids, results)
 
 
 _OUTLET = _Outlet()
@@ -504,6 +518,14 @@ class Server:
             return
         error = future.exception()
         if error is None:
+            collected = getattr(_batch_answers, "by_client", None)
+            if collected is not None:  # sent with the other answers of its batch to this client
+                entry = collected.get(client)
+                if entry is None:
+                    collected[client] = entry = (self, [], [])
+                entry[1].append(call_id)
+                entry[2].append(future.result())
+                return
             try:
                 parts = dumps(future.result())
             except Exception as e:
@@ -513,6 +535,25 @@ class Server:
                 self._send(client, call_id, RESULT, parts)
                 return
         self._send(client, call_id, ERROR, _error_parts(error))
+
+    def _send_results(self, client: _Client, ids: list[int], results: list[Any]) -> None:
+        """The results of one batch's calls of ``client``: one record; one
+        record each if they do not pickle or fit together."""
+        if len(ids) > 1:
+            try:
+                client.channel.send(RESULTS, [array.array("Q", ids).tobytes(), *dumps(results)])
+                return
+            except Exception:
+                pass  # each on its own: the one at fault fails alone
+        for call_id, result in zip(ids, results):
+            try:
+                parts = dumps(result)
+            except Exception as e:
+                error = TypeError(f"the result of {self.function_name} could not be pickled to go back "
+                                  f"to the client: {e!r}")
+                self._send(client, call_id, ERROR, _error_parts(error))
+            else:
+                self._send(client, call_id, RESULT, parts)
 
     def _send(self, client: _Client, call_id: int, tag: int, parts: list[Any]) -> None:
         head = ANSWER_HEAD.pack(call_id)
