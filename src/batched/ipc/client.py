@@ -78,11 +78,11 @@ class _Waiter:
     def wait(self, conn: _Connection) -> None:
         budget = conn.spin.budget()
         if budget:
-            conn.reading_callers += 1
+            conn.reading_callers.add(self)  # (a set: add and discard are atomic under the GIL, += is not)
             try:
                 found = self._read_own(conn, budget)
             finally:
-                conn.reading_callers -= 1
+                conn.reading_callers.discard(self)
                 conn.rearm_reader()
             conn.spin.paid(found, budget)
         if not self.done.spin(0):
@@ -198,7 +198,7 @@ class _Connection:
         # The reader thread is (about to be) asleep in poll; blocking callers
         # reading their own answers meanwhile (they keep its wake-up off).
         self.reader_polling = False
-        self.reading_callers = 0
+        self.reading_callers: set[_Waiter] = set()
         _live.add(self)
         self.reader = threading.Thread(target=self._read, name=f"batched:connect:{name}", daemon=True)
         self.reader.start()
