@@ -381,3 +381,58 @@ def test_main_fails_without_compiler(tmp_path) -> None:
     )
     assert proc.returncode == 1
     assert "no C++ compiler" in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# the CUDA kernel (on a GPU machine only: benchmarks/gpu_check.sh runs these)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("pad_left", [False, True], ids=["right", "left"])
+@pytest.mark.parametrize("trailing", [(), (3,)], ids=["L", "L,3"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_kernel_matches_reference(native, dtype, trailing, pad_left) -> None:
+    blocks = make_blocks(dtype, trailing, shapes=[*SHAPES, (2, 2100)])  # a row of several CUDA chunks
+    pad = PAD_VALUES.get(dtype, 7)
+    got = native([b.cuda() for b in blocks], 2101, pad, pad_left)
+    assert got.device.type == "cuda"
+    assert_same(got.cpu(), reference(blocks, 2101, pad, pad_left))
+    fallback = torch_ops._pad_stack_fallback([b.cuda() for b in blocks], 2101, pad, pad_left)
+    assert_same(fallback.cpu(), reference(blocks, 2101, pad, pad_left))
+
+
+@cuda
+@pytest.mark.parametrize("pad_left", [False, True], ids=["right", "left"])
+def test_cuda_kernel_non_contiguous_blocks(native, pad_left) -> None:
+    base = random_tensor((6, 8, 3), torch.float32, 1).cuda()
+    blocks = [random_tensor((6, 3, 8), torch.float32, 2).cuda().transpose(1, 2), base[:, :5], base[::2, 1:4],
+              random_tensor((1, 4, 3), torch.float32, 3).cuda().expand(3, 4, 3), base.narrow(0, 1, 2)]
+    want = reference([b.cpu() for b in blocks], 10, 0.25, pad_left)
+    assert_same(native(blocks, 10, 0.25, pad_left).cpu(), want)
+
+
+@cuda
+@pytest.mark.parametrize("args", OPCHECK_CASES, ids=["float-left", "int64-right", "bool"])
+def test_cuda_opcheck(native, args) -> None:
+    blocks, *rest = args
+    torch.library.opcheck(native.default, ([b.cuda() for b in blocks], *rest))
+
+
+@cuda
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_cuda_inference_stages_host_rows_and_pads_on_the_device(padding_side) -> None:
+    np = pytest.importorskip("numpy")
+    import batched
+
+    @batched.inference.dynamically(batch_size=8, timeout_ms=1, pad_tokens={"input_ids": 0},
+                                   padding_side=padding_side, device="cuda")
+    def model(features: dict) -> torch.Tensor:
+        ids = features["input_ids"]
+        assert ids.device.type == "cuda"
+        return ids.sum(dim=1)
+
+    rows = [np.arange(1, n + 1, dtype=np.int64) for n in (3, 1, 5)]
+    assert model({"input_ids": rows}).tolist() == [6, 1, 15]
+    model.shutdown()
