@@ -194,3 +194,22 @@ def test_loadtest_cli_contract(tmp_path: Path) -> None:
     assert res["requests"] > 0 and res["errors"] == 0 and res["mismatches"] == 0 and res["verified"] > 0
     assert 0 < res["p50_ms"] <= res["p99_ms"]
     assert res["avg_batch_size"] is not None and res["avg_batch_size"] >= 1
+
+
+def test_loadtest_open_loop(tmp_path: Path) -> None:
+    """demo/loadtest.py --rate (demo/open_loop.py's runs): Poisson arrivals,
+    every sampled answer checked, nothing left unanswered below capacity."""
+    _need(SERVER_DEPS)
+    out = tmp_path / "run.json"
+    proc = subprocess.run(
+        [sys.executable, str(DEMO / "loadtest.py"), "--mode", "batched", "--rate", "60", "--seconds", "1.5",
+         "--warmup-s", "0.3", "--batch-size", "8", "--timeout-ms", "5", "--model", "synthetic",
+         "--check-every", "1", "--seed", "3", "--json", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert res["rate"] == 60 and res["unanswered"] == 0 and res["errors"] == 0
+    assert 40 <= res["offered"] <= 170  # about 60/s over 1.8 s
+    assert res["requests"] > 0 and res["mismatches"] == 0 and res["verified"] == res["requests"]
+    assert 0 < res["p50_ms"] <= res["p99_ms"]
