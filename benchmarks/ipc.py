@@ -220,6 +220,16 @@ def in_process_roundtrip(n: int) -> dict[str, float]:
     return out
 
 
+def stop(proc: subprocess.Popen[Any], sig: int) -> None:
+    """Stops a helper process with ``sig`` (it cleans up), killing it after 30 s."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Served:
     """A model process (`ipc.py _serve KIND NAME`) in its own run directory
     (`prefix`: a command to run it under, such as taskset)."""
@@ -228,12 +238,7 @@ class Served:
         self.proc = subprocess.Popen([*prefix, PY, __file__, "_serve", kind, name], env=env)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, signal.SIGTERM)
 
 
 def part_roundtrip(repeats: int, quick: bool) -> dict[str, Any]:
@@ -377,12 +382,7 @@ class App:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, signal.SIGINT)
 
 
 MAX_CONNECTIONS = 1024  # requests in flight at most; more wait here (their latency counts from arrival)

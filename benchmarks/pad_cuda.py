@@ -131,7 +131,7 @@ def check(device: str) -> list[str]:
         for pad_left in (False, True):  # host rows -> pinned buffer -> device -> padded there
             cases += 1
             rows = [torch.randint(0, 30000, (n,)) for n in (3, 0, 700, 1, 64)]
-            got = staged_collate(rows, 700, pad_left)
+            got = staged_collate(rows, pad_left)
             want = reference([r.unsqueeze(0) for r in rows], 700, 0, pad_left)
             if got.device.type != "cuda" or not torch.equal(got.cpu(), want):
                 failures.append(f"staged host rows pad_left={pad_left}")
@@ -146,10 +146,10 @@ def staged_collator(pad_left: bool) -> Any:
     return RowsCollator("pad_cuda", {"input_ids": 0}, "left" if pad_left else "right", device=torch.device("cuda"))
 
 
-def staged_collate(rows: list, max_length: int, pad_left: bool) -> torch.Tensor:
+def staged_collate(rows: list, pad_left: bool) -> torch.Tensor:
     """What an inference processor with device="cuda" does with host rows:
     packs them into one pinned buffer, copies it once, pads on the device
-    (to the longest row, ``max_length`` here)."""
+    (to the longest row)."""
     p = staged_collator(pad_left)
     out: torch.Tensor = p.collate([(p.request({"input_ids": r.unsqueeze(0)}), 0, 1) for r in rows])["input_ids"]
     return out

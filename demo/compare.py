@@ -29,7 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def run_one(variant: str, args: argparse.Namespace, out: Path) -> dict:
+def run_one(variant: str, args: argparse.Namespace, out: Path, rate: float | None = None, seed: int = 0) -> dict:
+    """One demo/loadtest.py run of ``variant``: ``args.clients`` closed-loop
+    clients, or with ``rate``, Poisson arrivals (demo/open_loop.py)."""
     path = args.v015 if variant == "0.1.5" else args.ours
     mode = {"none": "none", "adaptive": "adaptive"}.get(variant, "batched")
     timeout_ms = float(variant[1:]) if variant.startswith("t") else args.timeout_ms
@@ -38,9 +40,10 @@ def run_one(variant: str, args: argparse.Namespace, out: Path) -> dict:
     if parts:
         env["PYTHONPATH"] = os.pathsep.join(parts)
     cmd = [sys.executable, str(HERE / "loadtest.py"), "--mode", mode,
-           "--clients", str(args.clients), "--seconds", str(args.seconds), "--warmup-s", str(args.warmup_s),
+           "--seconds", str(args.seconds), "--warmup-s", str(args.warmup_s),
            "--batch-size", str(args.batch_size), "--timeout-ms", str(timeout_ms), "--model", args.model,
            "--json", str(out)]
+    cmd += ["--rate", str(rate), "--seed", str(seed)] if rate is not None else ["--clients", str(args.clients)]
     for a in args.server_arg:
         cmd += ["--server-arg", a]
     rc = subprocess.run(cmd, env=env).returncode

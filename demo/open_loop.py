@@ -22,31 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make `demo` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from demo.compare import run_one
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "benchmarks" / "results" / "open-loop-latest.json"
 VARIANTS = ("none", "0.1.5", "ours")
-
-
-def loadtest(variant: str, args: argparse.Namespace, out: Path, *, rate: float | None = None,
-             clients: int = 64, seed: int = 0) -> dict:
-    env = dict(os.environ)
-    if variant == "0.1.5":
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (args.v015, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, str(HERE / "loadtest.py"), "--mode", "none" if variant == "none" else "batched",
-           "--seconds", str(args.seconds), "--warmup-s", str(args.warmup_s), "--batch-size", str(args.batch_size),
-           "--timeout-ms", str(args.timeout_ms), "--model", args.model, "--json", str(out), "--seed", str(seed)]
-    cmd += ["--rate", str(rate)] if rate is not None else ["--clients", str(clients)]
-    rc = subprocess.run(cmd, env=env).returncode
-    res = json.loads(out.read_text()) if out.exists() else {}
-    res["variant"], res["rc"] = variant, rc
-    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--timeout-ms", type=float, default=10.0)
     ap.add_argument("--model", choices=("auto", "real", "synthetic"), default="auto")
+    ap.add_argument("--ours", default=None, help="folder with this project's batched (default: installed)")
+    ap.add_argument("--server-arg", action="append", default=[], help="extra argument for demo/app.py")
     ap.add_argument("--plot", type=Path, default=None, help="draw p50/p99 against the load here (matplotlib)")
     ap.add_argument("--out", type=Path, default=Path("build/open-loop"))
     args = ap.parse_args(argv)
@@ -77,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     capacity = args.capacity
     if capacity is None:
-        cap = loadtest("ours", args, args.out / "capacity.json")
+        args.clients = 64
+        cap = run_one("ours", args, args.out / "capacity.json")
         capacity = cap["throughput_rps"]
         print(f"batched capacity (64 closed-loop clients): {capacity:.1f} req/s", flush=True)
     loads = [int(x) for x in args.loads.split(",")]
@@ -86,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, pct in enumerate(loads):
             turn = (r + k) % len(VARIANTS)
             for variant in VARIANTS[turn:] + VARIANTS[:turn]:
-                res = loadtest(variant, args, args.out / f"{variant}-{pct}-{r}.json",
-                               rate=capacity * pct / 100, seed=1000 * r + pct)
+                res = run_one(variant, args, args.out / f"{variant}-{pct}-{r}.json",
+                              rate=capacity * pct / 100, seed=1000 * r + pct)
                 runs[variant][pct].append(res)
 
     def med(xs: list[dict], key: str) -> float:

@@ -94,14 +94,10 @@ def socket_path(name: str) -> str:
     return os.path.join(run_dir(), checked_name(name) + ".sock")
 
 
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
-
-
-def peer_pid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[0])
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return pid, uid
 
 
 class Spin:
@@ -293,6 +289,16 @@ class Channel:
                 if ring.consume():
                     self._wake()
             n += 1
+
+    def peer_alive(self) -> bool:
+        """After the socket polled readable: False if the other side closed it
+        (its process ended). Nothing is sent on it after the set-up."""
+        try:
+            return self.sock.recv(64) != b""
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
 
     def take_wakeup(self) -> None:
         """Resets this side's eventfd after a wake-up."""

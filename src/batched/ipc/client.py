@@ -40,7 +40,7 @@ from batched.ipc._channel import (
     dumps,
     loads,
     parse_hello,
-    peer_uid,
+    peer_credentials,
     socket_path,
 )
 
@@ -155,7 +155,7 @@ class _Connection:
         sock.settimeout(_CONNECT_TIMEOUT_S)
         try:
             sock.connect(path)
-            if peer_uid(sock) != os.getuid():
+            if peer_credentials(sock)[1] != os.getuid():
                 raise PermissionError(f"the server at {path} runs as another user")
             data, fds, _, _ = socket.recv_fds(sock, 4096, HANDED_FDS)
         except (FileNotFoundError, ConnectionRefusedError) as e:
@@ -186,7 +186,6 @@ class _Connection:
                                wake_server, wake_client)
         self.pending: dict[int, Any] = {}
         self.ids = itertools.count(1)
-        self.pid = os.getpid()
         self.gone: Optional[str] = None
         self.closing: Optional[str] = None
         self.read_lock = threading.Lock()  # whoever reads the answers ring holds it
@@ -226,20 +225,12 @@ class _Connection:
                 events = poller.poll()
                 self.reader_polling = False
                 ch.incoming.awake()
-                if any(fd == ch.sock.fileno() and not self._alive() for fd, _ in events):
+                if any(fd == ch.sock.fileno() and not ch.peer_alive() for fd, _ in events):
                     break
                 ch.take_wakeup()
         except BaseException as e:  # never leave callers waiting on a reader that died
             reason = f"the connection to the server {self.name!r} failed: {e!r}"
         self._fail_all(self.closing or reason)
-
-    def _alive(self) -> bool:
-        try:
-            return self.channel.sock.recv(64) != b""
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            return False
 
     def rearm_reader(self) -> None:
         """A blocking caller stops reading (its wait turned the reader's
@@ -368,13 +359,13 @@ class Client:
 
     def _live_connection(self) -> _Connection:
         conn = self._connection
-        if conn.gone is None and conn.pid == os.getpid():
+        if conn.gone is None:  # (a forked child's is marked gone: _forget_connections)
             return conn
         if self._closed:
             raise ShutdownError(f"the client of {self.name!r} was closed")
         with self._lock:
             conn = self._connection
-            if conn.gone is not None or conn.pid != os.getpid():
+            if conn.gone is not None:
                 conn = self._connection = _Connection(self.name, self._path)
                 self._finalizer.detach()
                 self._finalizer = weakref.finalize(self, conn.close)
@@ -392,10 +383,14 @@ class Client:
     def _call(self, request: Any) -> Any:
         if isinstance(request, list) and not request:
             return []
+        return self._blocking(REQUEST, request)
+
+    def _blocking(self, tag: int, request: Any) -> Any:
+        """Sends a record (a call, or a stats request) and waits for its answer."""
         conn = self._live_connection()
         call_id = next(conn.ids)
         waiter = _Waiter()
-        conn.send(REQUEST, call_id, request, waiter)
+        conn.send(tag, call_id, request, waiter)
         try:
             waiter.wait(conn)
         except BaseException:  # Ctrl-C: the call leaves the server's queue
@@ -431,14 +426,7 @@ class Client:
     @property
     def stats(self) -> Any:
         """The served processor's statistics (batched.types.BatchProcessorStats): all its callers'."""
-        conn = self._live_connection()
-        call_id = next(conn.ids)
-        waiter = _Waiter()
-        conn.send(STATS, call_id, None, waiter)
-        waiter.lock.acquire()
-        if waiter.ok:
-            return waiter.value
-        raise waiter.value
+        return self._blocking(STATS, None)
 
     @property
     def server_pid(self) -> int:
@@ -500,8 +488,7 @@ def connect(name: str, *, timeout: Optional[float] = None) -> Client:
 
 def _forget_connections() -> None:
     for conn in list(_live):
-        conn.pid = -1  # never used here again: the next call connects anew
-        conn.gone = "forked"
+        conn.gone = "forked"  # never used here again: the next call connects anew
         ch = conn.channel  # (no lock: another thread of the parent may have held it)
         for fd in (ch.sock.detach(), ch.wake_peer, ch.wake_me):
             try:

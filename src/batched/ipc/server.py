@@ -46,8 +46,7 @@ from batched.ipc._channel import (
     dumps,
     hello,
     loads,
-    peer_pid,
-    peer_uid,
+    peer_credentials,
     socket_path,
 )
 
@@ -248,7 +247,7 @@ class Server:
             else:
                 sock.close()
                 raise RuntimeError(f"a server named {self.name!r} is running already "
-                                   f"(pid {peer_pid(probe)}, {self.path})") from None
+                                   f"(pid {peer_credentials(probe)[0]}, {self.path})") from None
             finally:
                 probe.close()
         os.chmod(self.path, 0o600)
@@ -274,7 +273,8 @@ class Server:
 
     def _admit(self, sock: socket.socket) -> None:
         """Hands a new client its segment and eventfds, if it runs as this user."""
-        if peer_uid(sock) != os.getuid():
+        pid, uid = peer_credentials(sock)
+        if uid != os.getuid():
             logger().warning("batched.serve(%r): refused a client of another user", self.name)
             sock.close()
             return
@@ -296,7 +296,7 @@ class Server:
         finally:
             os.close(memfd)
         sock.setblocking(False)
-        client = _Client(Channel(sock, memory, answers, requests, wake_client, wake_server), peer_pid(sock))
+        client = _Client(Channel(sock, memory, answers, requests, wake_client, wake_server), pid)
         self._clients[sock.fileno()] = client
         self._clients[wake_server] = client
         self._epoll.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
@@ -367,16 +367,23 @@ class Server:
         clients = set(self._clients.values())
         if timeout != 0 and self._active and self._spin.wait([c.channel.incoming for c in clients]):
             timeout = 0  # a request came while this thread spun: no need to sleep (and be woken)
-        if timeout != 0:
-            for c in clients:
-                if not c.channel.incoming.sleep():
-                    timeout = 0
+        if timeout != 0 and not self._arm_wakeups(clients):
+            timeout = 0
         events = self._epoll.poll(timeout)
         for c in clients:
             c.channel.incoming.awake()
         self._handle_events(events)
         self._read_all()
         return self._stopping
+
+    @staticmethod
+    def _arm_wakeups(clients: set[_Client]) -> bool:
+        """Before this thread blocks: asks every client to wake it with its next
+        request. False if a request came meanwhile (do not block)."""
+        asleep = True
+        for c in clients:
+            asleep = c.channel.incoming.sleep() and asleep
+        return asleep
 
     def _handle_events(self, events: list[tuple[int, int]]) -> None:
         for fd, mask in events:
@@ -391,18 +398,9 @@ class Server:
                     continue
                 if fd == client.channel.wake_me:
                     client.channel.take_wakeup()
-                elif mask & (select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR) or not self._peek_alive(client):
+                elif mask & (select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR) or not client.channel.peer_alive():
                     client.channel.drain(functools.partial(self._on_record, client))  # what it sent before it went
                     self._drop(client)
-
-    @staticmethod
-    def _peek_alive(client: _Client) -> bool:
-        try:
-            return client.channel.sock.recv(64) != b""
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            return False
 
     def _read_all(self) -> None:
         read = 0
@@ -424,12 +422,9 @@ class Server:
             if self._step(0) and not stopped.done():
                 stopped.set_result(None)
                 return
-            for c in set(self._clients.values()):  # arm the wake-ups, as _step does before it blocks
-                if not c.channel.incoming.sleep():
-                    c.channel.incoming.awake()
-                    if not scheduled:
-                        scheduled = True
-                        loop.call_soon(on_ready)
+            if not self._arm_wakeups(set(self._clients.values())) and not scheduled:
+                scheduled = True  # a request came meanwhile: read it on the next turn of the loop
+                loop.call_soon(on_ready)
 
         async def run() -> None:
             loop.add_reader(fd, on_ready)
@@ -525,20 +520,14 @@ class Server:
                     collected[client] = entry = (self, [], [])
                 entry[1].append(call_id)
                 entry[2].append(future.result())
-                return
-            try:
-                parts = dumps(future.result())
-            except Exception as e:
-                error = TypeError(f"the result of {self.function_name} could not be pickled to go back "
-                                  f"to the client: {e!r}")
             else:
-                self._send(client, call_id, RESULT, parts)
-                return
+                self._send_results(client, [call_id], [future.result()])
+            return
         self._send(client, call_id, ERROR, _error_parts(error))
 
     def _send_results(self, client: _Client, ids: list[int], results: list[Any]) -> None:
-        """The results of one batch's calls of ``client``: one record; one
-        record each if they do not pickle or fit together."""
+        """The results of calls of ``client`` (one batch's): one record; one
+        record each if there is one, or if they do not pickle or fit together."""
         if len(ids) > 1:
             try:
                 client.channel.send(RESULTS, [array.array("Q", ids).tobytes(), *dumps(results)])
