@@ -248,8 +248,8 @@ def w_list100k(cfg: dict, out: dict) -> None:
 def _closed_loop(f: Any, nthreads: int, seconds: float, request: Any, out: dict) -> None:
     """`nthreads` threads call `f` in a closed loop for `seconds`. `request(tid, i)` gives the
     i-th call's argument and its expected result (compared with ==, after `.tolist()` if the
-    result has it). Fills items/s, p50/p99 latency and the average batch size; every result
-    that is not the expected one is an error."""
+    result has it). Fills items/s, p50/p99 latency, the process's CPU time per call and the
+    average batch size; every result that is not the expected one is an error."""
     barrier = threading.Barrier(nthreads + 1)
     lats: list[list[float]] = [[] for _ in range(nthreads)]
     mismatches = [0] * nthreads
@@ -281,6 +281,7 @@ def _closed_loop(f: Any, nthreads: int, seconds: float, request: Any, out: dict)
     mark = len(_sizes)
     deadline = time.perf_counter() + seconds
     start = time.perf_counter()
+    cpu0 = time.process_time()
     barrier.wait()
     for t in threads:
         t.join(seconds + 60)
@@ -288,10 +289,12 @@ def _closed_loop(f: Any, nthreads: int, seconds: float, request: Any, out: dict)
             errors.append("a client thread did not finish within 60 s of the deadline (hang?)")
             break
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     all_lats = [x for per in lats for x in per]
     calls = len(all_lats)
     m = out["metrics"]
     m["items_per_s"] = calls / elapsed
+    m["cpu_us"] = cpu / max(calls, 1) * 1e6  # the whole process: callers, workers, kernel
     m["p50_us"] = percentile(all_lats, 50) * 1e6
     m["p99_us"] = percentile(all_lats, 99) * 1e6
     _batch_stats(mark, out)
@@ -702,13 +705,20 @@ def _row_requests(nthreads: int, pool: int, lo: int, hi: int, seed: int,
 def _infer16(cfg: dict, out: dict) -> None:
     """16 threads in a closed loop, each calling a model with one row of random length
     ({"input_ids", "attention_mask"}, int64 [1, L]); every result is checked against its input."""
+    made = _infer16_calls(cfg, out)
+    if made is not None:
+        _closed_loop(made[0], int(cfg["threads"]), float(cfg["seconds"]), made[1], out)
+
+
+def _infer16_calls(cfg: dict, out: dict) -> Optional[tuple[Any, Any]]:
+    """infer16's model processor, warmed up, and its request(tid, i); None after a failed warm-up."""
     torch = None
     if cfg["backend"] == "torch":
         import torch
 
         out["info"]["torch"] = torch.__version__
         out["info"]["torch_threads"] = torch.get_num_threads()
-    nthreads, seconds, pool = int(cfg["threads"]), float(cfg["seconds"]), int(cfg["pool"])
+    nthreads, pool = int(cfg["threads"]), int(cfg["pool"])
     lo, hi = int(cfg["min_len"]), int(cfg["max_len"])
 
     def model(features: dict[str, Any]) -> Any:
@@ -731,13 +741,13 @@ def _infer16(cfg: dict, out: dict) -> None:
         got = f(feats).tolist()
         if got != [expected]:
             out["errors"].append(f"warm-up call returned {got!r}, expected [{expected}]")
-            return
+            return None
 
     def request(tid: int, i: int) -> tuple[dict[str, Any], list[int]]:
         feats, expected = reqs[tid][i % pool]
         return feats, [expected]
 
-    _closed_loop(f, nthreads, seconds, request, out)
+    return f, request
 
 
 # Single-row requests of random length, padded per batch. batch_size 16 = the number of threads,
@@ -755,6 +765,38 @@ workload("infer16_torch", "inference", "as infer16_np with CPU torch 2.13.0 tens
          {**INFER16, "backend": "torch"}, [Metric("items_per_s", "items/s", rate, "≥ 10× 0.1.5", times(10)),
           Metric("p50_us", "p50 latency", micros, "< 0.1.5", lambda o, r: o < r),
           Metric("p99_us", "p99 latency", micros), AVG_BATCH], quick={"seconds": 0.5}, none=True, needs="torch")(_infer16)
+
+
+@workload("cost16", "inference",
+          "process CPU per item: infer16_np's inference path against identity items (the plain path) at the "
+          "same 16 threads, batch_size=16, timeout_ms=5; one process, the two interleaved",
+          {**INFER16, "backend": "numpy", "rounds": 3, "seconds": 1.0},
+          [Metric("infer_cpu_us", "inference: CPU per item", micros),
+           Metric("plain_cpu_us", "plain: CPU per item", micros),
+           Metric("cpu_ratio", "inference / plain CPU", lambda v: f"{v:.2f}×", "≤ 1.5×", lambda o, r: o <= 1.5)],
+          quick={"rounds": 1, "seconds": 0.5})
+def w_cost16(cfg: dict, out: dict) -> None:
+    made = _infer16_calls(cfg, out)
+    if made is None:
+        return
+    plain = _identity(cfg)
+    plain(0)
+
+    def item(tid: int, i: int) -> tuple[int, int]:
+        x = (tid << 32) | i
+        return x, x
+
+    cpu: dict[str, list[float]] = {"infer": [], "plain": []}
+    for _ in range(int(cfg["rounds"])):
+        for name, f, request in (("plain", plain, item), ("infer", *made)):
+            phase: dict[str, Any] = {"metrics": {}, "info": {}, "errors": out["errors"]}
+            _closed_loop(f, int(cfg["threads"]), float(cfg["seconds"]), request, phase)
+            cpu[name].append(phase["metrics"]["cpu_us"])
+    m = out["metrics"]
+    m["infer_cpu_us"] = statistics.median(cpu["infer"])
+    m["plain_cpu_us"] = statistics.median(cpu["plain"])
+    m["cpu_ratio"] = m["infer_cpu_us"] / m["plain_cpu_us"]
+    out["info"]["cpu_us"] = cpu
 
 
 def _time_us(fns: list[Any], samples: int) -> list[float]:

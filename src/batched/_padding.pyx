@@ -23,8 +23,7 @@ numpy and torch are never imported here: a value is recognised only if its
 module is already loaded, which it is when the caller has made one.
 """
 
-from cpython cimport array as carray
-from cpython.buffer cimport PyBUF_RECORDS_RO, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_STRIDES, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.ref cimport Py_REFCNT
 from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
@@ -72,6 +71,9 @@ cdef enum Kind:
 cdef uint32_t MAX_LENGTH = 0xFFFFFFFE
 cdef size_t STAGING_ALIGN = 64  # staged blocks start on a 64-byte boundary (any dtype's alignment)
 cdef Py_ssize_t ARENAS = 16     # host buffers a padder keeps for reuse (HostBuffers)
+# Padding smaller than this keeps the GIL: a release costs a hand-over to a
+# waiting thread and back (tens of us under contention), more than the copy.
+cdef size_t NOGIL_BYTES = 1 << 20
 
 _np = None
 _torch = None
@@ -140,7 +142,8 @@ cdef _Array _read_array(object value, int kind, bint batched):
             raise TypeError(f"arrays of dtype {a.dtype} hold Python objects and cannot be padded")
         for attempt in range(2):
             try:
-                PyObject_GetBuffer(value, &view, PyBUF_RECORDS_RO)
+                # (no format asked: the dtype says it, and numpy builds none then)
+                PyObject_GetBuffer(value, &view, PyBUF_STRIDES)
             except (BufferError, ValueError, TypeError):
                 # dtypes without a buffer format (datetime64, ...): ask numpy
                 a.obj = _numpy().ascontiguousarray(value)

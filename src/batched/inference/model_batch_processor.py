@@ -100,6 +100,8 @@ class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Runs the model on these features (a dict, or keyword arguments) and
         returns this call's rows of its output, in the output's structure."""
+        if len(args) == 1 and not kwargs:  # (the common case without a function call)
+            return self._engine.call(args[0])  # type: ignore[no-any-return]
         return self._engine.call(features_of(args, kwargs))  # type: ignore[no-any-return]
 
     if TYPE_CHECKING:

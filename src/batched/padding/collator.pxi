@@ -69,14 +69,14 @@ cdef class RowsCollator(Collator):
     # ---- the engine's collator ----
 
     cdef _Call new_call(self, object features):
-        cdef Rows rows = self.reader.request(features)
+        cdef Rows rows = self.reader.read_request(features)
         cdef _Call c = _Call.__new__(_Call)
         c.init(rows.n_rows)
         c.rows = rows
         c.results = []
         if self.measure_lengths:
             # the Rows' own lengths: it lives as long as the call
-            c.entry.lengths = (<carray.array>rows.lengths).data.as_uints
+            c.entry.lengths = rows.row_lengths.data()
         return c
 
     cdef object inputs(self, CBatch& batch):
@@ -98,4 +98,6 @@ cdef class RowsCollator(Collator):
         return 0
 
     cdef object outcome(self, _Call c):
+        if len(c.results) == 1:  # ran in one batch: its piece as cut
+            return (<tuple>(<tuple>c.results[0])[1])[1]
         return self.splitter.join(c.results)

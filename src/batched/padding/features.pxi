@@ -19,9 +19,14 @@ cdef class _FeatureRows:
 cdef class Rows:
     """One call's rows: the request the engine queues for a call (see _core)."""
     cdef readonly Py_ssize_t n_rows
-    cdef readonly object lengths  # array('I'): each row's length (first feature), for max_batch_length
+    cdef vector[uint32_t] row_lengths  # each row's length (first feature): padding, max_batch_length
     cdef list features            # _FeatureRows, in the padder's feature order
     cdef readonly bint on_host
+
+    @property
+    def lengths(self):
+        """array('I') of each row's length (first feature)."""
+        return array("I", self.row_lengths)
 
 
 cdef class _Spec:
@@ -31,6 +36,7 @@ cdef class _Spec:
     cdef tuple trailing        # the shape of a row after its first axis
     cdef size_t itemsize
     cdef size_t step_bytes     # bytes per step along a row's first axis
+    cdef vector[Py_ssize_t] trailing_dims  # trailing, for the fast read
     cdef object pad_value
     cdef bytes pad_bytes       # pad_value as one element of dtype
     cdef object torch_dtype    # for staging numpy features onto a torch device
@@ -71,6 +77,11 @@ cdef class FeatureReader:
     def request(self, features):
         """The ``Rows`` of one call's features; raises TypeError/ValueError to
         this caller for features that cannot be batched with earlier calls'."""
+        return self.read_request(features)
+
+    cdef Rows read_request(self, features):
+        if type(features) is dict and self.schema is not None and len(<dict>features):  # the common case, first
+            return self.read(self.schema, features)
         if not isinstance(features, Mapping):
             raise TypeError(
                 f"{self.name}: features must be a dict of arrays or tensors (or given as keyword "
@@ -107,7 +118,7 @@ cdef class FeatureReader:
             if n < 0:
                 n = self.row_count(fr)
                 rows.n_rows = n
-                rows.lengths = self.row_lengths(fr, n)
+                self.fill_lengths(fr, n, rows.row_lengths)
             elif self.row_count(fr) != n:
                 raise ValueError(
                     f"{self.name}: feature {spec.key!r} has {self.row_count(fr)} rows but "
@@ -128,21 +139,24 @@ cdef class FeatureReader:
             n += fr.blocks[b].rows
         return n
 
-    cdef object row_lengths(self, _FeatureRows fr, Py_ssize_t n):
-        if fr.blocks.size() == 1:
-            return array("I", [<uint32_t>fr.blocks[0].length]) * n
-        lengths = array("I", bytes(4 * n))
-        cdef uint32_t[::1] out = lengths
+    cdef int fill_lengths(self, _FeatureRows fr, Py_ssize_t n, vector[uint32_t]& lengths) except -1:
         cdef size_t b
+        if fr.blocks.size() == 1:
+            lengths.assign(n, <uint32_t>fr.blocks[0].length)
+            return 0
+        lengths.resize(n)
         for b in range(fr.blocks.size()):
-            out[b] = <uint32_t>fr.blocks[b].length
-        return lengths
+            lengths[b] = <uint32_t>fr.blocks[b].length
+        return 0
 
     cdef _FeatureRows read_feature(self, _Schema schema, _Spec spec, object value, Rows rows):
         cdef _FeatureRows fr = _FeatureRows.__new__(_FeatureRows)
         cdef _Array a
         cdef Block block
         cdef Py_ssize_t i
+        if schema.kind == NUMPY and _read_numpy_rows(spec, value, fr):
+            rows.on_host = True
+            return fr
         cdef int kind = _kind_of(value)
         if kind >= 0:
             a = self.check_array(schema, spec, value, kind, True, -1)
@@ -181,10 +195,16 @@ cdef class FeatureReader:
     cdef _Array check_array(self, _Schema schema, _Spec spec, object value, int kind, bint batched,
                             Py_ssize_t row):
         """Reads one array (a batch of rows, or row ``row`` of a list) and checks it against ``spec``."""
-        where = f"feature {spec.key!r}" if batched else f"row {row} of feature {spec.key!r}"
         cdef _Array a = _read_array(value, kind, batched)
         cdef tuple shape = a.shape
         cdef Py_ssize_t skip = 1 if batched else 0
+        if (kind == schema.kind and (a.dtype is spec.dtype or a.dtype == spec.dtype)
+                and len(shape) == skip + 1 + len(spec.trailing)
+                and (not spec.trailing or shape[skip + 1:] == spec.trailing)
+                and (kind != TORCH or a.on_host == schema.on_host and (a.on_host or a.device == schema.input_device))
+                and shape[skip] <= MAX_LENGTH):
+            return a  # (the checks below, in one test: their messages cost more than the checks)
+        where = f"feature {spec.key!r}" if batched else f"row {row} of feature {spec.key!r}"
         if len(shape) < skip + 1:
             hint = (" (for one row of length L, give shape [1, L], e.g. x[None], or a list of rows)"
                     if batched else "")
@@ -245,6 +265,8 @@ cdef class FeatureReader:
             spec.key = key
             spec.dtype = a.dtype
             spec.trailing = tuple(trailing)
+            for d in trailing:
+                spec.trailing_dims.push_back(d)
             spec.itemsize = a.itemsize
             spec.step_bytes = a.itemsize
             for d in trailing:
@@ -280,3 +302,34 @@ cdef class FeatureReader:
             raise ValueError(
                 f"{self.name}: pad value {value!r} of feature {key!r} does not fit its dtype "
                 f"{spec.dtype}: {e}") from None
+
+
+cdef bint _read_numpy_rows(_Spec spec, object value, _FeatureRows fr) except -1:
+    """The common case, read with no object made: a numpy array [n, L, ...]
+    of ``spec``'s dtype (the same object) and trailing shape whose rows are
+    contiguous becomes one block of ``fr``. False for anything else, which
+    the full path (check_array) reads or rejects with its message."""
+    np = _numpy()
+    if type(value) is not np.ndarray or (<object>value).dtype is not spec.dtype:
+        return False
+    cdef Py_buffer view
+    cdef Py_ssize_t d
+    cdef size_t k
+    cdef Block block
+    PyObject_GetBuffer(value, &view, PyBUF_STRIDES)
+    try:
+        if (view.ndim != 2 + <Py_ssize_t>spec.trailing_dims.size() or view.shape[1] > MAX_LENGTH
+                or not _contiguous_from(1, view.ndim, view.shape, view.strides, view.itemsize)):
+            return False
+        for k in range(spec.trailing_dims.size()):
+            if view.shape[2 + k] != spec.trailing_dims[k]:
+                return False
+        block.data = <const char*>view.buf
+        block.rows = view.shape[0]
+        block.length = view.shape[1]
+        block.row_stride = view.strides[0]
+        fr.blocks.push_back(block)
+        fr.source = value
+        return True
+    finally:
+        PyBuffer_Release(&view)

@@ -20,7 +20,10 @@ cdef class OutputSplitter:
         list/tuple of them (as in batched 0.1.5), or a list of one result per
         row. A piece is (how to join it, the part of ``out``)."""
         cdef int how
-        if isinstance(out, Mapping):
+        if _kind_of(out) >= 0:  # the common case, first
+            self.check_rows(out, padded, "output")
+            how = JOIN_ARRAY
+        elif isinstance(out, Mapping):
             for key, value in out.items():
                 self.check_rows(value, padded, f"output {key!r}")
             how = JOIN_DICT

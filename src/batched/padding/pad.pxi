@@ -57,14 +57,14 @@ cdef class Padder:
         cdef Py_ssize_t i, first, count
         cdef uint64_t real = 0
         cdef uint32_t longest = 0, length
-        cdef carray.array lengths
+        cdef Rows rows
         for span in spans:
-            lengths = (<Rows>span[0]).lengths
+            rows = <Rows>span[0]
             first = span[1]
             count = span[2]
             n += count
             for i in range(first, first + count):
-                length = lengths.data.as_uints[i]
+                length = rows.row_lengths[i]
                 real += length
                 if length > longest:
                     longest = length
@@ -118,6 +118,10 @@ cdef class Padder:
                 dst = <char*><uintptr_t>out.data_ptr()
         cdef const char* pad = spec.pad_bytes
         cdef CPaddingSide side = kPadLeft if self.pad_left else kPadRight
+        if nbytes < NOGIL_BYTES:
+            pad_rows(rows.data(), rows.size(), spec.step_bytes, max_length, side, pad,
+                     spec.itemsize, dst)
+            return out
         with nogil:
             pad_rows(rows.data(), rows.size(), spec.step_bytes, max_length, side, pad,
                      spec.itemsize, dst)
