@@ -23,9 +23,10 @@ cdef class Engine
 cdef class _Call:
     cdef CEntry entry
     cdef CCompletion* completion  # blocking callers only
-    cdef tuple items              # item calls: the items
+    cdef tuple items              # item calls of a list: the items
+    cdef object item              # item calls of one item (single): the item, then its result
     cdef object rows              # rows calls: the collator's request
-    cdef list results             # item calls: a result per item; rows calls: (first row, piece) per span
+    cdef list results             # item calls of a list: a result per item; rows calls: (first row, piece) per span
     cdef object error
     cdef Py_ssize_t error_index
     cdef Py_ssize_t remaining

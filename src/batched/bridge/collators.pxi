@@ -38,20 +38,22 @@ cdef class ItemCollator(Collator):
 
     cdef _Call new_call(self, object items):
         cdef _Call c = _Call.__new__(_Call)
+        cdef Py_ssize_t n = 1, i
         if type(items) is list:
             c.items = tuple(<list>items)
         elif isinstance(items, list):
             c.items = tuple(items)
         else:
-            c.items = (items,)
+            c.item = items  # (no tuple and no list for the common call of one item)
             c.single = True
-        cdef Py_ssize_t n = len(c.items), i
+        if not c.single:
+            n = len(c.items)
+            c.results = [None] * n
         c.init(n)
-        c.results = [None] * n
         if self.measure_lengths:
             c.lengths.resize(n)
             for i in range(n):
-                c.lengths[i] = _item_length(c.items[i])
+                c.lengths[i] = _item_length(c.item if c.single else c.items[i])
             c.entry.lengths = c.lengths.data()
         return c
 
@@ -65,9 +67,15 @@ cdef class ItemCollator(Collator):
         for s in range(batch.spans.size()):
             span = &batch.spans[s]
             c = <_Call>span.entry.owner
+            if c.single:
+                item = c.item
+                Py_INCREF(item)  # PyList_SET_ITEM steals it
+                PyList_SET_ITEM(inputs, i, item)
+                i += 1
+                continue
             for j in range(span.begin, span.begin + span.count):
                 item = c.items[j]
-                Py_INCREF(item)  # PyList_SET_ITEM steals it
+                Py_INCREF(item)
                 PyList_SET_ITEM(inputs, i, item)
                 i += 1
         return inputs
@@ -98,13 +106,16 @@ cdef class ItemCollator(Collator):
         cdef Py_ssize_t k
         for k in range(span.count):
             r = (<list>outs)[first + k] if type(outs) is list else (<tuple>outs)[first + k]
-            c.results[span.begin + k] = r
+            if c.single:
+                c.item = r
+            else:
+                c.results[span.begin + k] = r
             if PyExceptionInstance_Check(r):
                 c.fail(r, span.begin + k)
         return 0
 
     cdef object outcome(self, _Call c):
-        return c.results[0] if c.single else c.results
+        return c.item if c.single else c.results
 
 
 cdef uint32_t _item_length(object item) except? 0xFFFFFFFF:

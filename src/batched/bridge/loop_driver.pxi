@@ -60,7 +60,7 @@ cdef class LoopDriver(Driver):
         return 0
 
     cdef int refuse_reentry(self, Engine engine) except -1:
-        b = _running_batch.get()
+        b = get_value(_running_batch, None)  # (not .get(): a bound method made per call)
         if b is not None and (<_LoopBatch>b).engine is engine and not (<_LoopBatch>b).ended:
             raise _reentry_error(engine)
         return 0
