@@ -1810,6 +1810,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random arrivals (gpu* workloads)")
     args = ap.parse_args()
     IMPL = args.impl
+    # numpy's OpenBLAS pool spins ~5 % of a core after import whatever the process
+    # does (no workload here calls BLAS): CPU figures would count it, per item.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     w = WORKLOADS[args.workload]
     if IMPL == "none" and not w.none or IMPL == "serve" and not w.serve:
         ap.error(f"{args.workload} has no {IMPL!r} variant")
