@@ -792,6 +792,92 @@ def w_cost16(cfg: dict, out: dict) -> None:
     out["info"]["cpu_us"] = cpu
 
 
+# The modeled GPU with padded inputs: the batch function is the device (it "computes" for
+# launch_ms + per_token_us per padded token, the GIL released, as a model call waits for its
+# GPU), fed by 128 threads in a closed loop with one row of 16-512 tokens each, so a full batch
+# of 64 always waits. What the batcher does between two batches (hand out, wake, pop, pad)
+# leaves the device idle: the gaps between consecutive batches are measured, and the
+# throughput against the device's capacity (its batches back to back).
+PAD64 = {"batch_size": 64, "timeout_ms": 5.0, "threads": 128, "seconds": 3.0, "min_len": 16, "max_len": 512,
+         "pool": 16, "launch_ms": 1.0, "per_token_us": 0.05}
+
+
+def _padded_device(cfg: dict, out: dict, prefetch: bool) -> None:
+    launch, per_token = float(cfg["launch_ms"]) / 1e3, float(cfg["per_token_us"]) / 1e6
+    runs: list[tuple[float, float, int]] = []  # (start, end, rows) of every batch
+
+    def model(features: dict[str, Any]) -> Any:
+        t0 = time.perf_counter()
+        ids, mask = features["input_ids"], features["attention_mask"]
+        _sizes.append(int(ids.shape[0]))
+        result = (ids * mask).sum(1) + mask.sum(1)
+        time.sleep(max(0.0, t0 + launch + per_token * ids.size - time.perf_counter()))
+        runs.append((t0, time.perf_counter(), int(ids.shape[0])))
+        return result
+
+    from batched import inference
+
+    options: dict[str, Any] = {"batch_size": int(cfg["batch_size"]), "timeout_ms": float(cfg["timeout_ms"]),
+                               "pad_tokens": {"input_ids": 0}, "padding_side": "right"}
+    if prefetch:
+        try:
+            f = inference.dynamically(prefetch=True, **options)(model)
+        except TypeError:  # batched 0.1.5: no such option
+            f = inference.dynamically(**options)(model)
+    else:
+        f = inference.dynamically(**options)(model)
+    _processors.append(f)
+    nthreads, pool = int(cfg["threads"]), int(cfg["pool"])
+    reqs = _row_requests(nthreads, pool, int(cfg["min_len"]), int(cfg["max_len"]), 64, None)
+    feats, expected = reqs[0][0]
+    if f(feats).tolist() != [expected]:
+        out["errors"].append("warm-up call returned a wrong result")
+        return
+
+    def request(tid: int, i: int) -> tuple[dict[str, Any], list[int]]:
+        feats, expected = reqs[tid][i % pool]
+        return feats, [expected]
+
+    start = len(runs)
+    _closed_loop(f, nthreads, float(cfg["seconds"]), request, out)
+    window = runs[start + 2:]  # (the first batches fill as the threads start)
+    busy = sum(b - a for a, b, _ in window)
+    span = window[-1][1] - window[0][0]
+    rows = sum(n for _, _, n in window)
+    gaps = [b[0] - a[1] for a, b in zip(window, window[1:])]
+    m = out["metrics"]
+    m["capacity_per_s"] = rows / busy  # the device's rate with its batches back to back
+    m["device_items_per_s"] = rows / span
+    m["util_pct"] = 100.0 * busy / span
+    m["gap_p50_us"] = percentile(gaps, 50) * 1e6
+    m["gap_p99_us"] = percentile(gaps, 99) * 1e6
+    out["info"]["batches"] = len(window)
+
+
+_PAD64_METRICS = [Metric("device_items_per_s", "items/s", rate),
+                  Metric("util_pct", "of the device's capacity", lambda v: f"{v:.1f} %", "≥ 95 %",
+                         lambda o, r: o >= 95.0),
+                  Metric("gap_p50_us", "device idle between batches, p50", micros, "≤ 100 µs",
+                         lambda o, r: o <= 100.0),
+                  Metric("gap_p99_us", "device idle between batches, p99", micros), *latency_metrics(False),
+                  Metric("cpu_us", "process CPU per item", micros), AVG_BATCH]
+
+
+@workload("pad64_device", "inference",
+          "modeled GPU with padded inputs (1 ms + 0.05 µs per padded token, the GIL released): "
+          "inference.dynamically(batch_size=64, timeout_ms=5, prefetch=True), 128 threads, closed loop, "
+          "1 row {input_ids, attention_mask} int64 [1, L], L in 16..512 (0.1.5: no prefetch)",
+          PAD64, _PAD64_METRICS, quick={"seconds": 1.0})
+def w_pad64_device(cfg: dict, out: dict) -> None:
+    _padded_device(cfg, out, prefetch=True)
+
+
+@workload("pad64_device_noprefetch", "inference", "pad64_device without prefetch",
+          PAD64, _PAD64_METRICS, quick={"seconds": 1.0})
+def w_pad64_device_noprefetch(cfg: dict, out: dict) -> None:
+    _padded_device(cfg, out, prefetch=False)
+
+
 def _time_us(fns: list[Any], samples: int) -> list[float]:
     """Median µs per call of each fn, sampled alternately (fn0, fn1, fn0, ...) after a warm-up;
     each sample repeats the call enough times to last >= 0.2 ms."""

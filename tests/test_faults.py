@@ -229,13 +229,15 @@ def bounded(fn: Any, *args: Any, limit: float = TIMEOUT) -> Any:
     return box[0]
 
 
+@pytest.mark.parametrize("workers", [{"num_workers": 2}, {"prefetch": True}], ids=["2-workers", "prefetch"])
 @pytest.mark.parametrize("submit", THREAD_DRIVER_FRONT_ENDS, indirect=True)
-def test_random_fault_mix_with_many_concurrent_callers(submit) -> None:
+def test_random_fault_mix_with_many_concurrent_callers(submit, workers: dict[str, Any]) -> None:
     """Thread callers, asyncio callers (acall) and aio callers of one plain
-    batch function run by 2 worker threads, under a random mix of faults
-    (an async def function: the next test)."""
+    batch function run by 2 worker threads (2 workers, or one and the one
+    that forms the next batch: docs/semantics.md, 15), under a random mix of
+    faults (an async def function: the next test)."""
     faulty = Faulty(seed=11, timeout_ms=2)
-    proc = submit.make(faulty.sync_fn(), batch_size=16, timeout_ms=2, num_workers=2)
+    proc = submit.make(faulty.sync_fn(), batch_size=16, timeout_ms=2, **workers)
     if submit.name == "aio":
         faulty.reentry = lambda x: asyncio.run(proc(x))
     else:

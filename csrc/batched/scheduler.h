@@ -221,7 +221,12 @@ class Scheduler {
       const TimePoint now = clock_.now();
       expire_into(now, out.expired);
       tune(now);
-      if (auto reason = policy_.ready(now, busy_until)) {
+      // A thread forming the next batch while one runs (set_running) takes
+      // only a batch that waiting could not grow (docs/semantics.md, 15).
+      const bool ahead = running_.load(std::memory_order_acquire);
+      auto reason = policy_.ready(now, busy_until);
+      if (reason && ahead && *reason != DispatchReason::kFull && *reason != DispatchReason::kBudget) reason.reset();
+      if (reason) {
         take(now, *reason, out);
         // More may be ready for another worker: hand the turn on.
         const bool more = !policy_.empty() && sleepers_.load(std::memory_order_relaxed) > 0;
@@ -233,8 +238,10 @@ class Scheduler {
       if (!out.expired.empty()) return true;  // report them now; the batch is empty
       // Eventcount: announce the sleep, then look once more, so a push either
       // sees a sleeper (and wakes it) or is seen here.
-      const TimePoint deadline = policy_.next_deadline();
-      const bool undeadlined = deadline == kNever;
+      // (ahead: no timeout can make a batch leave early; a push that may fill
+      // one wakes it, and the running batch's thread takes the rest when it returns)
+      const TimePoint deadline = ahead ? kNever : policy_.next_deadline();
+      const bool undeadlined = deadline == kNever && !ahead;
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
       if (undeadlined) undeadlined_.fetch_add(1, std::memory_order_seq_cst);
       if (inbox_.empty_approx()) {
@@ -245,6 +252,14 @@ class Scheduler {
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
+
+  // A driver that forms the next batch while one runs (prefetch) says when a
+  // batch starts and stops running. Meanwhile wait_pop takes only a batch that
+  // waiting could not grow: full, or over the length or token budget. The
+  // thread of the running batch, once it returns and has no next batch, looks
+  // at the queue itself, so nothing waits on a thread held back by this.
+  // Thread-safe.
+  void set_running(bool running) noexcept { running_.store(running, std::memory_order_release); }
 
   // Moves a ready batch into `out` without blocking; false if none is ready.
   // Calls that expired meanwhile are in out.expired either way. Like
@@ -645,6 +660,7 @@ class Scheduler {
   std::atomic<int> undeadlined_{0};                    // of which: with no deadline
   std::atomic<TimePoint> watch_until_{kNotWatching};  // when the sleeping watcher wakes (kNever: no expiry)
   std::atomic<TimePoint> service_ns_{0};               // the service estimate (batch_delivered)
+  std::atomic<bool> running_{false};                   // a batch runs (set_running): wait_pop forms the next one ahead
 
   mutable std::mutex mu_;  // guards policy_, wake_, closed_; workers take turns on it
   std::condition_variable cv_;

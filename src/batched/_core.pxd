@@ -11,6 +11,7 @@ from batched.includes.libbatched cimport (
     CEntry,
     CExpired,
     CPendingNotifications,
+    CPipeline,
     CPushStatus,
     CScheduler,
     CSpan,
@@ -74,6 +75,11 @@ cdef class ThreadDriver(Driver):
     cdef size_t num_workers
     cdef list threads             # the workers, then the deadline watcher if started
     cdef object start_lock
+    cdef bint prefetch            # a second worker forms the next batch while one runs
+    cdef CPipeline* pipeline      # prefetch: the two workers' hand-over (made at start)
+    cdef object parked_inputs     # prefetch: the parked batch's collated inputs
+    cdef object finished          # prefetch: (out, error, run_ns) of the batch handed over, or
+                                  # (None, error, -1): the parked batch failed with error
 
 
 cdef class LoopDriver(Driver):
@@ -117,6 +123,9 @@ cdef class Engine:
     cdef int take_split_on(self, tuple split_on) except -1
     cdef bint too_big(self, object error, CBatch& batch)
     cdef tuple call_fn(self, CBatch& batch, int64_t* run_ns)
+    cdef tuple collated(self, CBatch& batch)
+    cdef tuple run_fn(self, CBatch& batch, object inputs, int64_t* run_ns)
+    cdef int run_parts(self, CBatch& batch, int64_t run_ns, CPendingNotifications& to_notify) except -1
     cdef tuple checked(self, CBatch& batch, object out, object error)
     cdef int deliver(self, CBatch& batch, object out, object error, CPendingNotifications* to_notify) except -1
     cdef int run_batch(self, CBatch& batch, CPendingNotifications& to_notify) except -1

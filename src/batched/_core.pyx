@@ -31,6 +31,7 @@ from batched.includes.libbatched cimport (
     CExpired,
     CLatencyHistogram,
     CPendingNotifications,
+    CPipeline,
     CPriorityRule,
     CPushStatus,
     CScheduler,
@@ -46,6 +47,7 @@ from batched.includes.libbatched cimport (
     push_queued,
     reason_name,
     split_in_two,
+    swap_batches,
     CRing,
     ring_bytes_for,
 )

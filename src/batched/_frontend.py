@@ -190,6 +190,7 @@ def rows_collator(func: Any, options: ProcessorOptions) -> RowsCollator:
         pad_to_multiple_of=p.pad_to_multiple_of,
         batch_size_buckets=p.batch_size_buckets,
         spread_kwargs=p.spread_kwargs,
+        side_stream=options.prefetch,
     )
 
 

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include <batched/clock.h>
@@ -76,6 +77,71 @@ class PendingNotifications {
 
  private:
   std::vector<Completion*> pending_;
+};
+
+inline void swap_batches(batched::Batch& a, batched::Batch& b) { std::swap(a, b); }
+
+// The hand-over between the two threads of a prefetching thread driver
+// (docs/semantics.md, 15): while one thread runs a batch, the other forms,
+// collates and parks the next one; the running thread, when its batch
+// returns, swaps it for the parked one and goes straight on, and the other
+// thread hands out the finished batch. The batch function never runs on
+// both threads at once. Batches are swapped by the caller (with the GIL);
+// this class keeps the flags consistent.
+class Pipeline {
+ public:
+  explicit Pipeline(PyScheduler* sched) noexcept : sched_(sched) {}
+
+  // A thread has formed `batch`: true if it runs it now (nothing runs);
+  // false if `batch` is parked as the next one (then wait_handover()).
+  bool start_or_park(batched::Batch* batch) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!running_) {
+      running_ = true;
+      sched_->set_running(true);
+      return true;
+    }
+    parked_ = batch;
+    return false;
+  }
+
+  // The running thread's batch returned: the parked batch, which it runs
+  // next (the caller swaps them, then calls hand_over()), or nullptr, and
+  // nothing runs any more.
+  batched::Batch* take_parked_or_stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    batched::Batch* next = parked_;
+    parked_ = nullptr;
+    if (next == nullptr) {
+      running_ = false;
+      sched_->set_running(false);
+    }
+    return next;
+  }
+
+  // The parked thread's batch now holds the finished one: wake it.
+  void hand_over() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      handed_over_ = true;
+    }
+    cv_.notify_one();
+  }
+
+  // The parked thread waits here until its batch holds a finished one.
+  void wait_handover() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return handed_over_; });
+    handed_over_ = false;
+  }
+
+ private:
+  PyScheduler* sched_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool running_ = false;
+  batched::Batch* parked_ = nullptr;
+  bool handed_over_ = false;
 };
 
 }  // namespace batched_glue

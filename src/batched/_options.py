@@ -62,6 +62,7 @@ class ProcessorOptions:
         "padding",
         "adaptive",
         "split_on",
+        "prefetch",
         "_given",
     )
 
@@ -86,6 +87,8 @@ class ProcessorOptions:
     adaptive: bool
     #: the exceptions (classes, or qualified names) on which a batch is split in two and retried
     split_on: tuple[Union[type[BaseException], str], ...]
+    #: a second worker thread forms (and pads) the next full batch while one runs (docs/semantics.md, 15)
+    prefetch: bool
     _given: dict[str, Any]  # the arguments as given, for replace()
 
     @classmethod
@@ -118,6 +121,13 @@ class ProcessorOptions:
             raise TypeError(f"adaptive must be True or False, got {type(adaptive).__name__} {adaptive!r}")
         o.adaptive = adaptive
         o.split_on = _split_on(params.get("split_on"), inference=o.padding is not None)
+        prefetch = params.get("prefetch", False)
+        if not isinstance(prefetch, bool):
+            raise TypeError(f"prefetch must be True or False, got {type(prefetch).__name__} {prefetch!r}")
+        if prefetch and o.num_workers != 1:
+            raise ValueError(f"prefetch forms the next batch while the one batch of num_workers=1 runs; "
+                             f"got num_workers={o.num_workers}: give one of them")
+        o.prefetch = prefetch
         o._given = {k: v for k, v in params.items() if k not in _NOT_OPTIONS}
         return o
 

@@ -44,6 +44,7 @@ class Padder:
         device: Any = None,
         pad_to_multiple_of: Optional[int] = None,
         batch_size_buckets: Optional[Iterable[int]] = None,
+        side_stream: bool = False,
     ) -> None: ...
     @property
     def pad_left(self) -> bool: ...
@@ -73,6 +74,7 @@ class RowsCollator(Collator):
         pad_to_multiple_of: Optional[int] = None,
         batch_size_buckets: Optional[Iterable[int]] = None,
         spread_kwargs: bool = False,
+        side_stream: bool = False,
     ) -> None: ...
     @property
     def reader(self) -> FeatureReader: ...

@@ -105,6 +105,7 @@ class OptionArgs(TypedDict, total=False):
     group_by: Optional[Callable[[Any], Hashable]]
     priority_strategy: Optional[PriorityStrategy]
     adaptive: bool
+    prefetch: bool
     split_on: Optional[SplitOn]
 
 

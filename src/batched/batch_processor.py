@@ -60,6 +60,7 @@ class BatchProcessor(Processor, Generic[T, U]):
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
         adaptive: bool = False,
+        prefetch: bool = False,
         split_on: Optional[SplitOn] = None,
         priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:
@@ -69,7 +70,7 @@ class BatchProcessor(Processor, Generic[T, U]):
         super()._setup(func, options)
         self._collator = self._make_collator()
         self._engine = Engine(self._engine_function(), options, name_of(func), self._collator,
-                              ThreadDriver(options.num_workers))
+                              ThreadDriver(options.num_workers, options.prefetch))
         # Garbage collection of the processor stops its workers (they hold the
         # engine, not the processor).
         self._finalizer = weakref.finalize(self, self._engine.shutdown, False)

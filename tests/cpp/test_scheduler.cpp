@@ -162,6 +162,38 @@ TEST(push_that_fills_the_batch_wakes_a_worker_sleeping_on_a_long_deadline) {
   if (!ok) std::_Exit(1);
 }
 
+// Prefetch (docs/semantics.md, 15): while a batch runs, the thread forming the
+// next one takes only a batch that waiting could not grow, and sleeps through
+// the timeout; once nothing runs, the timeout applies again.
+TEST(while_a_batch_runs_wait_pop_takes_only_a_full_batch) {
+  Scheduler<> s(opts(4, 1000));  // 1 ms timeout
+  Entry e[5] = {make(1), make(1), make(1), make(1), make(1)};
+  std::atomic<bool> popped{false};
+  s.set_running(true);
+  CHECK(queued(s.try_push(&e[0])));
+  const bool ok = finishes_within(10.0, [&] {
+    std::thread ahead([&] {
+      Batch b;
+      CHECK(s.wait_pop(b));
+      popped = true;
+      CHECK_EQ(b.size, 4u);
+      CHECK(b.reason == DispatchReason::kFull);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // 30 timeouts
+    CHECK(!popped.load());
+    for (int i = 1; i < 4; ++i) CHECK(queued(s.try_push(&e[i])));
+    ahead.join();
+  });
+  CHECK(ok);
+  if (!ok) std::_Exit(1);
+  s.set_running(false);
+  CHECK(queued(s.try_push(&e[4])));
+  Batch b;
+  CHECK(s.wait_pop(b));
+  CHECK_EQ(b.size, 1u);
+  CHECK(b.reason == DispatchReason::kTimeout);
+}
+
 // A clock whose now() can stall one chosen thread: try_push reads the clock
 // between counting the item and publishing it, so this stands in for a
 // producer preempted at the worst moment.

@@ -77,6 +77,7 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
         adaptive: bool = False,
+        prefetch: bool = False,
         split_on: Optional[SplitOn] = None,
     ) -> None:
         self._setup(func, ProcessorOptions.of(locals()))
@@ -84,6 +85,9 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
     def _setup(self, func: Callable[..., Any], options: ProcessorOptions) -> None:
         super()._setup(func, options)
         self.is_async = _is_coroutine_function(func)
+        if self.is_async and options.prefetch:
+            raise ValueError("prefetch needs a plain (not async def) batch function: it forms the next batch "
+                             "on a second worker thread, and an async def one runs on its callers' event loop")
         self._closed = False
         self._collator = self._make_collator()  # shared by the engines of every loop
         # Sync functions: one engine with worker threads for every loop.
@@ -107,7 +111,7 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
 
     def _new_engine(self, loop: Optional[asyncio.AbstractEventLoop]) -> Engine:
         n = self.options.num_workers
-        driver = LoopDriver(loop, n) if self.is_async else ThreadDriver(n)
+        driver = LoopDriver(loop, n) if self.is_async else ThreadDriver(n, self.options.prefetch)
         return Engine(self._engine_function(), self.options, name_of(self.batch_func), self._collator, driver)
 
     def _engines_ref(self) -> Callable[[], list[Engine]]:

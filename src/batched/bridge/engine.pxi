@@ -340,6 +340,11 @@ cdef class Engine:
         out, error = self.call_fn(batch, &run_ns)
         if not self.too_big(error, batch):
             return self.end_batch(batch, out, error, run_ns, to_notify)
+        return self.run_parts(batch, run_ns, to_notify)
+
+    cdef int run_parts(self, CBatch& batch, int64_t run_ns, CPendingNotifications& to_notify) except -1:
+        """The batch was too big (split_on): runs and hands out its parts
+        (thread driver), and counts the batch."""
         cdef _Splitter parts = _Splitter.__new__(_Splitter)
         cdef _Part p
         parts.start(self, batch, run_ns)  # (if it raises, the worker fails the batch: nothing was cut)
@@ -356,12 +361,26 @@ cdef class Engine:
 
     cdef tuple call_fn(self, CBatch& batch, int64_t* run_ns):
         """(out, error) of the function on ``batch``'s inputs; its run time in ``run_ns``."""
+        inputs, error = self.collated(batch)
+        if error is not None:
+            run_ns[0] = 0
+            return None, error
+        return self.run_fn(batch, inputs, run_ns)
+
+    cdef tuple collated(self, CBatch& batch):
+        """(the batch function's argument for ``batch``, None), or (None, the error)."""
+        try:
+            return self.collator.inputs(batch), None
+        except BaseException as e:  # the batch's callers get it
+            return None, e
+
+    cdef tuple run_fn(self, CBatch& batch, object inputs, int64_t* run_ns):
+        """(out, error) of the function on ``inputs``; its run time in ``run_ns``."""
         error = None
         out = None
         cdef int64_t t0 = monotonic_ns()
         cdef int64_t t1
         try:
-            inputs = self.collator.inputs(batch)
             token = None
             if self.group_by is not None:  # batched.current_key(), in this worker's context
                 token = current_key_var.set((<_Call>batch.spans[0].entry.owner).key)

@@ -18,16 +18,23 @@ cdef class ThreadDriver(Driver):
     that its deadline could not be met when that happens, even while every
     worker runs a batch."""
 
-    def __init__(self, size_t num_workers):
+    def __init__(self, size_t num_workers, bint prefetch=False):
         self.num_workers = num_workers
+        self.prefetch = prefetch
         self.threads = []
         self.start_lock = threading.Lock()
+
+    def __dealloc__(self):
+        if self.pipeline != NULL:
+            del self.pipeline  # (its threads hold the engine, which holds this driver: none runs)
 
     cdef int start(self, Engine engine) except -1:
         with self.start_lock:
             if self.started or engine.closed:
                 return 0
-            for i in range(self.num_workers):
+            if self.prefetch:
+                self.pipeline = new CPipeline(engine.sched)
+            for i in range(self.num_workers + self.prefetch):
                 t = threading.Thread(target=_work, args=(engine,), daemon=True,
                                      name=f"batched:{engine.name}:{i}")
                 t.start()
@@ -64,6 +71,9 @@ cdef class ThreadDriver(Driver):
         return 0
 
     cdef int after_fork(self) except -1:
+        self.pipeline = NULL  # (the parent's: its threads did not come along; left alone, like the scheduler)
+        self.parked_inputs = None
+        self.finished = None
         self.threads = []
         self.started = False
         self.watching = False
@@ -74,6 +84,7 @@ cdef class ThreadDriver(Driver):
 def _work(Engine engine):
     """A worker thread's body."""
     global batched_worker_engine
+    cdef ThreadDriver driver = <ThreadDriver>engine.driver
     cdef CBatch batch
     cdef CPendingNotifications to_notify
     cdef bint ok
@@ -89,9 +100,64 @@ def _work(Engine engine):
         try:
             engine.fail_expired(batch.expired, &to_notify)
             if batch.size:
-                engine.run_batch(batch, to_notify)
+                if driver.pipeline == NULL:
+                    engine.run_batch(batch, to_notify)
+                else:
+                    _run_ahead(engine, driver, batch, to_notify)
         except BaseException as e:  # a bug here must not strand callers
             engine.fail_rest(batch, e, to_notify)
+
+
+cdef int _run_ahead(Engine engine, ThreadDriver d, CBatch& batch, CPendingNotifications& to_notify) except -1:
+    """A batch with prefetch (docs/semantics.md, 15), collated: run now if no
+    batch runs; else parked as the next one, and this worker hands out the
+    batch it is swapped for. The running worker, each time its batch returns,
+    swaps it for the parked one and calls the function again at once, so the
+    function is never called on both workers at the same time and the time
+    between two batches is a swap, not a hand-out, a wake-up and a collate."""
+    cdef int64_t run_ns = 0
+    cdef CBatch* parked
+    inputs, error = engine.collated(batch)
+    if error is not None:
+        return engine.end_batch(batch, None, error, 0, to_notify)
+    d.parked_inputs = inputs  # (for the running worker, if this one parks; the GIL is held throughout)
+    if not d.pipeline.start_or_park(&batch):
+        with nogil:
+            d.pipeline.wait_handover()
+        out, error, run_ns = d.finished
+        d.finished = None
+        if run_ns < 0:  # the running worker failed: the batch parked here was never run
+            return engine.fail_rest(batch, error, to_notify)
+        if error is _HANDED_OUT:
+            return 0  # split and handed out by the running worker already
+        return engine.end_batch(batch, out, error, run_ns, to_notify)
+    d.parked_inputs = None
+    while True:
+        try:
+            out, error = engine.run_fn(batch, inputs, &run_ns)
+            if engine.too_big(error, batch):
+                engine.run_parts(batch, run_ns, to_notify)
+                out, error = None, _HANDED_OUT
+        except BaseException as e:  # a bug here: the parked batch must not wait for ever
+            parked = d.pipeline.take_parked_or_stop()
+            if parked != NULL:
+                d.parked_inputs = None
+                d.finished = (None, e, -1)
+                d.pipeline.hand_over()
+            raise
+        parked = d.pipeline.take_parked_or_stop()
+        if parked == NULL:
+            if error is _HANDED_OUT:
+                return 0
+            return engine.end_batch(batch, out, error, run_ns, to_notify)
+        swap_batches(batch, parked[0])
+        d.finished = (out, error, run_ns)
+        inputs = d.parked_inputs
+        d.parked_inputs = None
+        d.pipeline.hand_over()
+
+
+_HANDED_OUT = object()  # (_run_ahead: a split batch, handed out by the worker that ran it)
 
 
 def _watch(Engine engine):

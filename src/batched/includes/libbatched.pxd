@@ -156,6 +156,7 @@ cdef extern from "_glue.h" nogil:
         CScheduler(const CBatchOptions& options) except +
         CPushStatus try_push(CEntry* entry)
         cbool wait_pop(CBatch& out) except +
+        void set_running(cbool running)
         void finish_batch(CBatch& batch, int64_t run_ns, cbool failed) except +
         void finish_batch_items(CBatch& batch, int64_t run_ns, size_t failed_items) except +
         void batch_split(CBatch& top, size_t n) except +
@@ -187,6 +188,14 @@ cdef extern from "_glue.h" nogil:
         void add(CCompletion* c) except +
         void notify_all()
 
+    cdef cppclass CPipeline "batched_glue::Pipeline":
+        CPipeline(CScheduler* sched)
+        cbool start_or_park(CBatch* batch) except +
+        CBatch* take_parked_or_stop() except +
+        void hand_over() except +
+        void wait_handover() except +
+
+    void swap_batches "batched_glue::swap_batches" (CBatch& a, CBatch& b)
     int64_t monotonic_ns "batched_glue::monotonic_ns" ()
 
 

@@ -77,6 +77,7 @@ class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
         adaptive: bool = False,
+        prefetch: bool = False,
         split_on: Optional[SplitOn] = None,
         priority_strategy: Optional[PriorityStrategy] = None,
     ) -> None:

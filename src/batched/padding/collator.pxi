@@ -17,7 +17,7 @@ cdef class RowsCollator(Collator):
     cdef readonly bint spread_kwargs
 
     def __init__(self, str name, pad_tokens, str padding_side, *, device=None, pad_to_multiple_of=None,
-                 batch_size_buckets=None, bint spread_kwargs=False):
+                 batch_size_buckets=None, bint spread_kwargs=False, bint side_stream=False):
         Collator.__init__(self, name)
         self.keep_calls_whole = True
         self.pad_tokens = pad_tokens
@@ -28,7 +28,7 @@ cdef class RowsCollator(Collator):
             pad_by_key, default_pad = {}, (0 if pad_tokens is None else pad_tokens)
         self.reader = FeatureReader(name, pad_by_key, default_pad, device=device, spread_kwargs=spread_kwargs)
         self.padder = Padder(padding_side, device=device, pad_to_multiple_of=pad_to_multiple_of,
-                             batch_size_buckets=batch_size_buckets)
+                             batch_size_buckets=batch_size_buckets, side_stream=side_stream)
         self.splitter = OutputSplitter(name)
 
     # ---- the pieces, for Python callers (stack_features, benchmarks, tests) ----

@@ -15,11 +15,15 @@ cdef class Padder:
     cdef readonly object device        # target torch device, or None: where the inputs are
     cdef public bint stage_to_device   # for tests: stage host rows even when device is the CPU
     cdef HostBuffers buffers
+    cdef bint side_stream              # stage on a CUDA side stream (prefetch: a batch runs meanwhile)
+    cdef object stream                 # that stream, made on first use
     cdef uint64_t real_steps           # steps of the callers' rows in collated batches (first feature)
     cdef uint64_t padded_steps         # steps of those batches once padded
 
-    def __init__(self, str padding_side, *, device=None, pad_to_multiple_of=None, batch_size_buckets=None):
+    def __init__(self, str padding_side, *, device=None, pad_to_multiple_of=None, batch_size_buckets=None,
+                 bint side_stream=False):
         self.pad_left = padding_side == "left"
+        self.side_stream = side_stream
         self.pad_to_multiple_of = pad_to_multiple_of
         self.buckets = tuple(sorted(batch_size_buckets)) if batch_size_buckets else ()
         self.device = device
@@ -70,20 +74,56 @@ cdef class Padder:
                     longest = length
         cdef Py_ssize_t padded = self.padded_rows(n)
         cdef bint on_host = (<Rows>spans[0][0]).on_host
+        cdef bint staged = on_host and self.device is not None and (self.stage_to_device or self.device.type != "cpu")
+        side = None
+        if self.side_stream and (staged or not on_host) and self.device is not None and self.device.type == "cuda":
+            side = self.enter_side_stream(not on_host)
         out = {}
-        for i in range(len(schema.specs)):
-            spec = schema.specs[i]
-            if not on_host:
-                out[(<_Spec>spec).key] = self.pad_on_device(spec, i, spans, n, padded)
-            elif self.device is not None and (self.stage_to_device or self.device.type != "cpu"):
-                out[(<_Spec>spec).key] = self.stage(spec, schema.kind, i, spans, n, padded)
-            else:
-                out[(<_Spec>spec).key] = self.pad_on_host(spec, schema.kind, i, spans, padded)
+        try:
+            for i in range(len(schema.specs)):
+                spec = schema.specs[i]
+                if not on_host:
+                    out[(<_Spec>spec).key] = self.pad_on_device(spec, i, spans, n, padded)
+                elif staged:
+                    out[(<_Spec>spec).key] = self.stage(spec, schema.kind, i, spans, n, padded)
+                else:
+                    out[(<_Spec>spec).key] = self.pad_on_host(spec, schema.kind, i, spans, padded)
+        finally:
+            if side is not None:
+                side.__exit__(None, None, None)
+        if side is not None:
+            self.join_side_stream(out)
         # Counted once the batch is padded, with the GIL held: concurrent
         # workers' counts do not mix.
         self.real_steps += real
         self.padded_steps += <uint64_t>padded * <uint64_t>self.padded_length(longest)
         return out
+
+    cdef object enter_side_stream(self, bint after_main):
+        """Makes the side stream current for this thread (the copies and the
+        pad kernel of a batch formed ahead go there, beside the running batch's
+        kernels); returns the context to exit. ``after_main``: the rows are
+        device tensors, made on the current stream: the side stream waits for
+        it first (the pad kernel then overlaps nothing, but stays correct)."""
+        torch = _torch_mod()
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=self.device)
+        if after_main:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        context = torch.cuda.stream(self.stream)
+        context.__enter__()
+        return context
+
+    cdef int join_side_stream(self, dict out) except -1:
+        """The device's current stream, which the batch function uses, waits
+        for the side stream's work on ``out`` (on the device, not here), and
+        the allocator keeps ``out``'s memory until that stream is done with it."""
+        torch = _torch_mod()
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(self.stream)
+        for value in out.values():
+            value.record_stream(main)
+        return 0
 
     cdef object pad_on_host(self, _Spec spec, int kind, Py_ssize_t feature, list spans, Py_ssize_t padded):
         """C++ padding straight from the callers' buffers, without the GIL."""

@@ -82,6 +82,7 @@ class AsyncModelBatchProcessor(PaddingAttributes, AsyncBatchProcessor[Features, 
         deadline_ms: Optional[float] = None,
         group_by: Optional[Callable[[Any], Hashable]] = None,
         adaptive: bool = False,
+        prefetch: bool = False,
         split_on: Optional[SplitOn] = None,
     ) -> None:
         self._setup(_func, ProcessorOptions.of(locals()))
