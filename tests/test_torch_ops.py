@@ -436,3 +436,40 @@ def test_cuda_inference_stages_host_rows_and_pads_on_the_device(padding_side) ->
     rows = [np.arange(1, n + 1, dtype=np.int64) for n in (3, 1, 5)]
     assert model({"input_ids": rows}).tolist() == [6, 1, 15]
     model.shutdown()
+
+
+@cuda
+def test_cuda_batches_formed_ahead_are_staged_on_a_side_stream() -> None:
+    """prefetch=True with device="cuda" (docs/semantics.md, 15): the next batch is
+    copied and padded on a side stream while one runs; the function's stream
+    waits for it, so every caller reads its own rows."""
+    np = pytest.importorskip("numpy")
+    import threading
+    import time
+
+    import batched
+
+    @batched.inference.dynamically(batch_size=8, timeout_ms=20, pad_tokens={"input_ids": 0},
+                                   device="cuda", prefetch=True)
+    def model(features: dict) -> torch.Tensor:
+        ids = features["input_ids"]
+        assert ids.device.type == "cuda"
+        torch.cuda._sleep(2_000_000)  # the device busy ~1 ms on the function's stream
+        time.sleep(0.002)
+        return ids.sum(dim=1)
+
+    rng = np.random.default_rng(5)
+    rows = [rng.integers(1, 1000, size=(1, int(rng.integers(1, 300)))) for _ in range(96)]
+    got: list = [None] * len(rows)
+
+    def call(i: int) -> None:
+        got[i] = model({"input_ids": rows[i]}).tolist()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == [[int(r.sum())] for r in rows]
+    assert model.stats.avg_batch_size > 4  # batches were formed (and so staged) while others ran
+    model.shutdown()
