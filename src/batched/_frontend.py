@@ -221,29 +221,33 @@ def features_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs
 
 
-def _aio() -> Any:
+def submitted(engine: Engine, request: Any, loop: Any = None) -> Any:
+    """Queues ``request`` (items, not an empty list, or a model call's
+    features) for an asyncio caller on ``loop`` (the running loop if None):
+    its record (Engine.submit). The caller awaits
+    ``record.future`` in its own coroutine (no coroutine per call here: the
+    garbage collector counts each one) and, if it is cancelled meanwhile, calls
+    ``record.cancel()``: the call's undispatched items leave the queue
+    (docs/semantics.md, 7). ``cancelled_error()`` is the class to catch."""
     global _asyncio
-    if _asyncio is None:
-        import asyncio as _asyncio  # noqa: PLC0415
-    return _asyncio
+    if loop is None:
+        if _asyncio is None:  # (inline: a function call per item shows on the hot path)
+            import asyncio as _asyncio  # noqa: PLC0415
+        loop = _asyncio.get_running_loop()
+    return engine.submit(request, loop)
 
 
-async def await_call(engine: Engine, request: Any) -> Any:
-    """Submits ``request`` (items, or a model call's features) to ``engine``
-    and awaits its outcome on the running loop."""
-    global _asyncio
-    if _asyncio is None:  # (inline: a function call per item shows on the hot path)
-        import asyncio as _asyncio  # noqa: PLC0415
-    if isinstance(request, list) and not request:
-        return []
-    return await await_record(engine.submit(request, _asyncio.get_running_loop()))
-
-
-async def await_record(call: Any) -> Any:
-    """Awaits a call record of Engine.submit; a cancelled caller takes its
-    undispatched items out of the queue (docs/semantics.md, 7)."""
+async def outcome_of(call: Any) -> Any:
+    """Awaits a record of ``submitted``, as the hot paths do inline, for the
+    paths where a coroutine more does not matter."""
     try:
         return await call.future
-    except _aio().CancelledError:
+    except _asyncio.CancelledError:
         call.cancel()
         raise
+
+
+def cancelled_error() -> type[BaseException]:
+    """asyncio.CancelledError, for the except clauses of the callers of
+    ``submitted`` (asyncio is imported by then; not at import of batched)."""
+    return _asyncio.CancelledError  # type: ignore[no-any-return]

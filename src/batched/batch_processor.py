@@ -6,7 +6,7 @@ import weakref
 from types import GenericAlias
 
 from batched._core import Engine, ItemCollator, ThreadDriver
-from batched._frontend import Processor, await_call, name_of
+from batched._frontend import Processor, cancelled_error, name_of, submitted
 from batched._options import ProcessorOptions
 from batched.decorator import Dynamically
 
@@ -109,7 +109,14 @@ class BatchProcessor(Processor, Generic[T, U]):
         If the awaiting task is cancelled before its items are dispatched, they
         leave the queue; if they were dispatched, their results are dropped.
         """
-        return await await_call(self._engine, item)  # type: ignore[no-any-return]
+        if isinstance(item, list) and not item:
+            return []
+        call = submitted(self._engine, item)
+        try:  # (outcome_of inline: a coroutine per call costs more than these lines)
+            return await call.future  # type: ignore[no-any-return]
+        except cancelled_error():
+            call.cancel()
+            raise
 
     @property
     def stats(self) -> BatchProcessorStats:

@@ -25,7 +25,7 @@ import weakref
 from types import GenericAlias
 
 from batched._core import Engine, ItemCollator, LoopDriver, ThreadDriver, empty_stats, histogram_bounds_s
-from batched._frontend import Processor, await_call, name_of
+from batched._frontend import Processor, name_of, outcome_of, submitted
 from batched._options import ProcessorOptions
 from batched._stats import BatchProcessorStats, histograms_at, merge_snapshots
 from batched.decorator import Dynamically, _is_coroutine_function
@@ -164,9 +164,17 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
 
     async def __call__(self, items: Union[T, list[T]]) -> Union[U, list[U]]:
         """The result of one item, or the list of results of a list of items."""
-        if self.options.cache is None:  # (not self.cache: a property call per item on the hot path)
-            return await await_call(self._engine_for(asyncio.get_running_loop()), items)  # type: ignore[no-any-return]
-        return await self._call_through_cache(items, asyncio.get_running_loop())  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        if self.options.cache is not None:  # (not self.cache: a property call per item on the hot path)
+            return await self._call_through_cache(items, loop)  # type: ignore[no-any-return]
+        if isinstance(items, list) and not items:
+            return []
+        call = submitted(self._engine_for(loop), items, loop)
+        try:  # (outcome_of inline: a coroutine per call costs more than these lines)
+            return await call.future  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
 
     async def _call_through_cache(self, items: Any, loop: asyncio.AbstractEventLoop) -> Any:
         # Cached items never enter the queue; the others are batched, then cached.
@@ -181,7 +189,7 @@ class AsyncBatchProcessor(Processor, Generic[T, U]):
             else:
                 results[i] = hit
         if missing:
-            computed = await await_call(self._engine_for(loop), [wanted[i] for i in missing])
+            computed = await outcome_of(submitted(self._engine_for(loop), [wanted[i] for i in missing], loop))
             for i, value in zip(missing, computed):
                 results[i] = value
                 await self.cache.set(wanted[i], value)  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from batched._frontend import PaddingAttributes, await_call, features_of, model_function, rows_collator
+from batched._frontend import PaddingAttributes, cancelled_error, features_of, model_function, rows_collator, submitted
 from batched._options import ProcessorOptions
 from batched.batch_processor import BatchProcessor
 from batched.decorator import Dynamically, _is_coroutine_function
@@ -114,7 +114,12 @@ class ModelBatchProcessor(PaddingAttributes, BatchProcessor[Features, R]):
 
     async def acall(self, *args: Any, **kwargs: Any) -> R:
         """Like calling the processor, but awaits the output on the running event loop."""
-        return await await_call(self._engine, features_of(args, kwargs))  # type: ignore[no-any-return]
+        call = submitted(self._engine, features_of(args, kwargs))
+        try:  # (outcome_of inline: a coroutine per call costs more than these lines)
+            return await call.future  # type: ignore[no-any-return]
+        except cancelled_error():
+            call.cancel()
+            raise
 
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from batched._frontend import PaddingAttributes, await_call, features_of, model_function, rows_collator
+from batched._frontend import PaddingAttributes, features_of, model_function, outcome_of, rows_collator, submitted
 from batched._options import ProcessorOptions
 from batched.aio.batch_processor import AsyncBatchProcessor
 from batched.decorator import Dynamically
@@ -104,16 +104,22 @@ class AsyncModelBatchProcessor(PaddingAttributes, AsyncBatchProcessor[Features, 
 
     async def __call__(self, *args: Any, **kwargs: Any) -> R:
         """This call's rows of the model's output for these features."""
-        features = features_of(args, kwargs)
+        features = args[0] if len(args) == 1 and not kwargs else features_of(args, kwargs)
         cache = self.options.cache
+        loop = asyncio.get_running_loop()
         if cache is not None:
             hit = await cache.get(features)
             if hit is not None:
                 return hit  # type: ignore[no-any-return]
-        result = await await_call(self._engine_for(asyncio.get_running_loop()), features)
-        if cache is not None:
+            result = await outcome_of(submitted(self._engine_for(loop), features, loop))
             await cache.set(features, result)
-        return result  # type: ignore[no-any-return]
+            return result  # type: ignore[no-any-return]
+        call = submitted(self._engine_for(loop), features, loop)
+        try:  # (outcome_of inline: a coroutine per call costs more than these lines)
+            return await call.future  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
 
 
 if TYPE_CHECKING:
