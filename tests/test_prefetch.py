@@ -20,6 +20,11 @@ from conftest import THREAD_DRIVER_FRONT_ENDS, TIMEOUT, FrontEnd, Gate, queued, 
 worker_front_ends = pytest.mark.parametrize("submit", THREAD_DRIVER_FRONT_ENDS, indirect=True)
 
 
+def dispatched(proc: Any) -> int:
+    """Batches formed so far (an asyncio caller's push may come after submit returns)."""
+    return sum(proc.stats.batches_by_reason.values())
+
+
 class _Serial(Gate):
     """A Gate that counts the times its function was entered while it ran."""
 
@@ -100,7 +105,7 @@ def test_an_error_reaches_the_callers_of_its_own_batch_only(submit: FrontEnd) ->
     first = submit(proc, "first")
     assert fn.entered.wait(TIMEOUT)
     bad = [submit(proc, "bad"), submit(proc, "with-bad")]
-    wait_until(lambda: queued(proc) == 0, "the failing batch to be formed ahead")
+    wait_until(lambda: dispatched(proc) == 2, "the failing batch to be formed ahead")
     good = [submit(proc, "good0"), submit(proc, "good1")]
     fn.open()
     assert first.result(TIMEOUT) == ("first", "done")
@@ -129,7 +134,7 @@ def test_a_batch_too_big_is_split_before_the_batch_formed_ahead_runs(submit: Fro
     first = submit(proc, "first")
     assert fn.entered.wait(TIMEOUT)
     big = [submit(proc, f"big{i}") for i in range(4)]
-    wait_until(lambda: queued(proc) == 0, "the big batch to be formed ahead")
+    wait_until(lambda: dispatched(proc) == 2, "the big batch to be formed ahead")
     after = [submit(proc, f"after{i}") for i in range(4)]
     wait_until(lambda: queued(proc) == 4, "the next calls to queue (one batch ahead at most)")
     fn.open()
@@ -148,7 +153,7 @@ def test_shutdown_with_a_batch_formed_ahead_runs_it(submit: FrontEnd) -> None:
     first = submit(proc, "first")
     assert fn.entered.wait(TIMEOUT)
     ahead = [submit(proc, "a0"), submit(proc, "a1")]
-    wait_until(lambda: queued(proc) == 0, "the batch to be formed ahead")
+    wait_until(lambda: dispatched(proc) == 2, "the batch to be formed ahead")
     last = submit(proc, "last")
     wait_until(lambda: queued(proc) == 1, "the last call to queue")
     stopper = threading.Thread(target=proc.shutdown)
@@ -164,6 +169,63 @@ def test_shutdown_with_a_batch_formed_ahead_runs_it(submit: FrontEnd) -> None:
     with pytest.raises(ShutdownError):
         last.result(TIMEOUT)
     assert fn.sizes == [1, 2]
+
+
+@worker_front_ends
+def test_shutdown_from_inside_the_batch_function_with_a_batch_formed_ahead(submit: FrontEnd) -> None:
+    holder: dict[str, Any] = {}
+    fn = _Serial()
+
+    def stopping(items: list[Any]) -> list[Any]:
+        out = fn(items)
+        holder["proc"].shutdown()  # waits for no worker: the other one may be waiting for this one
+        return out
+
+    proc = holder["proc"] = submit.make(stopping, batch_size=2, timeout_ms=1, prefetch=True)
+    first = submit(proc, "first")
+    assert fn.entered.wait(TIMEOUT)
+    ahead = [submit(proc, "a0"), submit(proc, "a1")]
+    wait_until(lambda: dispatched(proc) == 2, "the batch to be formed ahead")
+    fn.open()
+    assert first.result(TIMEOUT) == ("first", "done")
+    assert [f.result(TIMEOUT) for f in ahead] == [("a0", "done"), ("a1", "done")]
+    from batched import ShutdownError
+
+    with pytest.raises(ShutdownError):
+        submit(proc, "after").result(TIMEOUT)
+
+
+@worker_front_ends
+def test_an_internal_error_fails_the_batch_formed_ahead_and_later_calls_still_run(submit: FrontEnd) -> None:
+    class _Exploding(type):
+        def __instancecheck__(cls, instance: Any) -> bool:
+            raise RuntimeError("the split check exploded")
+
+    class Exploding(Exception, metaclass=_Exploding):  # a split_on class whose check fails: a bug in the worker
+        pass
+
+    fn = _Serial()
+
+    def failing(items: list[Any]) -> list[Any]:
+        out = fn(items)
+        if items[0] == "f0":
+            raise ValueError("the first batch failed")
+        return out
+
+    proc = submit.make(failing, batch_size=2, timeout_ms=1, prefetch=True, split_on=(Exploding,))
+    first = submit(proc, ["f0", "f1"])  # one call: one batch of 2, which a split could cut
+    assert fn.entered.wait(TIMEOUT)
+    ahead = [submit(proc, "a0"), submit(proc, "a1")]
+    wait_until(lambda: dispatched(proc) == 2, "the batch to be formed ahead")
+    time.sleep(0.05)  # (popped already; now parked too, waiting for the running batch)
+    fn.open()
+    with pytest.raises(RuntimeError, match="the split check exploded"):
+        first.result(TIMEOUT)
+    for f in ahead:  # the batch formed ahead fails with the same error; nobody waits for ever
+        with pytest.raises(RuntimeError, match="the split check exploded"):
+            f.result(TIMEOUT)
+    assert submit(proc, "late").result(TIMEOUT) == ("late", "done")  # half a batch leaves on its timeout again
+    assert fn.overlaps == 0
 
 
 @worker_front_ends

@@ -119,6 +119,17 @@ class Pipeline {
     return next;
   }
 
+  // The running thread failed (a bug): nothing runs any more, and the parked
+  // batch, if any, is returned for the caller to fail (then hand_over()).
+  batched::Batch* stop_running() {
+    std::lock_guard<std::mutex> lock(mu_);
+    batched::Batch* next = parked_;
+    parked_ = nullptr;
+    running_ = false;
+    sched_->set_running(false);
+    return next;
+  }
+
   // The parked thread's batch now holds the finished one: wake it.
   void hand_over() {
     {

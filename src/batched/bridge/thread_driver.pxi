@@ -62,6 +62,8 @@ cdef class ThreadDriver(Driver):
     cdef int stop(self, Engine engine, bint wait, object timeout) except -1:
         if not wait:
             return 0
+        if self.prefetch and batched_worker_engine == <void*>engine:
+            return 0  # from inside a batch: the other worker may wait for this one to return
         with self.start_lock:  # a start racing the shutdown has finished starting
             threads = list(self.threads)
         me = threading.current_thread()
@@ -139,7 +141,7 @@ cdef int _run_ahead(Engine engine, ThreadDriver d, CBatch& batch, CPendingNotifi
                 engine.run_parts(batch, run_ns, to_notify)
                 out, error = None, _HANDED_OUT
         except BaseException as e:  # a bug here: the parked batch must not wait for ever
-            parked = d.pipeline.take_parked_or_stop()
+            parked = d.pipeline.stop_running()
             if parked != NULL:
                 d.parked_inputs = None
                 d.finished = (None, e, -1)

@@ -192,6 +192,7 @@ cdef extern from "_glue.h" nogil:
         CPipeline(CScheduler* sched)
         cbool start_or_park(CBatch* batch) except +
         CBatch* take_parked_or_stop() except +
+        CBatch* stop_running() except +
         void hand_over() except +
         void wait_handover() except +
 
