@@ -74,6 +74,7 @@ class PendingNotifications {
     }
     pending_.clear();
   }
+  bool empty() const noexcept { return pending_.empty(); }
 
  private:
   std::vector<Completion*> pending_;
@@ -96,20 +97,40 @@ class Pipeline {
   // false if `batch` is parked as the next one (then wait_handover()).
   bool start_or_park(batched::Batch* batch) {
     std::lock_guard<std::mutex> lock(mu_);
+    forming_ = false;
     if (!running_) {
       running_ = true;
       sched_->set_running(true);
+      cv_.notify_all();  // (a running thread may wait for a batch being formed: none is)
       return true;
     }
     parked_ = batch;
+    cv_.notify_all();
     return false;
+  }
+
+  // A thread has just popped a batch (called at once, without the GIL): if
+  // one runs, this batch is being formed ahead, and the running thread, if
+  // its batch returns meanwhile, waits for it rather than stop and let a
+  // later, smaller batch go first. start_or_park (or formed_nothing, if
+  // collating failed) ends it.
+  void popped() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (running_) forming_ = true;
+  }
+  void formed_nothing() {
+    std::lock_guard<std::mutex> lock(mu_);
+    forming_ = false;
+    cv_.notify_all();
   }
 
   // The running thread's batch returned: the parked batch, which it runs
   // next (the caller swaps them, then calls hand_over()), or nullptr, and
-  // nothing runs any more.
+  // nothing runs any more. Waits while a batch is being formed ahead (call
+  // it without the GIL: forming it needs the GIL).
   batched::Batch* take_parked_or_stop() {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return !forming_ || parked_ != nullptr; });
     batched::Batch* next = parked_;
     parked_ = nullptr;
     if (next == nullptr) {
@@ -122,7 +143,8 @@ class Pipeline {
   // The running thread failed (a bug): nothing runs any more, and the parked
   // batch, if any, is returned for the caller to fail (then hand_over()).
   batched::Batch* stop_running() {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return !forming_ || parked_ != nullptr; });
     batched::Batch* next = parked_;
     parked_ = nullptr;
     running_ = false;
@@ -136,7 +158,7 @@ class Pipeline {
       std::lock_guard<std::mutex> lock(mu_);
       handed_over_ = true;
     }
-    cv_.notify_one();
+    cv_.notify_all();
   }
 
   // The parked thread waits here until its batch holds a finished one.
@@ -149,8 +171,9 @@ class Pipeline {
  private:
   PyScheduler* sched_;
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;  // (one for every wait here: few waiters, rare waits)
   bool running_ = false;
+  bool forming_ = false;
   batched::Batch* parked_ = nullptr;
   bool handed_over_ = false;
 };

@@ -97,6 +97,8 @@ def _work(Engine engine):
             # so they do not queue for a GIL this thread still holds.
             to_notify.notify_all()
             ok = engine.sched.wait_pop(batch)
+            if ok and batch.size and driver.pipeline != NULL:
+                driver.pipeline.popped()
         if not ok:
             return
         try:
@@ -107,6 +109,8 @@ def _work(Engine engine):
                 else:
                     _run_ahead(engine, driver, batch, to_notify)
         except BaseException as e:  # a bug here must not strand callers
+            if driver.pipeline != NULL:
+                driver.pipeline.formed_nothing()  # (if it failed before it ran or parked its batch)
             engine.fail_rest(batch, e, to_notify)
 
 
@@ -119,13 +123,19 @@ cdef int _run_ahead(Engine engine, ThreadDriver d, CBatch& batch, CPendingNotifi
     between two batches is a swap, not a hand-out, a wake-up and a collate."""
     cdef int64_t run_ns = 0
     cdef CBatch* parked
-    inputs, error = engine.collated(batch)
+    cdef CPipeline* pipe = d.pipeline  # (a fork inside the function resets d.pipeline in the child)
+    try:
+        inputs, error = engine.collated(batch)
+    except BaseException:
+        pipe.formed_nothing()
+        raise
     if error is not None:
+        pipe.formed_nothing()
         return engine.end_batch(batch, None, error, 0, to_notify)
     d.parked_inputs = inputs  # (for the running worker, if this one parks; the GIL is held throughout)
-    if not d.pipeline.start_or_park(&batch):
+    if not pipe.start_or_park(&batch):
         with nogil:
-            d.pipeline.wait_handover()
+            pipe.wait_handover()
         out, error, run_ns = d.finished
         d.finished = None
         if run_ns < 0:  # the running worker failed: the batch parked here was never run
@@ -135,19 +145,26 @@ cdef int _run_ahead(Engine engine, ThreadDriver d, CBatch& batch, CPendingNotifi
         return engine.end_batch(batch, out, error, run_ns, to_notify)
     d.parked_inputs = None
     while True:
+        if not to_notify.empty():  # (expired calls, split parts: their callers wait for no batch)
+            with nogil:
+                to_notify.notify_all()
         try:
             out, error = engine.run_fn(batch, inputs, &run_ns)
             if engine.too_big(error, batch):
                 engine.run_parts(batch, run_ns, to_notify)
                 out, error = None, _HANDED_OUT
         except BaseException as e:  # a bug here: the parked batch must not wait for ever
-            parked = d.pipeline.stop_running()
+            with nogil:
+                parked = pipe.stop_running()
             if parked != NULL:
                 d.parked_inputs = None
                 d.finished = (None, e, -1)
-                d.pipeline.hand_over()
+                pipe.hand_over()
             raise
-        parked = d.pipeline.take_parked_or_stop()
+        if d.pipeline != pipe:  # forked inside the function, and this is the child: no other worker
+            return 0 if error is _HANDED_OUT else engine.end_batch(batch, out, error, run_ns, to_notify)
+        with nogil:  # (a batch being formed ahead needs the GIL to be parked)
+            parked = pipe.take_parked_or_stop()
         if parked == NULL:
             if error is _HANDED_OUT:
                 return 0
@@ -156,7 +173,7 @@ cdef int _run_ahead(Engine engine, ThreadDriver d, CBatch& batch, CPendingNotifi
         d.finished = (out, error, run_ns)
         inputs = d.parked_inputs
         d.parked_inputs = None
-        d.pipeline.hand_over()
+        pipe.hand_over()
 
 
 _HANDED_OUT = object()  # (_run_ahead: a split batch, handed out by the worker that ran it)

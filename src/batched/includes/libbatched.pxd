@@ -187,12 +187,15 @@ cdef extern from "_glue.h" nogil:
     cdef cppclass CPendingNotifications "batched_glue::PendingNotifications":
         void add(CCompletion* c) except +
         void notify_all()
+        cbool empty()
 
     cdef cppclass CPipeline "batched_glue::Pipeline":
         CPipeline(CScheduler* sched)
         cbool start_or_park(CBatch* batch) except +
         CBatch* take_parked_or_stop() except +
         CBatch* stop_running() except +
+        void popped() except +
+        void formed_nothing() except +
         void hand_over() except +
         void wait_handover() except +
 
