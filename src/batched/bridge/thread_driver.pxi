@@ -40,7 +40,7 @@ cdef class ThreadDriver(Driver):
                 t.start()
                 self.threads.append(t)
             self.started = True
-        logger().debug("%r started %d worker thread(s)", engine.name, self.num_workers)
+        logger().debug("%r started %d worker thread(s)", engine.name, self.num_workers + self.prefetch)
         return 0
 
     cdef int watch(self, Engine engine) except -1:
