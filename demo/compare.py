@@ -52,20 +52,26 @@ def run_one(variant: str, args: argparse.Namespace, out: Path, rate: float | Non
     return res
 
 
+def add_run_options(ap: argparse.ArgumentParser, *, seconds: float, warmup_s: float, repeats: int) -> None:
+    """The options run_one reads: the builds, the load's length, the server's settings
+    (this script's and demo/open_loop.py's)."""
+    ap.add_argument("--v015", default=None, help="folder with batched 0.1.5 (pip install --target)")
+    ap.add_argument("--ours", default=None, help="folder with this project's batched (default: installed)")
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--warmup-s", type=float, default=warmup_s)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--timeout-ms", type=float, default=10.0)
+    ap.add_argument("--model", choices=("auto", "real", "synthetic"), default="auto")
+    ap.add_argument("--server-arg", action="append", default=[], help="extra argument for demo/app.py")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python demo/compare.py", description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default="none,0.1.5,ours",
                     help="comma-separated: none, 0.1.5, ours, t<timeout_ms>, adaptive (default none,0.1.5,ours)")
-    ap.add_argument("--v015", default=None, help="folder with batched 0.1.5 (pip install --target)")
-    ap.add_argument("--ours", default=None, help="folder with this project's batched (default: installed)")
     ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--warmup-s", type=float, default=3.0)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--timeout-ms", type=float, default=10.0)
-    ap.add_argument("--model", choices=("auto", "real", "synthetic"), default="auto")
-    ap.add_argument("--server-arg", action="append", default=[])
+    add_run_options(ap, seconds=10.0, warmup_s=3.0, repeats=5)
     ap.add_argument("--out", type=Path, default=Path("build/demo-results"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `demo` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from demo.compare import run_one
+from demo.compare import add_run_options, run_one
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "benchmarks" / "results" / "open-loop-latest.json"
@@ -39,19 +39,11 @@ VARIANTS = ("none", "0.1.5", "ours")
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python demo/open_loop.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--v015", help="folder with batched 0.1.5 (pip install --target)")
     ap.add_argument("--plot-only", type=Path, default=None,
                     help="only draw the plot of the last run (benchmarks/results/open-loop-latest.json) here")
     ap.add_argument("--loads", default="25,50,75,90", help="percent of the batched capacity")
     ap.add_argument("--capacity", type=float, default=None, help="req/s (default: measured, 64 clients)")
-    ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--warmup-s", type=float, default=2.0)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--timeout-ms", type=float, default=10.0)
-    ap.add_argument("--model", choices=("auto", "real", "synthetic"), default="auto")
-    ap.add_argument("--ours", default=None, help="folder with this project's batched (default: installed)")
-    ap.add_argument("--server-arg", action="append", default=[], help="extra argument for demo/app.py")
+    add_run_options(ap, seconds=6.0, warmup_s=2.0, repeats=2)
     ap.add_argument("--plot", type=Path, default=None, help="draw p50/p99 against the load here (matplotlib)")
     ap.add_argument("--out", type=Path, default=Path("build/open-loop"))
     args = ap.parse_args(argv)

@@ -126,29 +126,19 @@ class Pipeline {
 
   // The running thread's batch returned: the parked batch, which it runs
   // next (the caller swaps them, then calls hand_over()), or nullptr, and
-  // nothing runs any more. Waits while a batch is being formed ahead (call
-  // it without the GIL: forming it needs the GIL).
-  batched::Batch* take_parked_or_stop() {
+  // nothing runs any more. With `stop` (the running thread failed: a bug),
+  // nothing runs any more either way, and the parked batch is returned for
+  // the caller to fail. Waits while a batch is being formed ahead (call it
+  // without the GIL: forming it needs the GIL).
+  batched::Batch* take_parked(bool stop) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return !forming_ || parked_ != nullptr; });
     batched::Batch* next = parked_;
     parked_ = nullptr;
-    if (next == nullptr) {
+    if (next == nullptr || stop) {
       running_ = false;
       sched_->set_running(false);
     }
-    return next;
-  }
-
-  // The running thread failed (a bug): nothing runs any more, and the parked
-  // batch, if any, is returned for the caller to fail (then hand_over()).
-  batched::Batch* stop_running() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return !forming_ || parked_ != nullptr; });
-    batched::Batch* next = parked_;
-    parked_ = nullptr;
-    running_ = false;
-    sched_->set_running(false);
     return next;
   }
 

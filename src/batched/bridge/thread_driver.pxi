@@ -124,11 +124,7 @@ cdef int _run_ahead(Engine engine, ThreadDriver d, CBatch& batch, CPendingNotifi
     cdef int64_t run_ns = 0
     cdef CBatch* parked
     cdef CPipeline* pipe = d.pipeline  # (a fork inside the function resets d.pipeline in the child)
-    try:
-        inputs, error = engine.collated(batch)
-    except BaseException:
-        pipe.formed_nothing()
-        raise
+    inputs, error = engine.collated(batch)
     if error is not None:
         pipe.formed_nothing()
         return engine.end_batch(batch, None, error, 0, to_notify)
@@ -155,20 +151,18 @@ cdef int _run_ahead(Engine engine, ThreadDriver d, CBatch& batch, CPendingNotifi
                 out, error = None, _HANDED_OUT
         except BaseException as e:  # a bug here: the parked batch must not wait for ever
             with nogil:
-                parked = pipe.stop_running()
+                parked = pipe.take_parked(True)
             if parked != NULL:
                 d.parked_inputs = None
                 d.finished = (None, e, -1)
                 pipe.hand_over()
             raise
-        if d.pipeline != pipe:  # forked inside the function, and this is the child: no other worker
-            return 0 if error is _HANDED_OUT else engine.end_batch(batch, out, error, run_ns, to_notify)
-        with nogil:  # (a batch being formed ahead needs the GIL to be parked)
-            parked = pipe.take_parked_or_stop()
+        parked = NULL
+        if d.pipeline == pipe:  # (else forked inside the function, and this is the child: no other worker)
+            with nogil:  # (a batch being formed ahead needs the GIL to be parked)
+                parked = pipe.take_parked(False)
         if parked == NULL:
-            if error is _HANDED_OUT:
-                return 0
-            return engine.end_batch(batch, out, error, run_ns, to_notify)
+            return 0 if error is _HANDED_OUT else engine.end_batch(batch, out, error, run_ns, to_notify)
         swap_batches(batch, parked[0])
         d.finished = (out, error, run_ns)
         inputs = d.parked_inputs

@@ -192,8 +192,7 @@ cdef extern from "_glue.h" nogil:
     cdef cppclass CPipeline "batched_glue::Pipeline":
         CPipeline(CScheduler* sched)
         cbool start_or_park(CBatch* batch) except +
-        CBatch* take_parked_or_stop() except +
-        CBatch* stop_running() except +
+        CBatch* take_parked(cbool stop) except +
         void popped() except +
         void formed_nothing() except +
         void hand_over() except +
